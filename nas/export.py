@@ -1,0 +1,164 @@
+"""`python -m nas.export`: pick one architecture from a study and write it as JSON.
+
+Picks, among complete, trained, feasible trials:
+  accuracy       the highest validation accuracy (ties: fewer MACs)
+  knee           the Pareto-front trial nearest the ideal point (best accuracy, fewest
+                 MACs), with accuracy and log10(MACs) each scaled to [0, 1] over the front
+  max-mflops=N   the highest accuracy with at most N million MACs (fvcore)
+
+The file's "config" member is exactly the architecture JSON of nas.config, so
+`python -m nas.cost best.json` and the model builder accept the file as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import optuna
+from sqlalchemy.engine import make_url
+
+from nas.cli import UsageError, make_parser, run_cli
+from nas.storage import default_storage_url, load_study, open_storage
+
+__all__ = ["SCHEMA", "export_record", "main", "pick_trial"]
+
+SCHEMA = "nas.export/1"
+
+
+def usable_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Complete, trained, feasible trials."""
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.user_attrs.get("trained") is True and all(c <= 0 for c in t.constraints.values())
+    ]
+
+
+def pareto_front(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """Trials no other trial beats on both accuracy (higher) and MACs (lower)."""
+    return [
+        t
+        for t in trials
+        if not any(
+            o.values[0] >= t.values[0]
+            and o.values[1] <= t.values[1]
+            and (o.values[0] > t.values[0] or o.values[1] < t.values[1])
+            for o in trials
+        )
+    ]
+
+
+def pick_trial(study: optuna.Study, pick: str) -> optuna.trial.FrozenTrial:
+    trials = usable_trials(study)
+    if not trials:
+        raise UsageError(f"study {study.study_name!r} has no complete, trained, feasible trial")
+    if pick == "accuracy":
+        return max(trials, key=lambda t: (t.values[0], -t.values[1]))
+    if pick == "knee":
+        front = pareto_front(trials)
+        acc = [t.values[0] for t in front]
+        lm = [math.log10(max(t.values[1], 1e-12)) for t in front]
+
+        def scaled(v: float, lo: float, hi: float) -> float:
+            return 0.0 if hi == lo else (v - lo) / (hi - lo)
+
+        def distance(i: int) -> float:
+            a = 1.0 - scaled(acc[i], min(acc), max(acc))  # 0 at the best accuracy
+            m = scaled(lm[i], min(lm), max(lm))  # 0 at the fewest MACs
+            return math.hypot(a, m)
+
+        return front[min(range(len(front)), key=distance)]
+    if pick.startswith("max-mflops="):
+        try:
+            limit = float(pick.split("=", 1)[1])
+        except ValueError:
+            raise UsageError(f"--pick max-mflops=N needs a number, got {pick!r}") from None
+        within = [t for t in trials if t.values[1] <= limit]
+        if not within:
+            least = min(t.values[1] for t in trials)
+            raise UsageError(
+                f"no trained trial has at most {limit:g} MMACs (fvcore); the smallest has "
+                f"{least:,.1f}"
+            )
+        return max(within, key=lambda t: (t.values[0], -t.values[1]))
+    raise UsageError(f"unknown --pick {pick!r}; use accuracy, knee or max-mflops=N")
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("nas", "torch", "optuna", "fvcore"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def export_record(
+    study: optuna.Study, trial: optuna.trial.FrozenTrial, pick: str, storage_url: str
+) -> dict[str, Any]:
+    a = trial.user_attrs
+    return {
+        "schema": SCHEMA,
+        "config": a["config"],
+        "metrics": {
+            "val_accuracy": trial.values[0],
+            "mmacs_fvcore": trial.values[1],
+            "params": a.get("params"),
+            "train_seconds": a.get("train_seconds"),
+            "images_per_second": a.get("images_per_second"),
+        },
+        "trial": trial.number,
+        "study": study.study_name,
+        "pick": pick,
+        "provenance": {
+            "versions": _versions(),
+            "device": a.get("device"),
+            "budget": study.user_attrs.get("budget"),
+            "space": study.user_attrs.get("space"),
+            "storage": make_url(storage_url).render_as_string(hide_password=True),
+            "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    }
+
+
+def _run(argv: list[str] | None) -> int:
+    p = make_parser("nas.export", __doc__.split("\n\n")[0].split(": ", 1)[1])
+    p.add_argument("--study", required=True, help="study name")
+    p.add_argument("--storage", help="Optuna storage URL (default sqlite:///studies/STUDY.db)")
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--pick", default="knee", help="accuracy | knee | max-mflops=N (default knee)")
+    args = p.parse_args(argv)
+    if args.pick not in ("accuracy", "knee") and not args.pick.startswith("max-mflops="):
+        raise UsageError(f"unknown --pick {args.pick!r}; use accuracy, knee or max-mflops=N")
+    url = args.storage or default_storage_url(args.study)
+    study = load_study(open_storage(url, must_exist=True), args.study)
+    trial = pick_trial(study, args.pick)
+    record = export_record(study, trial, args.pick, url)
+    out = Path(args.out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=2) + "\n")
+    except OSError as e:
+        raise UsageError(f"cannot write {out}: {e.strerror or e}") from None
+    m = record["metrics"]
+    print(
+        f"wrote {out}: trial {trial.number} ({args.pick}), val accuracy {m['val_accuracy']:.4f}, "
+        f"{m['mmacs_fvcore']:,.1f} MMACs (fvcore), {m['params']:,} params"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("nas.export", _run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

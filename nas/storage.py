@@ -1,0 +1,129 @@
+"""Where studies live: Optuna storage URLs, and creating or loading a study safely.
+
+Default: one SQLite file per study, `sqlite:///studies/<study>.db`. Any Optuna storage
+URL works, PostgreSQL included (`postgresql://user@host/db`), for searches spread over
+several machines. A study remembers the train budget and search space it was created
+with; a run that asks for another budget is refused before anything is written, since
+accuracies from different budgets are not comparable.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy.exc
+from sqlalchemy.engine import make_url
+
+from nas.budget import TrainBudget
+from nas.cli import UsageError
+
+__all__ = [
+    "DIRECTIONS",
+    "METRIC_NAMES",
+    "default_storage_url",
+    "load_study",
+    "open_or_create_study",
+    "open_storage",
+]
+
+METRIC_NAMES = ["val_accuracy", "MMACs (fvcore)"]  # millions of multiply-adds, batch 1
+DIRECTIONS = ["maximize", "minimize"]
+STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+SQLITE_TIMEOUT_S = 60  # writers wait this long for SQLite's lock instead of failing
+
+
+def check_study_name(name: str) -> str:
+    if not STUDY_NAME.match(name):
+        raise UsageError(
+            f"study name {name!r} must be 1-100 letters, digits, '_', '.' or '-' "
+            "(it names a file under studies/)"
+        )
+    return name
+
+
+def default_storage_url(study: str) -> str:
+    return f"sqlite:///studies/{check_study_name(study)}.db"
+
+
+def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStorage:
+    """An Optuna RDB storage for `url`; one-line UsageError if it is malformed or unreachable."""
+    try:
+        parsed = make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError) as e:
+        raise UsageError(f"malformed storage URL {url!r}: {e}") from None
+    kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        db = parsed.database
+        if db and db != ":memory:":
+            path = Path(db)
+            if must_exist and not path.exists():
+                raise UsageError(f"no study database at {path} (storage {url})")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise UsageError(f"cannot create {path.parent}: {e.strerror or e}") from None
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+    try:
+        return optuna.storages.RDBStorage(url, **kwargs)
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"cannot open storage {url}: {reason}") from None
+
+
+def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
+    """An existing study; a UsageError naming the studies that do exist otherwise."""
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        have = ", ".join(names) if names else "none"
+        raise UsageError(
+            f"no study named {name!r} in this storage (studies there: {have})"
+        ) from None
+
+
+def open_or_create_study(
+    storage: optuna.storages.BaseStorage,
+    name: str,
+    sampler: optuna.samplers.BaseSampler,
+    budget: TrainBudget,
+    space: dict[str, Any],
+) -> optuna.Study:
+    """Continue study `name`, or create it with our objectives, budget and space.
+
+    Refuses (UsageError, nothing written) a study with other objectives or another budget.
+    """
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    if name in names:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+        directions = [d.name.lower() for d in study.directions]
+        if directions != DIRECTIONS:
+            raise UsageError(
+                f"study {name!r} optimises {directions}, not this tool's {DIRECTIONS}"
+            )
+        stored = study.user_attrs.get("budget")
+        if stored != budget.to_dict():
+            was = stored.get("name", "?") if isinstance(stored, dict) else "unknown"
+            raise UsageError(
+                f"study {name!r} was created with the {was!r} budget; this run asks for "
+                f"{budget.name!r} and its accuracies would not be comparable (use another "
+                "--study, or the same --budget)"
+            )
+        return study
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        sampler=sampler,
+        directions=DIRECTIONS,
+        load_if_exists=True,
+    )
+    with warnings.catch_warnings():  # set_metric_names is "experimental" since Optuna 3.2
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(METRIC_NAMES)
+    study.set_user_attr("budget", budget.to_dict())
+    study.set_user_attr("space", space)
+    return study

@@ -1,0 +1,183 @@
+"""Train one architecture for a budget of images and score it: the inner loop of a trial.
+
+airbench-style: the dataset already sits on the device as uint8 tensors, each step
+gathers a batch by index, converts and resizes it there; no DataLoader, no workers.
+SGD with Nesterov momentum, LR warm-up then linear decay to zero (see nas.budget). On
+CUDA the step runs in bf16 autocast with channels_last; on the CPU in fp32. The timed
+part is the training steps alone, bracketed by device synchronisation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nas.budget import TrainBudget
+from nas.config import ArchConfig
+from nas.data import to_input
+from nas.model import build_model
+
+__all__ = ["Diverged", "TrainResult", "evaluate", "pick_device", "train_and_evaluate"]
+
+EVAL_BATCH = {"cuda": 1000, "cpu": 50}  # on the CPU small batches stay in cache: 3x faster
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    accuracy: float  # fraction of the evaluation images classified correctly
+    eval_images: int
+    final_loss: float  # mean training loss over the last 10% of steps
+    steps: int
+    train_images: int  # images actually drawn (steps * batch size)
+    train_seconds: float  # the training steps alone, device-synchronised
+    images_per_second: float
+    eval_seconds: float
+    device: str
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present; asking for 'cuda' without one is a ValueError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA GPU here")
+    if name not in ("cuda", "cpu"):
+        raise ValueError(f"unknown device {name!r}; choose auto, cuda or cpu")
+    return torch.device(name)
+
+
+def _autocast(device: torch.device) -> torch.autocast:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_and_evaluate(
+    config: ArchConfig,
+    budget: TrainBudget,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    eval_x: torch.Tensor,
+    eval_y: torch.Tensor,
+    model: nn.Module | None = None,
+) -> TrainResult:
+    """Train a fresh model (seeded by budget.seed) and score it on (eval_x, eval_y).
+
+    Tensors are uint8 images (N, 28, 28) and int64 labels on the device to train on.
+    Only the first budget.val_images evaluation images are scored.
+    """
+    device = train_x.device
+    torch.manual_seed(budget.seed)
+    if model is None:
+        model = build_model(config)
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    model = model.to(device=device, memory_format=memory_format).train()
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=budget.lr_at(0),
+        momentum=budget.momentum,
+        nesterov=budget.momentum > 0,
+        weight_decay=budget.weight_decay,
+    )
+    n, bs, steps = len(train_x), budget.batch_size, budget.steps
+    if n < bs:
+        raise ValueError(f"only {n} training images for a batch of {bs}")
+    per_epoch = n // bs
+    gen = torch.Generator(device=device).manual_seed(budget.seed)
+    tail = max(1, steps // 10)
+    loss_sum = torch.zeros((), device=device)
+
+    _sync(device)
+    t0 = time.perf_counter()
+    for step in range(steps):
+        if step % per_epoch == 0:
+            order = torch.randperm(n, device=device, generator=gen)
+        idx = order[(step % per_epoch) * bs : (step % per_epoch + 1) * bs]
+        x = to_input(train_x[idx], config.image_size, torch.float32)
+        x = x.contiguous(memory_format=memory_format)
+        for group in opt.param_groups:
+            group["lr"] = budget.lr_at(step)
+        with _autocast(device):
+            loss = F.cross_entropy(model(x), train_y[idx], label_smoothing=budget.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step >= steps - tail:
+            loss_sum += loss.detach().float()
+        if step % 100 == 99 and not torch.isfinite(loss):
+            raise Diverged(f"training loss became {loss.item()} at step {step + 1}")
+    _sync(device)
+    train_seconds = time.perf_counter() - t0
+    final_loss = loss_sum.item() / tail
+    if not math.isfinite(final_loss):
+        raise Diverged(f"training loss became {final_loss} by the end of training")
+
+    t1 = time.perf_counter()
+    if budget.bn_recalibration:
+        recalibrate_bn(model, config, train_x[: budget.bn_recalibration], bs)
+    m = min(budget.val_images, len(eval_x))
+    accuracy = evaluate(model, config, eval_x[:m], eval_y[:m])
+    _sync(device)
+    return TrainResult(
+        accuracy=accuracy,
+        eval_images=m,
+        final_loss=final_loss,
+        steps=steps,
+        train_images=steps * bs,
+        train_seconds=train_seconds,
+        images_per_second=steps * bs / train_seconds,
+        eval_seconds=time.perf_counter() - t1,
+        device=_device_name(device),
+    )
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, config: ArchConfig, x: torch.Tensor, batch: int) -> None:
+    """Re-estimate every BN layer's running mean/var with the final weights (exact average)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the recalibration batches
+    model.train()
+    fmt = torch.channels_last if x.device.type == "cuda" else torch.contiguous_format
+    for i in range(0, len(x), batch):
+        xb = to_input(x[i : i + batch], config.image_size, torch.float32)
+        with _autocast(x.device):
+            model(xb.contiguous(memory_format=fmt))
+    for bn, momentum in zip(bns, saved):
+        bn.momentum = momentum
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, config: ArchConfig, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Top-1 accuracy of the eval-mode model (BN uses its running statistics)."""
+    model.eval()
+    device = x.device
+    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    step = EVAL_BATCH.get(device.type, 1000)
+    for i in range(0, len(x), step):
+        xb = to_input(x[i : i + step], config.image_size, torch.float32)
+        with _autocast(device):
+            logits = model(xb.contiguous(memory_format=fmt))
+        correct += (logits.argmax(dim=1) == y[i : i + step]).sum()
+    return correct.item() / max(1, len(x))
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"

@@ -1,0 +1,119 @@
+"""nas.export: picks, the file format, and that the file rebuilds the recorded network."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+
+from nas import cost
+from nas.config import ArchConfig
+from nas.export import SCHEMA, main, pareto_front, usable_trials
+from nas.search import main as search
+from nas.storage import open_storage
+
+TINY = ["--preset", "cifar", "--growth-rate", "8:12:4", "--convs", "1:2", "--budget", "smoke"]
+
+
+@pytest.fixture(scope="module")
+def study_url(tmp_path_factory, real_data_dir) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('export')}/s.db"
+    assert (
+        search(
+            [
+                *TINY,
+                "--trials",
+                "6",
+                "--study",
+                "s",
+                "--storage",
+                url,
+                "--sampler",
+                "random",
+                "--max-mflops",
+                "15",
+            ]
+        )
+        == 0
+    )
+    return url
+
+
+def export(url: str, tmp_path: Path, pick: str) -> dict:
+    out = tmp_path / f"{pick}.json"
+    assert main(["--study", "s", "--storage", url, "--out", str(out), "--pick", pick]) == 0
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("pick", ["accuracy", "knee", "max-mflops=7"])
+def test_export_rebuilds_the_recorded_network(study_url: str, tmp_path: Path, pick: str) -> None:
+    rec = export(study_url, tmp_path, pick)
+    assert rec["schema"] == SCHEMA and rec["study"] == "s" and rec["pick"] == pick
+    trial = optuna.load_study(study_name="s", storage=study_url).trials[rec["trial"]]
+    assert rec["config"] == trial.user_attrs["config"]
+    assert rec["metrics"]["val_accuracy"] == trial.values[0]
+    rebuilt = cost.measure_cost(ArchConfig.from_dict(rec["config"]))
+    assert rebuilt.params == trial.user_attrs["params"] == rec["metrics"]["params"]
+    assert rebuilt.fvcore_macs / 1e6 == pytest.approx(trial.values[1])
+    assert rec["provenance"]["budget"]["name"] == "smoke"
+    assert rec["provenance"]["versions"]["optuna"].startswith("5.")
+    # nas.cost reads the export file as it is
+    assert cost.main([str(tmp_path / f"{pick}.json"), "--json"]) == 0
+
+
+def test_picks_mean_what_they_say(study_url: str, tmp_path: Path) -> None:
+    study = optuna.load_study(study_name="s", storage=study_url)
+    usable = usable_trials(study)
+    assert usable and all(t.user_attrs["trained"] for t in usable)
+    best = max(t.values[0] for t in usable)
+    assert export(study_url, tmp_path, "accuracy")["metrics"]["val_accuracy"] == best
+    small = export(study_url, tmp_path, "max-mflops=7")
+    assert small["metrics"]["mmacs_fvcore"] <= 7
+    assert small["metrics"]["val_accuracy"] == max(t.values[0] for t in usable if t.values[1] <= 7)
+    knee = export(study_url, tmp_path, "knee")
+    assert knee["trial"] in {t.number for t in pareto_front(usable)}
+    # infeasible (over 15 MMACs) trials are never exported
+    assert all(t.values[1] <= 15 for t in usable)
+
+
+def test_pareto_front_matches_optuna(study_url: str) -> None:
+    study = optuna.load_study(study_name="s", storage=study_url)
+    ours = {t.number for t in pareto_front(usable_trials(study))}
+    assert ours == {t.number for t in study.best_trials}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--study", "nope"], "no study named 'nope'"),
+        (["--pick", "best"], "unknown --pick 'best'"),
+        (["--pick", "max-mflops=abc"], "needs a number"),
+        (["--pick", "max-mflops=0.001"], "no trained trial has at most 0.001 MMACs"),
+        (["--out", "/proc/nope/x.json"], "cannot write"),
+    ],
+)
+def test_bad_export_input(study_url: str, tmp_path: Path, capsys, args, message) -> None:
+    base = {"--study": "s", "--storage": study_url, "--out": str(tmp_path / "o.json")}
+    for k, v in zip(args[::2], args[1::2]):
+        base[k] = v
+    argv = [x for kv in base.items() for x in kv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nas.export: error: ") and message in err and err.count("\n") == 1
+
+
+def test_missing_database(tmp_path: Path, capsys) -> None:
+    url = f"sqlite:///{tmp_path}/none.db"
+    assert main(["--study", "s", "--storage", url, "--out", str(tmp_path / "o.json")]) == 2
+    assert "no study database at" in capsys.readouterr().err
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_open_storage_creates_nothing_for_must_exist(tmp_path: Path) -> None:
+    from nas.cli import UsageError
+
+    with pytest.raises(UsageError):
+        open_storage(f"sqlite:///{tmp_path}/sub/none.db", must_exist=True)
+    assert not (tmp_path / "sub").exists()

@@ -1,0 +1,163 @@
+"""nas.search end to end on real Fashion-MNIST (smoke budget, CPU), and its bad inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from nas.config import ArchConfig
+from nas.cost import measure_cost
+from nas.search import main
+from nas.storage import METRIC_NAMES
+
+# A small corner of the cifar space keeps each smoke trial near one second on a CPU.
+TINY = ["--preset", "cifar", "--growth-rate", "8:12:4", "--convs", "1:2", "--budget", "smoke"]
+
+
+def load(url: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+
+
+def test_readme_demo(tmp_path: Path, monkeypatch, real_data_dir, capsys) -> None:
+    """The README's demo: 3 smoke trials of the default (d2l) preset into studies/demo.db."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["--trials", "3", "--budget", "smoke", "--study", "demo"]) == 0
+    assert (tmp_path / "studies" / "demo.db").is_file()
+    study = load("sqlite:///studies/demo.db", "demo")
+    trials = complete(study)
+    assert len(trials) == 3 and len(study.trials) == 3
+    assert study.metric_names == METRIC_NAMES
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert study.user_attrs["budget"]["name"] == "smoke"
+    ref = trials[0]
+    assert ref.user_attrs["reference"] == "d2l chapter"
+    assert ref.user_attrs["params"] == 758_226
+    assert ref.values[1] == pytest.approx(130.421912)
+    for t in trials:
+        acc, mmacs = t.values
+        assert 0.0 < acc <= 1.0
+        cost = measure_cost(ArchConfig.from_dict(t.user_attrs["config"]))
+        assert mmacs == pytest.approx(cost.fvcore_macs / 1e6)
+        assert t.user_attrs["params"] == cost.params
+        assert t.user_attrs["trained"] is True and t.user_attrs["images_per_second"] > 0
+    out = capsys.readouterr().out
+    assert "trial    0  k=32 convs=4-4-4-4 theta=0.5 (d2l chapter)  acc 0." in out
+    assert "130.4 MMACs (fvcore)" in out
+    assert "3 trials in" in out
+
+
+def test_resume_continues_the_study(tmp_path: Path, real_data_dir) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert main([*TINY, "--trials", "2", "--study", "s", "--storage", url]) == 0
+    assert main([*TINY, "--trials", "2", "--study", "s", "--storage", url]) == 0
+    trials = complete(load(url, "s"))
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    # the second run's sampler is not a replay of the first's (seed offset by trial count)
+    assert [t.params for t in trials[:2]] != [t.params for t in trials[2:]]
+
+
+def test_other_budget_is_refused_and_study_untouched(tmp_path: Path, real_data_dir, capsys):
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert main([*TINY, "--trials", "1", "--study", "s", "--storage", url]) == 0
+    capsys.readouterr()
+    argv = [*TINY[:-2], "--budget", "short", "--trials", "1", "--study", "s", "--storage", url]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nas.search: error: study 's' was created with the 'smoke' budget")
+    assert err.count("\n") == 1
+    study = load(url, "s")
+    assert len(study.trials) == 1 and study.user_attrs["budget"]["name"] == "smoke"
+
+
+def test_mac_budget_marks_infeasible_and_skips_training(tmp_path: Path, real_data_dir, capsys):
+    url = f"sqlite:///{tmp_path}/s.db"
+    # 8:12:4 x 1:2 convs spans 3.2 to 17.8 MMACs: a 7 MMAC budget splits it
+    argv = [
+        *TINY,
+        "--trials",
+        "6",
+        "--study",
+        "s",
+        "--storage",
+        url,
+        "--max-mflops",
+        "7",
+        "--sampler",
+        "random",
+    ]
+    assert main(argv) == 0
+    trials = complete(load(url, "s"))
+    assert len(trials) == 6
+    over = [t for t in trials if t.values[1] > 7]
+    under = [t for t in trials if t.values[1] <= 7]
+    assert over and under
+    for t in over:
+        assert t.user_attrs["trained"] is False and t.values[0] == 0.0
+        assert t.constraints["mmacs_over_budget"] > 0
+        assert "train_seconds" not in t.user_attrs
+    for t in under:
+        assert t.user_attrs["trained"] is True and t.constraints["mmacs_over_budget"] <= 0
+    assert "over budget, not trained" in capsys.readouterr().out
+    study = load(url, "s")
+    assert {t.number for t in study.best_trials} <= {t.number for t in under}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--trials", "0"], "--trials: expected a positive integer"),
+        (["--trials", "ten"], "--trials: expected a positive integer"),
+        (["--preset", "resnet"], "--preset: invalid choice"),
+        (["--sampler", "cmaes"], "--sampler: invalid choice"),
+        (["--budget", "huge"], "--budget: invalid choice"),
+        (["--device", "tpu"], "--device: invalid choice"),
+        (["--seed", "-1"], "--seed: expected an integer >= 0"),
+        (["--max-mflops", "-5"], "--max-mflops: expected a positive number"),
+        (["--max-mflops", "nan"], "--max-mflops: expected a positive number"),
+        (["--study", "../etc/passwd"], "study name '../etc/passwd' must be"),
+        (["--growth-rate", "a:b"], "a range takes integers"),
+        (["--growth-rate", "64:8"], "low 64 > high 8"),
+        (["--convs", "1:500"], "must be in [1, 128]"),
+        (["--compression", "0:1:0.5"], "must lie in (0, 1]"),
+        (["--space", "/nonexistent/space.toml"], "cannot read search-space file"),
+        (["--data-dir", "/nonexistent"], "Fashion-MNIST folder /nonexistent does not exist"),
+        (["--storage", "not a url"], "malformed storage URL"),
+        (["--storage", "nosuchdb://x/y"], "cannot open storage"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch, capsys, args: list[str], message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main([*TINY, "--trials", "1", *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("nas.search: error: ")
+    assert message in captured.err
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert not (tmp_path / "studies").exists() or not any((tmp_path / "studies").iterdir())
+
+
+def test_cuda_without_gpu_is_a_clear_error(tmp_path: Path, monkeypatch, capsys) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.chdir(tmp_path)
+    assert main([*TINY, "--trials", "1", "--device", "cuda"]) == 2
+    assert "PyTorch sees no CUDA GPU" in capsys.readouterr().err
+
+
+def test_help_explains(capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for word in ("--trials", "--max-mflops", "MACs (fvcore)", "presets:", "smoke"):
+        assert word in out

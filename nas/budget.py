@@ -17,7 +17,9 @@ from typing import Any
 
 from nas.config import ConfigError
 
-__all__ = ["BUDGETS", "TrainBudget", "get_budget"]
+__all__ = ["BUDGETS", "SCHEDULES", "TrainBudget", "get_budget"]
+
+SCHEDULES = ("linear", "constant")
 
 
 @dataclass(frozen=True)
@@ -30,11 +32,16 @@ class TrainBudget:
     momentum: float = 0.9  # Nesterov momentum
     weight_decay: float = 5e-4  # L2 on all weights
     warmup: float = 0.1  # fraction of steps spent ramping the LR up from 0
+    schedule: str = "linear"  # "linear": warm-up, then to 0 at the end; "constant": d2l's
     label_smoothing: float = 0.0
     bn_recalibration: int = 0  # if > 0: BN statistics re-estimated on this many train images
     seed: int = 0  # init and data-order seed, the same for every trial of a study
 
     def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(
+                f"budget schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
+            )
         b = self.bn_recalibration
         if isinstance(b, bool) or not isinstance(b, int) or b < 0:
             raise ConfigError(f"budget bn_recalibration must be >= 0, got {b!r}")
@@ -66,7 +73,9 @@ class TrainBudget:
         return self.train_images // self.batch_size
 
     def lr_at(self, step: int) -> float:
-        """Linear warm-up to `lr`, then linear decay to 0 at the last step."""
+        """Linear warm-up to `lr`, then linear decay to 0 at the last step (or constant)."""
+        if self.schedule == "constant":
+            return self.lr
         total = self.steps
         warm = max(1, round(self.warmup * total))
         if step < warm:

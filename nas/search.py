@@ -16,20 +16,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
+import torch
 from tqdm import tqdm
 
 from nas.budget import BUDGETS, TrainBudget, get_budget
 from nas.cli import UsageError, make_parser, run_cli
-from nas.config import ArchConfig
 from nas.data import DataError, load_fashion_mnist
-from nas.objective import CATCH, Objective
 from nas.space import PRESETS, SearchSpace, load_space_file, parse_range, reference_params
 from nas.storage import check_study_name, default_storage_url, open_or_create_study, open_storage
 from nas.train import pick_device
+from nas.workers import SAMPLERS, WorkerSpec, make_sampler, run_workers, trial_line, trial_loop
 
 __all__ = ["SearchArgs", "main", "make_sampler"]
 
-SAMPLERS = ("tpe", "nsga2", "random")
+# Trial processes per GPU for --workers auto. TO BE SET FROM benchmarks/throughput.py.
+WORKERS_PER_GPU = 4
 
 EPILOG = """\
 objectives: validation accuracy (maximise) on a fixed 10k split of the training set, and
@@ -59,6 +60,7 @@ class SearchArgs:
     device: str
     data_dir: str | None
     max_mmacs: float | None
+    workers: int  # 0: choose from the device (default_workers)
 
 
 def _positive_int(text: str) -> int:
@@ -91,6 +93,24 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _workers(text: str) -> str:
+    if text == "auto":
+        return text
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or 1..64, got {text!r}") from None
+    if not 1 <= v <= 64:
+        raise argparse.ArgumentTypeError(f"expected auto or 1..64, got {text!r}")
+    return str(v)
+
+
+def default_workers(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    return WORKERS_PER_GPU * torch.cuda.device_count()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser(
         "nas.search",
@@ -109,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler")
     p.add_argument("--seed", type=_non_negative_int, default=0, help="sampler seed")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default="auto",
+        help=f"trial processes on this machine (default auto: 1 on a CPU, "
+        f"{WORKERS_PER_GPU} per GPU)",
+    )
     p.add_argument("--data-dir", help="folder of the Fashion-MNIST IDX .gz files")
     p.add_argument(
         "--max-mflops",
@@ -149,37 +176,8 @@ def parse_args(argv: list[str] | None) -> SearchArgs:
         device=a.device,
         data_dir=a.data_dir,
         max_mmacs=a.max_mflops,
+        workers=0 if a.workers == "auto" else int(a.workers),
     )
-
-
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    if name == "tpe":
-        # constant_liar: parallel workers do not all sample the same point.
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    return optuna.samplers.RandomSampler(seed=seed)
-
-
-def trial_line(t: optuna.trial.FrozenTrial) -> str:
-    """One readable line per finished trial."""
-    attrs = t.user_attrs
-    cfg = attrs.get("config")
-    desc = ArchConfig.from_dict(cfg).describe() if cfg else "?"
-    ref = " (d2l chapter)" if attrs.get("reference") else ""
-    head = f"trial {t.number:>4}  {desc}{ref}"
-    if t.state == optuna.trial.TrialState.COMPLETE and attrs.get("trained") is False:
-        mmacs = t.values[1]
-        return f"{head}  {mmacs:,.1f} MMACs (fvcore)  over budget, not trained"
-    if t.state == optuna.trial.TrialState.COMPLETE:
-        acc, mmacs = t.values
-        secs = (t.datetime_complete - t.datetime_start).total_seconds()
-        return (
-            f"{head}  acc {acc:.4f}  {mmacs:,.1f} MMACs (fvcore)  {secs:.1f} s  "
-            f"({attrs.get('images_per_second', 0):,.0f} img/s)"
-        )
-    reason = attrs.get("fail_reason", "see log")
-    return f"{head}  {t.state.name.lower()}: {reason}"
 
 
 def run_search(args: SearchArgs) -> optuna.Study:
@@ -188,52 +186,80 @@ def run_search(args: SearchArgs) -> optuna.Study:
         device = pick_device(args.device)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    workers = args.workers or default_workers(device)
     try:
-        data = load_fashion_mnist(args.data_dir).to(device)
+        data = load_fashion_mnist(args.data_dir)  # checked here, loaded by each worker
     except DataError as e:
         raise UsageError(str(e)) from None
     storage = open_storage(args.storage)
-    # A resumed run must not replay the first run's random draws: offset the seed by the
-    # trials already there (deterministic for a given study state).
-    existing = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
-    sampler = make_sampler(args.sampler, args.seed + existing.get(args.study, 0))
+    sampler = make_sampler(args.sampler, args.seed)
     study = open_or_create_study(storage, args.study, sampler, args.budget, args.space.to_dict())
     ref = reference_params(args.space)
     if ref is not None:
         study.enqueue_trial(ref, user_attrs={"reference": "d2l chapter"}, skip_if_exists=True)
 
-    objective = Objective(args.space, args.budget, data, args.max_mmacs)
     finished = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
-    done_before = len(study.get_trials(deepcopy=False, states=finished))
+
+    def count(state: tuple[optuna.trial.TrialState, ...]) -> int:
+        return len(study.get_trials(deepcopy=False, states=state))
+
+    done_before = count(finished)
+    failed_before = count((optuna.trial.TrialState.FAIL,))
     print(
         f"study {args.study!r} ({done_before} finished trials so far) in {args.storage}\n"
         f"preset {args.space.preset}, budget {args.budget.name} "
         f"({args.budget.train_images:,} train images, {args.budget.val_images:,} val), "
-        f"sampler {args.sampler}, device {device}",
+        f"sampler {args.sampler}, device {device}, workers {workers}",
         flush=True,
+    )
+    spec = WorkerSpec(
+        storage=args.storage,
+        study=args.study,
+        space=args.space,
+        budget=args.budget,
+        sampler=args.sampler,
+        seed=args.seed,
+        device=device.type,
+        data_dir=args.data_dir,
+        max_mmacs=args.max_mmacs,
+        workers=workers,
     )
     # disable=None: a bar on a terminal, none in a log file (the per-trial lines remain).
     bar = tqdm(total=args.trials, unit="trial", dynamic_ncols=True, file=sys.stderr, disable=None)
-    failures = 0
-
-    def after_trial(study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
-        nonlocal failures
-        failures += t.state != optuna.trial.TrialState.COMPLETE
-        bar.write(trial_line(t), file=sys.stdout)
-        bar.set_postfix(failed=failures)
-        bar.update(1)
-        sys.stdout.flush()
-
     t0 = time.perf_counter()
     try:
-        study.optimize(objective, n_trials=args.trials, catch=CATCH, callbacks=[after_trial])
+        if workers == 1:
+            left = args.trials
+
+            def claim() -> bool:
+                nonlocal left
+                left -= 1
+                return left >= 0
+
+            def on_trial(_: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+                bar.write(trial_line(t), file=sys.stdout)
+                bar.update(1)
+                sys.stdout.flush()
+
+            trial_loop(spec, 0, claim, on_trial, data)
+        else:
+            del data  # each worker loads its own copy onto its device
+
+            def progress() -> None:
+                bar.update(count(finished) - done_before - bar.n)
+
+            codes = run_workers(spec, args.trials, progress)
+            if any(codes):
+                raise UsageError(f"a worker failed (exit codes {codes}); see its output above")
     finally:
         bar.close()
     elapsed = time.perf_counter() - t0
+    ran = count(finished) - done_before
+    failures = count((optuna.trial.TrialState.FAIL,)) - failed_before
     front = study.best_trials
     print(
-        f"{args.trials} trials in {elapsed:.1f} s ({failures} failed); "
-        f"Pareto front: {len(front)} trials "
+        f"{ran} trials in {elapsed:.1f} s ({failures} failed, {workers} worker"
+        f"{'s' if workers > 1 else ''}); Pareto front: {len(front)} trials "
         f"({', '.join(str(t.number) for t in sorted(front, key=lambda t: t.values[1]))})"
     )
     return study

@@ -3,8 +3,9 @@
 airbench-style: the dataset already sits on the device as uint8 tensors, each step
 gathers a batch by index, converts and resizes it there; no DataLoader, no workers.
 SGD with Nesterov momentum, LR warm-up then linear decay to zero (see nas.budget). On
-CUDA the step runs in bf16 autocast with channels_last; on the CPU in fp32. The timed
-part is the training steps alone, bracketed by device synchronisation.
+CUDA the step runs in bf16 autocast with channels_last, replayed as a CUDA graph
+(nas.step); on the CPU in fp32, eagerly. The timed part is the training steps alone,
+bracketed by device synchronisation.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nas.budget import TrainBudget
 from nas.config import ArchConfig
 from nas.data import to_input
 from nas.model import build_model
+from nas.step import TensorLRSGD, make_step
 
 __all__ = ["Diverged", "TrainResult", "evaluate", "pick_device", "train_and_evaluate"]
 
@@ -39,9 +40,11 @@ class TrainResult:
     steps: int
     train_images: int  # images actually drawn (steps * batch size)
     train_seconds: float  # the training steps alone, device-synchronised
-    images_per_second: float
-    eval_seconds: float
+    images_per_second: float  # over all steps, warm-up and graph capture included
+    warmup_seconds: float  # until steady state: warm-up + capture + 1st replay, or 1st eager step
+    eval_seconds: float  # BN re-estimate (if any) and scoring
     device: str
+    cuda_graph: bool
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -72,28 +75,36 @@ def train_and_evaluate(
     eval_x: torch.Tensor,
     eval_y: torch.Tensor,
     model: nn.Module | None = None,
+    cuda_graph: bool | None = None,
 ) -> TrainResult:
     """Train a fresh model (seeded by budget.seed) and score it on (eval_x, eval_y).
 
     Tensors are uint8 images (N, 28, 28) and int64 labels on the device to train on.
-    Only the first budget.val_images evaluation images are scored.
+    Only the first budget.val_images evaluation images are scored. cuda_graph (default:
+    on CUDA) replays each step as one CUDA graph; False runs the same step eagerly.
     """
     device = train_x.device
+    if cuda_graph is None:
+        cuda_graph = device.type == "cuda"
+    if cuda_graph and device.type != "cuda":
+        raise ValueError("cuda_graph needs the data on a CUDA device")
     torch.manual_seed(budget.seed)
     if model is None:
         model = build_model(config)
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format).train()
-    opt = torch.optim.SGD(
-        model.parameters(),
-        lr=budget.lr_at(0),
+    opt = TensorLRSGD(
+        list(model.parameters()),
         momentum=budget.momentum,
-        nesterov=budget.momentum > 0,
         weight_decay=budget.weight_decay,
+        nesterov=budget.momentum > 0,
     )
     n, bs, steps = len(train_x), budget.batch_size, budget.steps
     if n < bs:
         raise ValueError(f"only {n} training images for a batch of {bs}")
+    step_fn, eager_steps = make_step(
+        model, opt, train_x, train_y, config.image_size, bs, budget.label_smoothing, cuda_graph
+    )
     per_epoch = n // bs
     gen = torch.Generator(device=device).manual_seed(budget.seed)
     tail = max(1, steps // 10)
@@ -101,21 +112,17 @@ def train_and_evaluate(
 
     _sync(device)
     t0 = time.perf_counter()
+    warmup_seconds = 0.0
     for step in range(steps):
         if step % per_epoch == 0:
             order = torch.randperm(n, device=device, generator=gen)
-        idx = order[(step % per_epoch) * bs : (step % per_epoch + 1) * bs]
-        x = to_input(train_x[idx], config.image_size, torch.float32)
-        x = x.contiguous(memory_format=memory_format)
-        for group in opt.param_groups:
-            group["lr"] = budget.lr_at(step)
-        with _autocast(device):
-            loss = F.cross_entropy(model(x), train_y[idx], label_smoothing=budget.label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        i = step % per_epoch
+        loss = step_fn(order[i * bs : (i + 1) * bs], budget.lr_at(step))
         if step >= steps - tail:
-            loss_sum += loss.detach().float()
+            loss_sum += loss.float()
+        if step == eager_steps:  # warm-up (and capture) done: the rest is steady state
+            _sync(device)
+            warmup_seconds = time.perf_counter() - t0
         if step % 100 == 99 and not torch.isfinite(loss):
             raise Diverged(f"training loss became {loss.item()} at step {step + 1}")
     _sync(device)
@@ -138,8 +145,10 @@ def train_and_evaluate(
         train_images=steps * bs,
         train_seconds=train_seconds,
         images_per_second=steps * bs / train_seconds,
+        warmup_seconds=warmup_seconds,
         eval_seconds=time.perf_counter() - t1,
         device=_device_name(device),
+        cuda_graph=cuda_graph,
     )
 
 

@@ -1,0 +1,127 @@
+"""One training step (gather a batch, forward, backward, SGD update), eager or as a CUDA graph.
+
+Small DenseNets are bound by kernel launches, not arithmetic: a step is hundreds of
+small kernels. On CUDA the whole step, batch gather and resize included, is captured
+once per trial in a CUDA graph (`torch.cuda.graph`, no torch.compile, so nothing is
+compiled per architecture) and replayed with one launch. What changes between steps
+lives in static device tensors: the batch indices and the learning rate. That is why
+the optimizer here is SGD written with foreach ops on a 0-d LR tensor: the same
+update as `torch.optim.SGD(nesterov=True)` (tests compare the two), but capturable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nas.data import to_input
+
+__all__ = ["TensorLRSGD", "make_step"]
+
+WARMUP_STEPS = 3  # eager steps on a side stream before capture (cuDNN/cuBLAS pick kernels)
+
+
+class TensorLRSGD:
+    """SGD with momentum, Nesterov and L2 weight decay; LR is a 0-d tensor on the device.
+
+    Per parameter p with gradient g (as torch.optim.SGD, dampening 0):
+        g <- g + wd * p;  buf <- m * buf + g;  g <- g + m * buf (Nesterov) or buf;  p <- p - lr * g
+    Momentum buffers start at zero, which equals torch's "buf = g" on the first step.
+    """
+
+    def __init__(
+        self, params: list[nn.Parameter], momentum: float, weight_decay: float, nesterov: bool
+    ) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self.momentum, self.weight_decay, self.nesterov = momentum, weight_decay, nesterov
+        device = self.params[0].device
+        self.lr = torch.zeros((), device=device)
+        self.bufs = [torch.zeros_like(p) for p in self.params] if momentum else []
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        grads = [p.grad for p in self.params]
+        if self.weight_decay:
+            grads = torch._foreach_add(grads, self.params, alpha=self.weight_decay)
+        if self.momentum:
+            torch._foreach_mul_(self.bufs, self.momentum)
+            torch._foreach_add_(self.bufs, grads)
+            if self.nesterov:
+                grads = torch._foreach_add(grads, self.bufs, alpha=self.momentum)
+            else:
+                grads = self.bufs
+        torch._foreach_sub_(self.params, torch._foreach_mul(grads, self.lr))
+
+
+def make_step(
+    model: nn.Module,
+    opt: TensorLRSGD,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    image_size: int,
+    batch_size: int,
+    label_smoothing: float,
+    cuda_graph: bool,
+) -> tuple[Callable[[torch.Tensor, float], torch.Tensor], int]:
+    """A function step(indices, lr) -> loss (a device tensor, valid until the next call).
+
+    With cuda_graph, the first WARMUP_STEPS calls run eagerly on a side stream and the
+    next call captures the graph (and runs it); later calls replay it. Returns the step
+    and the number of eager steps it takes before replaying.
+    """
+    device = train_x.device
+    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    autocast = torch.autocast(
+        device.type, dtype=torch.bfloat16, enabled=device.type == "cuda", cache_enabled=False
+    )
+    static_idx = torch.zeros(batch_size, dtype=torch.long, device=device)
+
+    def body() -> torch.Tensor:
+        x = to_input(train_x[static_idx], image_size, torch.float32).contiguous(memory_format=fmt)
+        with autocast:
+            loss = F.cross_entropy(model(x), train_y[static_idx], label_smoothing=label_smoothing)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    if not cuda_graph:
+
+        def eager(idx: torch.Tensor, lr: float) -> torch.Tensor:
+            static_idx.copy_(idx)
+            opt.lr.fill_(lr)
+            return body()
+
+        return eager, 0
+
+    graph = torch.cuda.CUDAGraph()
+    side = torch.cuda.Stream(device)
+    state: dict[str, torch.Tensor] = {}
+    calls = 0
+
+    def graphed(idx: torch.Tensor, lr: float) -> torch.Tensor:
+        nonlocal calls
+        static_idx.copy_(idx)
+        opt.lr.fill_(lr)
+        calls += 1
+        if calls <= WARMUP_STEPS:
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                loss = body()
+            torch.cuda.current_stream(device).wait_stream(side)
+            return loss
+        if "loss" not in state:
+            opt.zero_grad()  # grads are allocated inside the graph's private pool
+            with torch.cuda.graph(graph):
+                state["loss"] = body()
+        graph.replay()
+        return state["loss"]
+
+    return graphed, WARMUP_STEPS

@@ -39,18 +39,23 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(a.device)
     data = load_fashion_mnist().to(device)
     ours = get_budget(a.budget)
-    d2l = replace(ours, name="d2l-recipe", schedule="constant", momentum=0.0,
-                  weight_decay=0.0, warmup=0.0)
+    d2l = replace(
+        ours, name="d2l-recipe", schedule="constant", momentum=0.0, weight_decay=0.0, warmup=0.0
+    )
     results = {}
     for budget in (ours, d2l):
         runs = []
         for seed in range(a.seeds):
-            r = train_and_evaluate(config, budget.with_seed(seed), data.train_x, data.train_y,
-                                   data.val_x, data.val_y)
+            r = train_and_evaluate(
+                config, budget.with_seed(seed), data.train_x, data.train_y, data.val_x, data.val_y
+            )
             runs.append(r)
-            print(f"{budget.name:>10} seed {seed}: val acc {r.accuracy:.4f}  "
-                  f"loss {r.final_loss:.4f}  {r.train_seconds:.1f} s  "
-                  f"{r.images_per_second:,.0f} img/s", flush=True)
+            print(
+                f"{budget.name:>10} seed {seed}: val acc {r.accuracy:.4f}  "
+                f"loss {r.final_loss:.4f}  {r.train_seconds:.1f} s  "
+                f"{r.images_per_second:,.0f} img/s",
+                flush=True,
+            )
         accs = [r.accuracy for r in runs]
         results[budget.name] = {
             "budget": budget.to_dict(),
@@ -63,8 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         }
     print()
     for name, r in results.items():
-        print(f"{name:>10}: mean {r['mean']:.4f}  stdev {r['stdev']:.4f}  "
-              f"range {r['range']:.4f} over {a.seeds} seeds")
+        print(
+            f"{name:>10}: mean {r['mean']:.4f}  stdev {r['stdev']:.4f}  "
+            f"range {r['range']:.4f} over {a.seeds} seeds"
+        )
     if a.out:
         record = {
             "config": config.to_dict(),

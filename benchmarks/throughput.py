@@ -1,0 +1,305 @@
+"""The search's throughput, measured side by side in one run on one device.
+
+  (a) the d2l chapter's training loop on its network: fp32, the batch copied from host
+      memory every step, plain SGD at a constant LR 0.1, batch 256 (the baseline);
+  (b) this project's trial training on the same network and the same number of images,
+      eager and as a CUDA graph (nas.step), with validation accuracy for each;
+  (c) `nas.search` of `short` trials with the cifar preset, with --workers 1 and more:
+      trials per minute, total images per second, and each trial's time split into parts;
+  (d) the CPU side of a trial: sampling, building, fvcore counting and storage writes.
+
+Achieved TFLOP/s counts a training step as 3x the forward pass and 2 FLOPs per MAC
+(fvcore), against the card's bf16 dense matmul peak measured here (8192^3 GEMMs).
+
+    python benchmarks/throughput.py --out benchmarks/results/throughput-H200.json
+    python benchmarks/throughput.py --tiny          # CPU smoke test (CI), nothing timed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+import torch.nn.functional as F
+
+from nas.budget import TrainBudget, get_budget
+from nas.config import D2L_CHAPTER
+from nas.cost import closed_form_macs, measure_cost
+from nas.data import FashionMNIST, load_fashion_mnist, to_input
+from nas.model import build_model
+from nas.search import main as search_main
+from nas.space import PRESETS, sample
+from nas.storage import open_storage
+from nas.train import evaluate, pick_device, train_and_evaluate
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bf16_peak_tflops(device: torch.device) -> float | None:
+    """Dense bf16 GEMM throughput, the card's practical peak."""
+    if device.type != "cuda":
+        return None
+    n = 8192
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    reps = 20
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e12
+
+
+def tflops(macs: int, images_per_second: float) -> float:
+    return 3 * 2 * macs * images_per_second / 1e12
+
+
+def d2l_loop(
+    data: FashionMNIST, images: int, val_images: int, device: torch.device
+) -> dict[str, Any]:
+    """The chapter's loop: host tensors resized to 96x96, .to(device) each step, fp32."""
+    bs = 256
+    steps = images // bs
+    host_x = to_input(data.train_x[: steps * bs].cpu(), 96, torch.float32)  # (N, 1, 96, 96)
+    host_y = data.train_y[: steps * bs].cpu()
+    torch.manual_seed(0)
+    net = build_model(D2L_CHAPTER).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    net.train()
+    sync(device)
+    t = time.perf_counter()
+    for i in range(steps):
+        X, y = host_x[i * bs : (i + 1) * bs].to(device), host_y[i * bs : (i + 1) * bs].to(device)
+        loss = F.cross_entropy(net(X), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    sync(device)
+    seconds = time.perf_counter() - t
+    val_x, val_y = data.val_x[:val_images], data.val_y[:val_images]
+    acc = evaluate(net, D2L_CHAPTER, val_x, val_y)
+    return {
+        "images": steps * bs,
+        "seconds": seconds,
+        "images_per_second": steps * bs / seconds,
+        "val_accuracy": acc,
+    }
+
+
+def ours(data: FashionMNIST, budget: TrainBudget, graph: bool) -> dict[str, Any]:
+    r = train_and_evaluate(
+        D2L_CHAPTER, budget, data.train_x, data.train_y, data.val_x, data.val_y, cuda_graph=graph
+    )
+    return {
+        "cuda_graph": graph,
+        "images": r.train_images,
+        "seconds": r.train_seconds,
+        "warmup_seconds": r.warmup_seconds,
+        "images_per_second": r.images_per_second,
+        "val_accuracy": r.accuracy,
+        "final_loss": r.final_loss,
+    }
+
+
+def search_run(
+    workers: int, trials: int, budget: str, extra: list[str], data_dir: str | None
+) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{tmp}/bench.db"
+        argv = [
+            "--preset",
+            "cifar",
+            "--budget",
+            budget,
+            "--trials",
+            str(trials),
+            "--workers",
+            str(workers),
+            "--study",
+            "bench",
+            "--storage",
+            url,
+            *extra,
+        ]
+        if data_dir:
+            argv += ["--data-dir", data_dir]
+        t = time.perf_counter()
+        rc = search_main(argv)
+        wall = time.perf_counter() - t
+        if rc != 0:
+            raise RuntimeError(f"nas.search exited {rc}")
+        study = optuna.load_study(study_name="bench", storage=open_storage(url))
+        done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    parts: dict[str, list[float]] = {}
+    overhead, durations = [], []
+    for t in done:
+        duration = (t.datetime_complete - t.datetime_start).total_seconds()
+        secs = dict(t.user_attrs["seconds"])
+        secs["storage_and_other"] = duration - sum(secs.values())
+        for k, v in secs.items():
+            parts.setdefault(k, []).append(v)
+        durations.append(duration)
+        overhead.append(duration - secs["steady_train"])
+    images = sum(t.user_attrs["images_per_second"] * t.user_attrs["train_seconds"] for t in done)
+    accs = [t.values[0] for t in done]
+    return {
+        "workers": workers,
+        "trials": len(done),
+        "wall_seconds": wall,
+        "trials_per_minute": 60 * len(done) / wall,
+        "images_per_second_total": images / wall,
+        "median_trial_seconds": statistics.median(durations),
+        "median_fixed_overhead_seconds": statistics.median(overhead),
+        "median_parts_seconds": {k: statistics.median(v) for k, v in parts.items()},
+        "best_val_accuracy": max(accs),
+        "median_mmacs": statistics.median(t.values[1] for t in done),
+    }
+
+
+def cpu_side(n: int) -> dict[str, Any]:
+    """Sample + build + fvcore + one trial's storage writes, on this machine's CPU."""
+    space = PRESETS["cifar"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        storage = open_storage(f"sqlite:///{tmp}/cpu.db")
+        study = optuna.create_study(
+            storage=storage,
+            directions=["maximize", "minimize"],
+            sampler=optuna.samplers.TPESampler(seed=0, multivariate=True, constant_liar=True),
+        )
+        for _ in range(n):
+            t0 = time.perf_counter()
+            trial = study.ask()
+            config = sample(trial, space)
+            t1 = time.perf_counter()
+            build_model(config)
+            t2 = time.perf_counter()
+            cost = measure_cost(config)
+            t3 = time.perf_counter()
+            closed_form_macs(config)
+            t4 = time.perf_counter()
+            trial.set_user_attr("config", config.to_dict())
+            trial.set_user_attr("params", cost.params)
+            study.tell(trial, (0.5, cost.fvcore_macs / 1e6))
+            t5 = time.perf_counter()
+            rows.append(
+                {
+                    "sample": t1 - t0,
+                    "build": t2 - t1,
+                    "fvcore": t3 - t2,
+                    "closed_form": t4 - t3,
+                    "storage": t5 - t4,
+                }
+            )
+    med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    med["build_fvcore_storage"] = med["build"] + med["fvcore"] + med["storage"]
+    return {"configs": n, "median_seconds": med}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny budgets, untimed")
+    p.add_argument("--trials", type=int, default=20, help="trials per search run (c)")
+    p.add_argument("--workers", default="1,2,4", help="worker counts to compare in (c)")
+    p.add_argument("--hundred", action="store_true", help="also 100 short trials, best N")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-dir")
+    p.add_argument("--out", help="write all results as JSON here")
+    a = p.parse_args(argv)
+    device = pick_device(a.device)
+    data = load_fashion_mnist(a.data_dir).to(device)
+    if a.tiny:
+        budget = replace(
+            get_budget("smoke"), name="tiny", train_images=256, batch_size=32, val_images=100
+        )
+        search_budget, extra, trials = "smoke", ["--growth-rate", "8:12:4", "--convs", "1:2"], 2
+        workers = [1, 2]
+    else:
+        budget, search_budget, extra, trials = get_budget("short"), "short", [], a.trials
+        workers = [int(w) for w in a.workers.split(",")]
+    macs = sum(closed_form_macs(D2L_CHAPTER).values())
+    res: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "tiny": a.tiny,
+        "bf16_peak_tflops": bf16_peak_tflops(device),
+        "d2l_network_macs_fvcore": macs,
+    }
+    print(
+        f"device {res['device']}, torch {res['torch']}, bf16 peak "
+        f"{res['bf16_peak_tflops'] or float('nan'):.0f} TFLOP/s",
+        flush=True,
+    )
+
+    res["a_d2l_loop"] = d2l_loop(data, budget.train_images, budget.val_images, device)
+    res["a_d2l_loop"]["tflops"] = tflops(macs, res["a_d2l_loop"]["images_per_second"])
+    graph_modes = [False, True] if device.type == "cuda" else [False]
+    res["b_ours"] = []
+    for g in graph_modes:
+        r = ours(data, budget, g)
+        r["tflops"] = tflops(macs, r["images_per_second"])
+        res["b_ours"].append(r)
+    base = res["a_d2l_loop"]["images_per_second"]
+    print("\n(a)/(b) d2l chapter network, same images:")
+    rows = [("d2l loop (fp32, host copy)", res["a_d2l_loop"])] + [
+        (f"ours, {'CUDA graph' if r['cuda_graph'] else 'eager'}", r) for r in res["b_ours"]
+    ]
+    for name, r in rows:
+        print(
+            f"  {name:<28} {r['images_per_second']:>9,.0f} img/s  {r['tflops']:6.2f} TFLOP/s  "
+            f"x{r['images_per_second'] / base:4.1f}  val acc {r['val_accuracy']:.4f}"
+        )
+    sys.stdout.flush()
+
+    del data
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    res["c_search"] = []
+    for w in workers:
+        r = search_run(w, trials, search_budget, extra, a.data_dir)
+        res["c_search"].append(r)
+    if a.hundred and not a.tiny:
+        best = max(res["c_search"], key=lambda r: r["trials_per_minute"])["workers"]
+        res["c_hundred"] = search_run(best, 100, "short", [], a.data_dir)
+    print(f"\n(c) nas.search, cifar preset, {search_budget} budget:")
+    for r in res["c_search"] + ([res["c_hundred"]] if "c_hundred" in res else []):
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in r["median_parts_seconds"].items())
+        print(
+            f"  {r['trials']:>3} trials, {r['workers']} workers: {r['wall_seconds']:6.1f} s, "
+            f"{r['trials_per_minute']:5.1f} trials/min, "
+            f"{r['images_per_second_total']:>9,.0f} img/s total, median fixed overhead "
+            f"{r['median_fixed_overhead_seconds']:.3f} s ({parts})"
+        )
+
+    res["d_cpu_side"] = cpu_side(5 if a.tiny else 20)
+    med = res["d_cpu_side"]["median_seconds"]
+    print(
+        "\n(d) CPU side of a trial (median s): "
+        + ", ".join(f"{k} {v:.4f}" for k, v in med.items())
+    )
+    if a.out:
+        Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
+        print(f"\nwrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -29,8 +29,11 @@ from nas.workers import SAMPLERS, WorkerSpec, make_sampler, run_workers, trial_l
 
 __all__ = ["SearchArgs", "main", "make_sampler"]
 
-# Trial processes per GPU for --workers auto. TO BE SET FROM benchmarks/throughput.py.
-WORKERS_PER_GPU = 4
+# Trial processes per GPU for --workers auto. Measured on an H200 (benchmarks/results/
+# throughput-H200.json, 8 short cifar trials): 1 worker 8.9 trials/min, 4 workers 9.2.
+# With the step replayed as a CUDA graph, processes only time-slice the GPU (no MPS), so
+# more than one buys nothing and adds ~6 s of CPU contention per trial.
+WORKERS_PER_GPU = 1
 
 EPILOG = """\
 objectives: validation accuracy (maximise) on a fixed 10k split of the training set, and

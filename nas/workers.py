@@ -106,7 +106,7 @@ def trial_loop(
     device = worker_device(spec, index)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    elif spec.workers > 1:
+    if spec.workers > 1:  # CPU work (fvcore tracing, building) must not oversubscribe cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.workers))
     data = (data or load_fashion_mnist(spec.data_dir)).to(device)
     storage = open_storage(spec.storage)

@@ -57,7 +57,7 @@ class TrainBudget:
                 f"({self.batch_size})"
             )
         for name, lo, hi in (
-            ("lr", 0.0, 10.0),
+            ("lr", 0.0, 1e4),  # large enough to diverge on purpose, finite
             ("momentum", 0.0, 1.0),
             ("weight_decay", 0.0, 1.0),
             ("warmup", 0.0, 1.0),

@@ -6,10 +6,15 @@ the architecture JSON, parameters, train time, throughput, device. With a MAC bu
 an architecture over it is marked infeasible through `trial.set_constraint` and is not
 trained: its accuracy value is 0.0 and its `trained` attribute is false, and Optuna
 keeps infeasible trials off the Pareto front.
+
+A trial that runs out of memory, diverges (NaN loss) or samples an architecture the
+builder rejects fails alone: its reason is stored as the `fail_reason` attribute, the
+device memory is released, and the search goes on.
 """
 
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass
 
@@ -17,15 +22,35 @@ import optuna
 import torch
 
 from nas.budget import TrainBudget
+from nas.config import ConfigError
 from nas.cost import measure_cost
 from nas.data import FashionMNIST
 from nas.space import SearchSpace, sample
 from nas.train import Diverged, train_and_evaluate
 
-__all__ = ["CATCH", "Objective"]
+__all__ = ["CATCH", "Objective", "TrialFailed", "failure_reason"]
 
-# Trial failures that cost one trial, not the search: the reason is stored on the trial.
-CATCH = (Diverged, torch.OutOfMemoryError)
+
+class TrialFailed(Exception):
+    """A trial that failed for a reason of its own (stored as its fail_reason attribute)."""
+
+
+# The trial failures that cost one trial, not the search (nas.search catches these).
+CATCH = (TrialFailed,)
+
+
+def failure_reason(e: BaseException) -> str | None:
+    """A one-line reason if `e` is a per-trial failure, None if it is a bug to surface."""
+    if isinstance(e, torch.OutOfMemoryError):
+        return f"out of GPU memory: {str(e).splitlines()[0][:300]}"
+    if isinstance(e, RuntimeError) and "can't allocate memory" in str(e):
+        text = str(e)
+        return f"out of memory: {text[text.find('DefaultCPUAllocator') :][:300]}"
+    if isinstance(e, Diverged):
+        return f"diverged: {e}"
+    if isinstance(e, ConfigError):
+        return f"architecture rejected: {e}"
+    return None
 
 
 @dataclass
@@ -36,6 +61,25 @@ class Objective:
     max_mmacs: float | None = None  # MACs (fvcore) budget in millions, or None
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+        reason = None
+        try:
+            return self._run(trial)
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+            raise
+        except Exception as e:
+            reason = failure_reason(e)
+            if reason is None:
+                raise
+        # Out of the except block: the traceback (and the model and CUDA graph its frames
+        # hold) is gone, so the memory can go back to the device.
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        trial.set_user_attr("fail_reason", reason)
+        raise TrialFailed(reason)
+
+    def _run(self, trial: optuna.Trial) -> tuple[float, float]:
         t0 = time.perf_counter()
         config = sample(trial, self.space)
         t1 = time.perf_counter()
@@ -51,13 +95,7 @@ class Objective:
                 trial.set_user_attr("trained", False)
                 return 0.0, mmacs
         d = self.data
-        try:
-            r = train_and_evaluate(config, self.budget, d.train_x, d.train_y, d.val_x, d.val_y)
-        except CATCH as e:
-            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
-            if d.train_x.is_cuda:
-                torch.cuda.empty_cache()
-            raise
+        r = train_and_evaluate(config, self.budget, d.train_x, d.train_y, d.val_x, d.val_y)
         t3 = time.perf_counter()
         trial.set_user_attr("trained", True)
         trial.set_user_attr("train_seconds", round(r.train_seconds, 3))

@@ -12,7 +12,7 @@ import argparse
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import optuna
@@ -64,6 +64,7 @@ class SearchArgs:
     data_dir: str | None
     max_mmacs: float | None
     workers: int  # 0: choose from the device (default_workers)
+    heartbeat: int  # seconds between heartbeats of a running trial
 
 
 def _positive_int(text: str) -> int:
@@ -146,6 +147,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="M",
         help="MACs (fvcore) budget in millions: larger networks are infeasible, not trained",
     )
+    p.add_argument(
+        "--lr",
+        type=_positive_float,
+        help="peak learning rate, replacing the budget's (part of the stored budget)",
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=_positive_int,
+        default=10,
+        metavar="S",
+        help="seconds between a running trial's heartbeats; a trial silent for 3 heartbeats "
+        "(its worker killed) is failed and retried once (default 10)",
+    )
     g = p.add_argument_group("search-space overrides (after the preset and --space)")
     g.add_argument("--space", metavar="FILE", help="TOML file of search-space overrides")
     g.add_argument("--growth-rate", metavar="LO:HI[:STEP]", help="range of k")
@@ -168,18 +182,22 @@ def parse_args(argv: list[str] | None) -> SearchArgs:
         flags["compression"] = parse_range(a.compression, integer=False)
     if flags:
         space = space.override(flags, "command line")
+    budget = get_budget(a.budget)
+    if a.lr is not None:
+        budget = replace(budget, lr=a.lr)
     return SearchArgs(
         trials=a.trials,
         study=check_study_name(a.study),
         storage=a.storage or default_storage_url(a.study),
         space=space,
-        budget=get_budget(a.budget),
+        budget=budget,
         sampler=a.sampler,
         seed=a.seed,
         device=a.device,
         data_dir=a.data_dir,
         max_mmacs=a.max_mflops,
         workers=0 if a.workers == "auto" else int(a.workers),
+        heartbeat=a.heartbeat,
     )
 
 
@@ -194,20 +212,16 @@ def run_search(args: SearchArgs) -> optuna.Study:
         data = load_fashion_mnist(args.data_dir)  # checked here, loaded by each worker
     except DataError as e:
         raise UsageError(str(e)) from None
-    storage = open_storage(args.storage)
+    storage = open_storage(args.storage, heartbeat=args.heartbeat)
     sampler = make_sampler(args.sampler, args.seed)
-    study = open_or_create_study(storage, args.study, sampler, args.budget, args.space.to_dict())
+    space = args.space.to_dict()
+    study, created = open_or_create_study(storage, args.study, sampler, args.budget, space)
     ref = reference_params(args.space)
-    if ref is not None:
-        study.enqueue_trial(ref, user_attrs={"reference": "d2l chapter"}, skip_if_exists=True)
+    if created and ref is not None:  # only the creator: several workers may start at once
+        study.enqueue_trial(ref, user_attrs={"reference": "d2l chapter"})
 
     finished = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
-
-    def count(state: tuple[optuna.trial.TrialState, ...]) -> int:
-        return len(study.get_trials(deepcopy=False, states=state))
-
-    done_before = count(finished)
-    failed_before = count((optuna.trial.TrialState.FAIL,))
+    done_before = len(study.get_trials(deepcopy=False, states=finished))
     print(
         f"study {args.study!r} ({done_before} finished trials so far) in {args.storage}\n"
         f"preset {args.space.preset}, budget {args.budget.name} "
@@ -226,10 +240,19 @@ def run_search(args: SearchArgs) -> optuna.Study:
         data_dir=args.data_dir,
         max_mmacs=args.max_mmacs,
         workers=workers,
+        heartbeat=args.heartbeat,
     )
     # disable=None: a bar on a terminal, none in a log file (the per-trial lines remain).
     bar = tqdm(total=args.trials, unit="trial", dynamic_ncols=True, file=sys.stderr, disable=None)
     t0 = time.perf_counter()
+    ran = failures = 0  # this run's trials (other machines may be adding theirs)
+
+    def progress(done: int, failed: int) -> None:
+        nonlocal ran, failures
+        ran, failures = done, failed
+        bar.set_postfix(failed=failed)
+        bar.update(done - bar.n)
+
     try:
         if workers == 1:
             left = args.trials
@@ -241,24 +264,18 @@ def run_search(args: SearchArgs) -> optuna.Study:
 
             def on_trial(_: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
                 bar.write(trial_line(t), file=sys.stdout)
-                bar.update(1)
+                progress(ran + 1, failures + (t.state != optuna.trial.TrialState.COMPLETE))
                 sys.stdout.flush()
 
             trial_loop(spec, 0, claim, on_trial, data)
         else:
             del data  # each worker loads its own copy onto its device
-
-            def progress() -> None:
-                bar.update(count(finished) - done_before - bar.n)
-
             codes = run_workers(spec, args.trials, progress)
             if any(codes):
                 raise UsageError(f"a worker failed (exit codes {codes}); see its output above")
     finally:
         bar.close()
     elapsed = time.perf_counter() - t0
-    ran = count(finished) - done_before
-    failures = count((optuna.trial.TrialState.FAIL,)) - failed_before
     front = study.best_trials
     print(
         f"{ran} trials in {elapsed:.1f} s ({failures} failed, {workers} worker"

@@ -10,6 +10,7 @@ accuracies from different budgets are not comparable.
 from __future__ import annotations
 
 import re
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,15 @@ def default_storage_url(study: str) -> str:
     return f"sqlite:///studies/{check_study_name(study)}.db"
 
 
-def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStorage:
-    """An Optuna RDB storage for `url`; one-line UsageError if it is malformed or unreachable."""
+def open_storage(
+    url: str, must_exist: bool = False, heartbeat: int | None = None
+) -> optuna.storages.BaseStorage:
+    """An Optuna RDB storage for `url`; one-line UsageError if it is malformed or unreachable.
+
+    heartbeat: seconds between a running trial's heartbeats. A trial whose worker died
+    (no heartbeat for 3 intervals) is failed by the next worker that starts a trial, and
+    its parameters are queued again, once.
+    """
     try:
         parsed = make_url(url)
     except (sqlalchemy.exc.ArgumentError, ValueError) as e:
@@ -68,7 +76,24 @@ def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStor
                 raise UsageError(f"cannot create {path.parent}: {e.strerror or e}") from None
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
     try:
-        return optuna.storages.RDBStorage(url, **kwargs)
+        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if heartbeat is not None:
+                kwargs["heartbeat_interval"] = heartbeat
+                kwargs["grace_period"] = 3 * heartbeat
+                kwargs["heartbeat_stale_trial_callback"] = (
+                    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+                )
+            for attempt in range(5):
+                try:
+                    return optuna.storages.RDBStorage(url, **kwargs)
+                except (sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.IntegrityError):
+                    # Several workers creating the tables of a new database at once: one
+                    # wins, the others find the tables there on the next try.
+                    if attempt == 4:
+                        raise
+                    time.sleep(0.2 * (attempt + 1))
+            raise AssertionError("unreachable")
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UsageError(f"cannot open storage {url}: {reason}") from None
@@ -92,38 +117,48 @@ def open_or_create_study(
     sampler: optuna.samplers.BaseSampler,
     budget: TrainBudget,
     space: dict[str, Any],
-) -> optuna.Study:
+) -> tuple[optuna.Study, bool]:
     """Continue study `name`, or create it with our objectives, budget and space.
 
-    Refuses (UsageError, nothing written) a study with other objectives or another budget.
+    Returns (study, created). Creation is atomic in the database (a unique study name), so
+    of several workers starting at once exactly one creates the study. Refuses
+    (UsageError, nothing written) a study with other objectives or another budget.
     """
-    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
-    if name in names:
+    try:
+        study = optuna.create_study(
+            study_name=name, storage=storage, sampler=sampler, directions=DIRECTIONS
+        )
+    except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
-        directions = [d.name.lower() for d in study.directions]
-        if directions != DIRECTIONS:
-            raise UsageError(
-                f"study {name!r} optimises {directions}, not this tool's {DIRECTIONS}"
-            )
+    else:
+        with warnings.catch_warnings():  # set_metric_names is "experimental" since Optuna 3.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(METRIC_NAMES)
+        study.set_user_attr("space", space)
+        study.set_user_attr("budget", budget.to_dict())  # last: its presence means "ready"
+        return study, True
+    directions = [d.name.lower() for d in study.directions]
+    if directions != DIRECTIONS:
+        raise UsageError(f"study {name!r} optimises {directions}, not this tool's {DIRECTIONS}")
+    stored = study.user_attrs.get("budget")
+    for _ in range(100):  # another worker may have created it a moment ago
+        if stored is not None:
+            break
+        time.sleep(0.1)
         stored = study.user_attrs.get("budget")
-        if stored != budget.to_dict():
-            was = stored.get("name", "?") if isinstance(stored, dict) else "unknown"
-            raise UsageError(
-                f"study {name!r} was created with the {was!r} budget; this run asks for "
-                f"{budget.name!r} and its accuracies would not be comparable (use another "
-                "--study, or the same --budget)"
-            )
-        return study
-    study = optuna.create_study(
-        study_name=name,
-        storage=storage,
-        sampler=sampler,
-        directions=DIRECTIONS,
-        load_if_exists=True,
+    if stored != budget.to_dict():
+        raise UsageError(f"study {name!r} {_budget_difference(stored, budget)}")
+    return study, False
+
+
+def _budget_difference(stored: Any, budget: TrainBudget) -> str:
+    if not isinstance(stored, dict):
+        return "has no train budget recorded (not made by nas.search?)"
+    ours = budget.to_dict()
+    diff = ", ".join(
+        f"{k} {stored.get(k)!r} there, {ours[k]!r} here" for k in ours if stored.get(k) != ours[k]
     )
-    with warnings.catch_warnings():  # set_metric_names is "experimental" since Optuna 3.2
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(METRIC_NAMES)
-    study.set_user_attr("budget", budget.to_dict())
-    study.set_user_attr("space", space)
-    return study
+    return (
+        f"was created with another train budget ({diff}); accuracies would not be comparable "
+        "(use another --study, or the same budget)"
+    )

@@ -5,15 +5,18 @@ trials, and asks the shared study (through its storage) for one trial at a time.
 workers on one machine share a counter of trials still to run, so a run of --trials T
 makes exactly T trials whatever their durations; workers on other machines (same
 storage, e.g. PostgreSQL) each bring their own --trials. Several GPUs: worker i uses GPU
-i mod count. The sampler of each worker is seeded differently (seed, worker index, and
-the trials already in the study), so workers do not replay each other's draws; TPE's
-constant liar keeps them off each other's running trials.
+i mod count. Each worker's sampler is seeded from --seed, its host, process and index,
+so workers (and resumed runs) do not replay each other's draws; TPE's constant liar
+keeps them off each other's running trials.
 """
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing as mp
 import os
+import signal
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +57,7 @@ class WorkerSpec:
     data_dir: str | None
     max_mmacs: float | None
     workers: int  # how many workers share this machine
+    heartbeat: int  # seconds between heartbeats of a running trial (nas.storage)
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -88,6 +92,16 @@ def trial_line(t: optuna.trial.FrozenTrial) -> str:
     return f"{head}  {t.state.name.lower()}: {reason}"
 
 
+def worker_seed(seed: int, index: int) -> int:
+    """Each worker's own sampler stream, from --seed, this host and process.
+
+    Processes started at once on several machines (same command, same --seed) and runs
+    that resume a study must not replay each other's random draws.
+    """
+    text = f"{seed}:{socket.gethostname()}:{os.getpid()}:{index}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
+
+
 def worker_device(spec: WorkerSpec, index: int) -> torch.device:
     if spec.device == "cuda":
         return torch.device(f"cuda:{index % torch.cuda.device_count()}")
@@ -102,23 +116,23 @@ def trial_loop(
     data: FashionMNIST | None = None,
 ) -> None:
     """Run trials one at a time while claim() grants another (data: already loaded)."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # ERROR: a failed trial is reported in its own line, not with Optuna's traceback.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     device = worker_device(spec, index)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if spec.workers > 1:  # CPU work (fvcore tracing, building) must not oversubscribe cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.workers))
     data = (data or load_fashion_mnist(spec.data_dir)).to(device)
-    storage = open_storage(spec.storage)
-    existing = len(optuna.load_study(study_name=spec.study, storage=storage).trials)
-    sampler = make_sampler(spec.sampler, spec.seed + existing + 7919 * index)
+    storage = open_storage(spec.storage, heartbeat=spec.heartbeat)
+    sampler = make_sampler(spec.sampler, worker_seed(spec.seed, index))
     study = optuna.load_study(study_name=spec.study, storage=storage, sampler=sampler)
     objective = Objective(spec.space, spec.budget, data, spec.max_mmacs)
     while claim():
         study.optimize(objective, n_trials=1, catch=CATCH, callbacks=[on_trial])
 
 
-def _child(spec: WorkerSpec, index: int, remaining) -> None:  # noqa: ANN001
+def _child(spec: WorkerSpec, index: int, remaining, done, failed) -> None:  # noqa: ANN001
     def claim() -> bool:
         with remaining.get_lock():
             if remaining.value <= 0:
@@ -127,6 +141,11 @@ def _child(spec: WorkerSpec, index: int, remaining) -> None:  # noqa: ANN001
             return True
 
     def on_trial(study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+        with done.get_lock():
+            done.value += 1
+        if t.state != optuna.trial.TrialState.COMPLETE:
+            with failed.get_lock():
+                failed.value += 1
         print(f"[w{index}] {trial_line(t)}", flush=True)
 
     try:
@@ -138,16 +157,16 @@ def _child(spec: WorkerSpec, index: int, remaining) -> None:  # noqa: ANN001
 def run_workers(
     spec: WorkerSpec,
     trials: int,
-    progress: Callable[[], None],
+    progress: Callable[[int, int], None],
 ) -> list[int]:
     """Start spec.workers processes for `trials` trials in all; wait; return exit codes.
 
-    progress() is called about twice a second while they run (e.g. to poll the study).
+    progress(done, failed) is called about twice a second with this run's trial counts.
     """
     ctx = mp.get_context("spawn")  # CUDA cannot be forked
-    remaining = ctx.Value("i", trials)
+    remaining, done, failed = ctx.Value("i", trials), ctx.Value("i", 0), ctx.Value("i", 0)
     procs = [
-        ctx.Process(target=_child, args=(spec, i, remaining), name=f"nas-worker-{i}")
+        ctx.Process(target=_child, args=(spec, i, remaining, done, failed), name=f"nas-worker-{i}")
         for i in range(spec.workers)
     ]
     for p in procs:
@@ -156,10 +175,13 @@ def run_workers(
         while any(p.is_alive() for p in procs):
             for p in procs:
                 p.join(timeout=0.5 / len(procs))
-            progress()
-    except KeyboardInterrupt:
+            progress(done.value, failed.value)
+    except KeyboardInterrupt:  # Ctrl-C reaches the workers too; a plain SIGINT may not
+        for p in procs:
+            if p.is_alive() and p.pid is not None:
+                os.kill(p.pid, signal.SIGINT)
         for p in procs:
             p.join()
         raise
-    progress()
+    progress(done.value, failed.value)
     return [p.exitcode if p.exitcode is not None else -1 for p in procs]

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import os
+import shutil
+import socket
 import struct
+import subprocess
+import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -56,3 +62,67 @@ def real_data(real_data_dir: Path):
     from nas.data import load_fashion_mnist
 
     return load_fashion_mnist(real_data_dir)
+
+
+# -- a throwaway PostgreSQL server (Debian's packages), for the multi-machine storage --------
+
+
+def _pg_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if found:
+        return found[-1].parent
+    which = shutil.which("initdb")
+    return Path(which).parent if which else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """initdb + pg_ctl in a temporary folder, on 127.0.0.1; yields (bin dir, port, user)."""
+    bindir = _pg_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
+    root = Path(tempfile.mkdtemp(prefix="nas-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses root: run the server as Debian's postgres user
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(root, "postgres", "postgres")
+    port, data = _free_port(), root / "data"
+
+    def run(*cmd: str) -> None:
+        subprocess.run([*as_user, *cmd], check=True, capture_output=True, timeout=120)
+
+    run(str(bindir / "initdb"), "-D", str(data), "-U", "nas", "--auth=trust", "-E", "UTF8")
+    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=200"
+    run(
+        str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "start"
+    )
+    try:
+        yield bindir, port
+    finally:
+        subprocess.run(
+            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+            capture_output=True,
+            timeout=60,
+        )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A fresh, empty database on the throwaway server for each test."""
+    import psycopg2
+
+    _, port = postgres_server
+    name = f"nas_{uuid.uuid4().hex[:12]}"
+    conn = psycopg2.connect(host="127.0.0.1", port=port, user="nas", dbname="postgres")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    conn.close()
+    return f"postgresql+psycopg2://nas@127.0.0.1:{port}/{name}"

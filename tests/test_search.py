@@ -69,7 +69,8 @@ def test_other_budget_is_refused_and_study_untouched(tmp_path: Path, real_data_d
     argv = [*TINY[:-2], "--budget", "short", "--trials", "1", "--study", "s", "--storage", url]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("nas.search: error: study 's' was created with the 'smoke' budget")
+    assert err.startswith("nas.search: error: study 's' was created with another train budget")
+    assert "name 'smoke' there, 'short' here" in err
     assert err.count("\n") == 1
     study = load(url, "s")
     assert len(study.trials) == 1 and study.user_attrs["budget"]["name"] == "smoke"

@@ -1,0 +1,117 @@
+"""nas.storage: several nas.search processes sharing one study on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from nas.search import main
+from nas.storage import open_storage
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--preset", "cifar", "--growth-rate", "8:12:4", "--convs", "1:2", "--budget", "smoke"]
+
+
+def start(args: list[str]) -> subprocess.Popen:
+    """A nas.search process as another machine would run it; one thread each, so that
+    several share this machine's two cores without OpenMP spinning against each other."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "nas.search", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_four_processes_share_one_postgres_study(postgres_url: str, real_data_dir) -> None:
+    """As on four machines: the same command, 5 trials each, one study."""
+    procs = [
+        start([*TINY, "--trials", "5", "--study", "pg", "--storage", postgres_url])
+        for _ in range(4)
+    ]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, outs
+    study = optuna.load_study(study_name="pg", storage=postgres_url)
+    assert len(study.trials) == 20
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert sorted(t.number for t in study.trials) == list(range(20))
+    assert study.user_attrs["budget"]["name"] == "smoke"
+    for out in outs:
+        assert "5 trials in" in out and "Traceback" not in out and "rror" not in out
+
+
+def test_reference_enqueued_once_by_concurrent_starters(postgres_url: str, real_data_dir) -> None:
+    # A d2l space holding only the chapter's network: every trial is that network.
+    only_ref = [
+        "--growth-rate",
+        "32:32",
+        "--convs",
+        "4:4",
+        "--compression",
+        "0.5:0.5:0.125",
+        "--budget",
+        "smoke",
+        "--trials",
+        "1",
+        "--study",
+        "ref",
+        "--storage",
+        postgres_url,
+    ]
+    procs = [start(only_ref) for _ in range(3)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 3, outs
+    study = optuna.load_study(study_name="ref", storage=postgres_url)
+    assert len(study.trials) == 3
+    assert sum(t.user_attrs.get("reference") == "d2l chapter" for t in study.trials) == 1
+
+
+def test_other_budget_refused_on_postgres(postgres_url: str, real_data_dir, capsys) -> None:
+    assert main([*TINY, "--trials", "1", "--study", "b", "--storage", postgres_url]) == 0
+    assert (
+        main([*TINY, "--trials", "1", "--study", "b", "--storage", postgres_url, "--lr", "0.5"])
+        == 2
+    )
+    assert "lr 0.1 there, 0.5 here" in capsys.readouterr().err
+    assert len(optuna.load_study(study_name="b", storage=postgres_url).trials) == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql+psycopg2://nas@127.0.0.1:1/nas", "cannot open storage"),
+        ("postgresql://", "cannot open storage"),
+        ("mysql://x@127.0.0.1:1/db", "cannot open storage"),
+        ("sqlite:////proc/forbidden/x.db", "cannot create /proc/forbidden"),
+    ],
+)
+def test_unreachable_storage_is_one_line(url: str, message: str, capsys) -> None:
+    assert main([*TINY, "--trials", "1", "--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nas.search: error: ") and message in err and err.count("\n") == 1
+
+
+def test_heartbeat_storage_fails_and_retries_stale_trials(tmp_path: Path) -> None:
+    """Optuna's own mechanism, as configured here: stale after 3 heartbeats, retried once."""
+    import time
+
+    storage = open_storage(f"sqlite:///{tmp_path}/h.db", heartbeat=1)
+    study = optuna.create_study(storage=storage, study_name="h")
+    with pytest.warns(UserWarning, match="Heartbeat"):  # ask() outside optimize(): on purpose
+        dead = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
+    storage.record_heartbeat(dead._trial_id)
+    time.sleep(4.5)  # SQLite keeps whole seconds: 3 s of grace can read as 3, not > 3
+    optuna.storages.fail_stale_trials(study)
+    trials = study.trials
+    assert trials[0].state == optuna.trial.TrialState.FAIL
+    assert trials[1].state == optuna.trial.TrialState.WAITING
+    assert trials[1].params == trials[0].params
+    assert trials[1].system_attrs["failed_trial"] == 0

@@ -162,3 +162,32 @@ def test_help_explains(capsys) -> None:
     out = capsys.readouterr().out
     for word in ("--trials", "--max-mflops", "MACs (fvcore)", "presets:", "smoke"):
         assert word in out
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("growth_rate = [8, 64", "is not valid TOML"),
+        ("growth_rate = [8, 64, 8]\ndepth = 121", "unknown search-space key(s) depth"),
+        ("num_blocks = 100000000000", "num_blocks must be in [1, 8]"),
+        ("image_size = 2", "spatial size reaches 0"),
+        ('convs_per_block = ["1", "2"]', "must hold integers"),
+        ("a = " + "[" * 10000 + "]" * 10000, "is not valid TOML"),
+    ],
+)
+def test_bad_space_file_is_one_line(tmp_path, monkeypatch, capsys, toml, message) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "space.toml").write_text(toml)
+    assert main([*TINY, "--trials", "1", "--space", "space.toml"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nas.search: error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "studies").exists()
+
+
+def test_corrupt_dataset_is_one_line(tmp_path, monkeypatch, capsys, tiny_data_dir) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tiny_data_dir / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b garbage")
+    assert main([*TINY, "--trials", "1", "--data-dir", str(tiny_data_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "corrupt Fashion-MNIST file" in err and "apt-get install dataset-fashion-mnist" in err
+    assert err.count("\n") == 1 and not (tmp_path / "studies").exists()

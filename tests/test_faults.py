@@ -1,0 +1,164 @@
+"""Faults that must cost one trial, never the study: kill -9, Ctrl-C, out of memory, NaN.
+
+Each runs real `nas.search` processes on real Fashion-MNIST and SQLite.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+
+from nas.search import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--preset", "cifar", "--growth-rate", "8:12:4", "--convs", "1:2", "--budget", "smoke"]
+# d2l-preset trials take a few seconds on a CPU: long enough to be caught mid-trial.
+SLOW = ["--growth-rate", "16:24:8", "--convs", "2:3", "--budget", "smoke"]
+STATE = optuna.trial.TrialState
+
+
+def start(args: list[str], wrapper: str | None = None) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "nas.search"] if wrapper is None else [sys.executable, wrapper]
+    return subprocess.Popen(
+        [*cmd, *args],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_for_running_trial(url: str, name: str, timeout: float = 120) -> optuna.trial.FrozenTrial:
+    """The first trial that is RUNNING and past sampling and counting (training)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            study = optuna.load_study(study_name=name, storage=url)
+            for t in study.get_trials(states=(STATE.RUNNING,)):
+                if "fvcore_seconds" in t.user_attrs:
+                    return t
+        except KeyError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("no trial reached training in time")
+
+
+def test_sigkill_mid_trial_is_failed_by_heartbeat_and_retried(tmp_path: Path, real_data_dir):
+    url = f"sqlite:///{tmp_path}/k.db"
+    args = [*SLOW, "--study", "k", "--storage", url, "--heartbeat", "1"]
+    victim = start([*args, "--trials", "3"])
+    running = wait_for_running_trial(url, "k")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    assert victim.returncode == -signal.SIGKILL
+    before = {t.number: t for t in optuna.load_study(study_name="k", storage=url).trials}
+    assert before[running.number].state == STATE.RUNNING  # nobody has noticed yet
+
+    time.sleep(4.5)  # > 3 heartbeats of silence (SQLite keeps whole seconds)
+    rescuer = start([*args, "--trials", "2"])
+    out = rescuer.communicate(timeout=300)[0]
+    assert rescuer.returncode == 0, out
+
+    trials = optuna.load_study(study_name="k", storage=url).trials
+    killed = trials[running.number]
+    assert killed.state == STATE.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == running.number]
+    assert len(retries) == 1
+    assert retries[0].state == STATE.COMPLETE and retries[0].params == killed.params
+    for n, t in before.items():  # every trial finished before the kill is intact
+        if t.state == STATE.COMPLETE:
+            assert trials[n].state == STATE.COMPLETE and trials[n].values == t.values
+    assert not [t for t in trials if t.state == STATE.RUNNING]
+    assert len([t for t in trials if t.number > running.number]) == 2  # the rescuer's two
+
+
+def test_sigint_exits_130_and_the_same_command_resumes(tmp_path: Path, real_data_dir) -> None:
+    url = f"sqlite:///{tmp_path}/i.db"
+    args = [*SLOW, "--study", "i", "--storage", url, "--trials", "2"]
+    proc = start(args)
+    running = wait_for_running_trial(url, "i")
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, out
+    assert "nas.search: interrupted" in out and "Traceback" not in out
+    trials = optuna.load_study(study_name="i", storage=url).trials
+    assert not [t for t in trials if t.state == STATE.RUNNING]
+    assert trials[running.number].state == STATE.FAIL
+    assert trials[running.number].user_attrs["fail_reason"] == "interrupted (Ctrl-C)"
+
+    again = start(args)
+    out = again.communicate(timeout=300)[0]
+    assert again.returncode == 0, out
+    trials = optuna.load_study(study_name="i", storage=url).trials
+    assert len([t for t in trials if t.state == STATE.COMPLETE]) >= 2
+    assert not [t for t in trials if t.state == STATE.RUNNING]
+
+
+OOM_WRAPPER = """
+import resource, sys
+from nas.data import load_fashion_mnist
+from nas.search import main
+load_fashion_mnist()  # imports and page cache first, then cap the address space
+status = open("/proc/self/status").read().split("VmSize:")[1]
+limit = int(status.split()[0]) * 1024 + 1500 * 2**20
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_out_of_memory_fails_one_trial_and_the_search_goes_on(tmp_path: Path, real_data_dir):
+    wrapper = tmp_path / "capped.py"
+    wrapper.write_text(OOM_WRAPPER)
+    url = f"sqlite:///{tmp_path}/m.db"
+    # k=512 needs far more than 1.5 GB at batch 32; k=8 needs little.
+    args = [
+        "--preset",
+        "cifar",
+        "--growth-rate",
+        "8:512:504",
+        "--convs",
+        "1:1",
+        "--budget",
+        "smoke",
+        "--sampler",
+        "random",
+        "--trials",
+        "4",
+        "--study",
+        "m",
+        "--storage",
+        url,
+    ]
+    proc = start(args, wrapper=str(wrapper))
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out
+    trials = optuna.load_study(study_name="m", storage=url).trials
+    assert len(trials) == 4
+    big = [t for t in trials if t.params["growth_rate"] == 512]
+    small = [t for t in trials if t.params["growth_rate"] == 8]
+    assert big and small
+    for t in big:
+        assert t.state == STATE.FAIL
+        assert t.user_attrs["fail_reason"].startswith("out of memory: DefaultCPUAllocator")
+    assert all(t.state == STATE.COMPLETE for t in small)
+    assert f"({len(big)} failed, 1 worker)" in out
+    assert "fail: out of memory" in out
+
+
+def test_nan_loss_fails_each_trial_with_its_reason(tmp_path: Path, real_data_dir, capsys) -> None:
+    url = f"sqlite:///{tmp_path}/n.db"
+    argv = [*TINY, "--trials", "2", "--lr", "1000", "--study", "n", "--storage", url]
+    assert main(argv) == 0
+    trials = optuna.load_study(study_name="n", storage=url).trials
+    assert [t.state for t in trials] == [STATE.FAIL, STATE.FAIL]
+    for t in trials:
+        assert t.user_attrs["fail_reason"].startswith("diverged: training loss became nan")
+    out = capsys.readouterr().out
+    assert "(2 failed, 1 worker)" in out and "fail: diverged" in out

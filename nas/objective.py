@@ -90,7 +90,10 @@ class Objective:
         trial.set_user_attr("fvcore_seconds", round(cost.fvcore_seconds, 4))
         t2 = time.perf_counter()
         if self.max_mmacs is not None:
-            trial.set_constraint("mmacs_over_budget", mmacs - self.max_mmacs)
+            over = mmacs - self.max_mmacs
+            trial.set_constraint("mmacs_over_budget", over)
+            # optuna-dashboard 0.21 reads constraints only from this older attribute.
+            trial.storage.set_trial_system_attr(trial._trial_id, "constraints", [over])
             if mmacs > self.max_mmacs:
                 trial.set_user_attr("trained", False)
                 return 0.0, mmacs

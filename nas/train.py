@@ -1,4 +1,5 @@
-"""Train one architecture for a budget of images and score it: the inner loop of a trial.
+"""Train one architecture for a budget of images and score it: a trial's inner loop, and
+`python -m nas.train`, the final training of an exported architecture.
 
 airbench-style: the dataset already sits on the device as uint8 tensors, each step
 gathers a batch by index, converts and resizes it there; no DataLoader, no workers.
@@ -6,13 +7,21 @@ SGD with Nesterov momentum, LR warm-up then linear decay to zero (see nas.budget
 CUDA the step runs in bf16 autocast with channels_last, replayed as a CUDA graph
 (nas.step); on the CPU in fp32, eagerly. The timed part is the training steps alone,
 bracketed by device synchronisation.
+
+`python -m nas.train best.json --epochs N` trains an architecture (a config JSON or a
+nas.export file) on all 60k training images and scores it on the 10k test set, the
+first and only place the test set is used; it writes a checkpoint and a result JSON.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -23,7 +32,7 @@ from nas.data import to_input
 from nas.model import build_model
 from nas.step import TensorLRSGD, make_step
 
-__all__ = ["Diverged", "TrainResult", "evaluate", "pick_device", "train_and_evaluate"]
+__all__ = ["Diverged", "TrainResult", "evaluate", "main", "pick_device", "train_and_evaluate"]
 
 EVAL_BATCH = {"cuda": 1000, "cpu": 50}  # on the CPU small batches stay in cache: 3x faster
 
@@ -76,6 +85,7 @@ def train_and_evaluate(
     eval_y: torch.Tensor,
     model: nn.Module | None = None,
     cuda_graph: bool | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train a fresh model (seeded by budget.seed) and score it on (eval_x, eval_y).
 
@@ -125,6 +135,8 @@ def train_and_evaluate(
             warmup_seconds = time.perf_counter() - t0
         if step % 100 == 99 and not torch.isfinite(loss):
             raise Diverged(f"training loss became {loss.item()} at step {step + 1}")
+        if on_step is not None:
+            on_step(step)
     _sync(device)
     train_seconds = time.perf_counter() - t0
     final_loss = loss_sum.item() / tail
@@ -190,3 +202,114 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+# -- python -m nas.train -----------------------------------------------------------------
+
+RECIPES = {
+    # this project's: SGD + Nesterov 0.9, weight decay 5e-4, warm-up, linear decay to 0
+    "ours": {"momentum": 0.9, "weight_decay": 5e-4, "warmup": 0.1, "schedule": "linear"},
+    # the d2l chapter's: plain SGD at a constant learning rate
+    "d2l": {"momentum": 0.0, "weight_decay": 0.0, "warmup": 0.0, "schedule": "constant"},
+}
+
+
+def _run(argv: list[str] | None) -> int:
+    from tqdm import tqdm
+
+    from nas.cli import UsageError, make_parser
+    from nas.cost import load_config_file
+    from nas.data import DataError, load_fashion_mnist
+
+    p = make_parser(
+        "nas.train",
+        "Train an exported architecture on all 60k training images and report its accuracy "
+        "on the 10k test set. Writes OUT.pt (checkpoint) and OUT.result.json.",
+    )
+    p.add_argument("config", help="architecture JSON or nas.export file")
+    p.add_argument("--epochs", type=float, default=10.0, help="epochs of 60k images (default 10)")
+    p.add_argument("--batch-size", type=int, default=256, help="default 256 (as d2l)")
+    p.add_argument("--lr", type=float, default=0.1, help="peak learning rate (default 0.1)")
+    p.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default="ours",
+        help="ours: Nesterov SGD, decay to 0; d2l: plain SGD, constant LR",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    p.add_argument("--data-dir", help="folder of the Fashion-MNIST IDX .gz files")
+    p.add_argument("--out", help="output prefix (default: the config path without .json)")
+    a = p.parse_args(argv)
+    if not (math.isfinite(a.epochs) and 0 < a.epochs <= 1000):
+        raise UsageError(f"--epochs must be in (0, 1000], got {a.epochs}")
+    config = load_config_file(a.config)
+    try:
+        device = pick_device(a.device)
+        data = load_fashion_mnist(a.data_dir).to(device)
+    except (ValueError, DataError) as e:
+        raise UsageError(str(e)) from None
+    x, y = data.full_train()
+    budget = TrainBudget(
+        name=f"final-{a.recipe}",
+        train_images=max(a.batch_size, round(a.epochs * len(x))),
+        val_images=len(data.test_x),
+        batch_size=a.batch_size,
+        lr=a.lr,
+        seed=a.seed,
+        **RECIPES[a.recipe],
+    )
+    out = Path(a.out) if a.out else Path(a.config).with_suffix("")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(a.seed)
+    model = build_model(config)
+    per_epoch = len(x) // budget.batch_size
+    print(
+        f"training {config.describe()} for {a.epochs:g} epochs ({budget.steps} steps, "
+        f"recipe {a.recipe}, lr {a.lr}) on {device}",
+        flush=True,
+    )
+    with tqdm(total=budget.steps, unit="step", dynamic_ncols=True, disable=None) as bar:
+
+        def on_step(step: int) -> None:
+            bar.set_description(f"epoch {step // per_epoch + 1}")
+            bar.update(1)
+
+        r = train_and_evaluate(
+            config, budget, x, y, data.test_x, data.test_y, model=model, on_step=on_step
+        )
+    result = {
+        "config": config.to_dict(),
+        "test_accuracy": r.accuracy,
+        "test_images": r.eval_images,
+        "epochs": a.epochs,
+        "train_images": r.train_images,
+        "train_seconds": r.train_seconds,
+        "images_per_second": r.images_per_second,
+        "final_train_loss": r.final_loss,
+        "budget": budget.to_dict(),
+        "device": r.device,
+        "torch": torch.__version__,
+    }
+    ckpt = out.with_name(out.name + ".pt")
+    torch.save(
+        {"config": config.to_dict(), "state_dict": model.state_dict(), "result": result}, ckpt
+    )
+    res = out.with_name(out.name + ".result.json")
+    res.write_text(json.dumps(result, indent=2) + "\n")
+    print(
+        f"test accuracy {r.accuracy:.4f} on {r.eval_images:,} test images; "
+        f"{r.train_seconds:.1f} s of training ({r.images_per_second:,.0f} img/s)\n"
+        f"wrote {ckpt} and {res}"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nas.cli import run_cli
+
+    return run_cli("nas.train", _run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

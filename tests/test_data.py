@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_idx
 
+from conftest import write_idx
 from nas.data import (
     DataError,
     load_fashion_mnist,

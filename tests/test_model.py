@@ -5,9 +5,9 @@ from __future__ import annotations
 import optuna
 import pytest
 import torch
-from d2l_reference import d2l_densenet
 from torch import nn
 
+from d2l_reference import d2l_densenet
 from nas.config import D2L_CHAPTER, ArchConfig
 from nas.model import build_model, count_params
 from nas.space import PRESETS, sample

@@ -69,3 +69,45 @@ def test_pick_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             pick_device("cuda")
+
+
+def test_train_cli_on_real_data(tmp_path, real_data_dir, capsys) -> None:
+    """nas.train: full 60k training set, scored on the 10k test set; checkpoint and JSON."""
+    import json
+
+    from nas.model import count_params
+    from nas.train import main
+
+    cfg = tmp_path / "best.json"
+    cfg.write_text(SMALL.to_json())
+    argv = [str(cfg), "--epochs", "0.1", "--batch-size", "64", "--device", "cpu"]
+    assert main(argv) == 0
+    result = json.loads((tmp_path / "best.result.json").read_text())
+    assert result["test_images"] == 10_000
+    assert result["train_images"] == 6000 // 64 * 64  # 0.1 of the 60k (train + val)
+    assert result["test_accuracy"] > 0.5  # 94 steps on real data: well above chance
+    ckpt = torch.load(tmp_path / "best.pt", weights_only=False)
+    model = build_model(ArchConfig.from_dict(ckpt["config"]))
+    model.load_state_dict(ckpt["state_dict"])
+    assert count_params(model) == count_params(build_model(SMALL))
+    assert ckpt["result"]["test_accuracy"] == result["test_accuracy"]
+    out = capsys.readouterr().out
+    assert f"test accuracy {result['test_accuracy']:.4f} on 10,000 test images" in out
+
+
+def test_train_cli_bad_input(tmp_path, capsys) -> None:
+    from nas.train import main
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text('{"growth_rate": -3}')
+    assert main([str(cfg)]) == 2
+    assert "growth_rate must be in" in capsys.readouterr().err
+    cfg.write_text(SMALL.to_json())
+    for bad, message in (
+        (["--epochs", "0"], "--epochs must be in"),
+        (["--epochs", "x"], "invalid float value"),
+        (["--recipe", "adam"], "invalid choice"),
+    ):
+        assert main([str(cfg), *bad]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1

@@ -1,0 +1,361 @@
+"""`python -m nas.report`: one self-contained HTML page of a study's results.
+
+From pandas data frames built from the study: the accuracy-vs-MACs Pareto front (front,
+dominated, not-trained-over-budget trials and the d2l reference told apart), the
+hypervolume after each trial, parameter importances per objective, how accuracy and
+MACs follow k, convs and theta, and the table of Pareto trials (also as CSV beside the
+page). Plotly's JavaScript is inlined: the page opens offline. The page and each Pareto
+trial's architecture JSON are also stored as Optuna artifacts, one click away in
+optuna-dashboard (`python -m nas.dashboard`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import warnings
+from datetime import UTC, datetime
+from html import escape
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from nas.artifacts import attach_trial_file, default_artifact_dir, replace_study_file
+from nas.cli import UsageError, make_parser, run_cli
+from nas.export import pareto_front, usable_trials
+from nas.storage import default_storage_url, load_study, open_storage
+
+__all__ = ["hypervolume_history", "main", "trials_frame", "write_report"]
+
+MACS = "MMACs (fvcore)"
+REF_ACCURACY = 0.1  # chance on 10 classes: the hypervolume's reference accuracy
+STATES = optuna.trial.TrialState
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial with the columns the report and its CSV need."""
+    usable = {t.number for t in usable_trials(study)}
+    front = {t.number for t in pareto_front(usable_trials(study))}
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        a = t.user_attrs
+        cfg = a.get("config") or {}
+        convs = cfg.get("convs_per_block") or []
+        if t.state == STATES.COMPLETE and t.number in usable:
+            status = "pareto" if t.number in front else "dominated"
+        elif t.state == STATES.COMPLETE:
+            status = "not trained (over MAC budget)"
+        else:
+            status = t.state.name.lower()
+        rows.append(
+            {
+                "trial": t.number,
+                "status": status,
+                "val_accuracy": t.values[0] if t.values and t.number in usable else None,
+                MACS: t.values[1] if t.values else None,
+                "growth_rate": cfg.get("growth_rate"),
+                "convs_per_block": "-".join(map(str, convs)) or None,
+                "total_convs": sum(convs) if convs else None,
+                "compression": cfg.get("compression"),
+                "params": a.get("params"),
+                "train_seconds": a.get("train_seconds"),
+                "images_per_second": a.get("images_per_second"),
+                "reference": bool(a.get("reference")),
+                "fail_reason": a.get("fail_reason"),
+                "device": a.get("device"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def hypervolume_history(df: pd.DataFrame) -> tuple[pd.DataFrame, float]:
+    """Hypervolume in (accuracy, log10 MMACs) after each trial number, and the MAC reference.
+
+    Reference point: accuracy 0.1 (chance) and 1.1 x the largest MMACs of a usable trial;
+    the area is measured with MACs on a log10 scale, as the Pareto plot shows them.
+    """
+    ok = df[df["val_accuracy"].notna()].sort_values("trial")
+    if ok.empty:
+        return pd.DataFrame({"trial": [], "hypervolume": []}), float("nan")
+    ref_macs = 1.1 * ok[MACS].max()
+    ref_log = math.log10(ref_macs)
+    points: list[tuple[float, float]] = []
+    out = []
+    for _, row in ok.iterrows():
+        points.append((math.log10(row[MACS]), row["val_accuracy"]))
+        pts = sorted(p for p in points if p[1] > REF_ACCURACY and p[0] < ref_log)
+        hv, best = 0.0, REF_ACCURACY
+        for i, (logm, acc) in enumerate(pts):
+            best = max(best, acc)
+            right = pts[i + 1][0] if i + 1 < len(pts) else ref_log
+            hv += (right - logm) * (best - REF_ACCURACY)
+        out.append({"trial": row["trial"], "hypervolume": hv})
+    return pd.DataFrame(out), ref_macs
+
+
+def _hover(df: pd.DataFrame) -> list[str]:
+    return [
+        f"trial {r.trial}<br>k={r.growth_rate} convs={r.convs_per_block} theta={r.compression}"
+        f"<br>{r.params:,} params<br>train {r.train_seconds} s"
+        if r.params is not None
+        else f"trial {r.trial}"
+        for r in df.itertuples()
+    ]
+
+
+def pareto_figure(df: pd.DataFrame) -> go.Figure:
+    fig = go.Figure()
+    trained = df[df["val_accuracy"].notna()]
+    front = trained[trained["status"] == "pareto"].sort_values(MACS)
+    dominated = trained[trained["status"] == "dominated"]
+    fig.add_trace(
+        go.Scatter(
+            x=dominated[MACS],
+            y=dominated["val_accuracy"],
+            mode="markers",
+            name="dominated",
+            marker={"color": "#9aa5b1", "size": 8},
+            hovertext=_hover(dominated),
+            hoverinfo="text",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=front[MACS],
+            y=front["val_accuracy"],
+            mode="lines+markers",
+            name="Pareto front",
+            marker={"color": "#d62728", "size": 11},
+            line={"shape": "hv", "color": "#d62728"},
+            hovertext=_hover(front),
+            hoverinfo="text",
+        )
+    )
+    over = df[df["status"] == "not trained (over MAC budget)"]
+    if not over.empty:
+        floor = (trained["val_accuracy"].min() if not trained.empty else 0.5) - 0.01
+        fig.add_trace(
+            go.Scatter(
+                x=over[MACS],
+                y=[floor] * len(over),
+                mode="markers",
+                name="over the MAC budget (not trained)",
+                marker={"symbol": "x", "color": "#444", "size": 8},
+                hovertext=[f"{h}<br>not trained" for h in _hover(over)],
+                hoverinfo="text",
+            )
+        )
+    ref = trained[trained["reference"]]
+    if not ref.empty:
+        fig.add_trace(
+            go.Scatter(
+                x=ref[MACS],
+                y=ref["val_accuracy"],
+                mode="markers",
+                name="d2l chapter's network (reference)",
+                marker={
+                    "symbol": "star",
+                    "color": "#ffbf00",
+                    "size": 18,
+                    "line": {"color": "black", "width": 1},
+                },
+                hovertext=_hover(ref),
+                hoverinfo="text",
+            )
+        )
+    fig.update_layout(
+        title="Validation accuracy vs MACs (fvcore)",
+        xaxis={"type": "log", "title": "MACs (fvcore), millions, batch 1 (log scale)"},
+        yaxis={"title": "validation accuracy"},
+        height=520,
+    )
+    return fig
+
+
+def hypervolume_figure(df: pd.DataFrame) -> go.Figure:
+    hv, ref_macs = hypervolume_history(df)
+    fig = go.Figure(go.Scatter(x=hv["trial"], y=hv["hypervolume"], mode="lines+markers"))
+    fig.update_layout(
+        title=(
+            f"Hypervolume after each trial (reference: accuracy {REF_ACCURACY}, "
+            f"{ref_macs:,.1f} MMACs; area in accuracy x log10 MMACs)"
+        ),
+        xaxis={"title": "trial"},
+        yaxis={"title": "hypervolume"},
+        height=380,
+    )
+    return fig
+
+
+def importance_figure(study: optuna.Study) -> go.Figure:
+    usable = usable_trials(study)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("validation accuracy", MACS))
+    note = None
+    if len(usable) < 3:
+        note = f"needs at least 3 trained trials ({len(usable)} so far)"
+    else:
+        copy = optuna.create_study(directions=["maximize", "minimize"])
+        copy.add_trials(usable)
+        # PED-ANOVA (Optuna's default) rates what leads to LOW targets: negate accuracy.
+        targets = ((lambda t: -t.values[0]), (lambda t: t.values[1]))
+        for col, target in enumerate(targets, start=1):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    imp = optuna.importance.get_param_importances(copy, target=target)
+            except (RuntimeError, ValueError) as e:
+                note = f"importances unavailable: {e}"
+                break
+            names = list(imp)[::-1]
+            fig.add_trace(
+                go.Bar(x=[imp[n] for n in names], y=names, orientation="h", showlegend=False),
+                row=1,
+                col=col,
+            )
+    title = "Parameter importances (PED-ANOVA) for each objective"
+    fig.update_layout(title=f"{title}: {note}" if note else title, height=360)
+    return fig
+
+
+def dependence_figure(df: pd.DataFrame) -> go.Figure:
+    trained = df[df["val_accuracy"].notna()]
+    cols = (
+        ("growth_rate", "growth rate k"),
+        ("total_convs", "convs, all blocks"),
+        ("compression", "compression theta"),
+    )
+    fig = make_subplots(
+        rows=2,
+        cols=3,
+        shared_xaxes="columns",
+        vertical_spacing=0.08,
+        subplot_titles=[label for _, label in cols] + ["", "", ""],
+    )
+    for c, (col, _) in enumerate(cols, start=1):
+        for r, y in ((1, "val_accuracy"), (2, MACS)):
+            fig.add_trace(
+                go.Scatter(
+                    x=trained[col],
+                    y=trained[y],
+                    mode="markers",
+                    showlegend=False,
+                    marker={"color": "#1f77b4", "size": 7},
+                    hovertext=_hover(trained),
+                    hoverinfo="text",
+                ),
+                row=r,
+                col=c,
+            )
+    fig.update_yaxes(title_text="validation accuracy", row=1, col=1)
+    fig.update_yaxes(title_text=MACS, type="log", row=2)
+    fig.update_layout(title="How accuracy and MACs follow each parameter", height=620)
+    return fig
+
+
+def write_report(study: optuna.Study, out: Path, table_format: str | None = None) -> dict:
+    """Write the HTML page, the Pareto CSV (and the full table); return what was written."""
+    df = trials_frame(study)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    front = df[df["status"] == "pareto"].sort_values(MACS)
+    pareto_csv = out.with_name(out.stem + "-pareto.csv")
+    front.to_csv(pareto_csv, index=False)
+    written = {"html": out, "pareto_csv": pareto_csv}
+    if table_format == "csv":
+        written["table"] = out.with_name(out.stem + "-trials.csv")
+        df.to_csv(written["table"], index=False)
+    elif table_format == "parquet":
+        written["table"] = out.with_name(out.stem + "-trials.parquet")
+        try:
+            df.to_parquet(written["table"], index=False)
+        except ImportError:
+            raise UsageError("--format parquet needs pyarrow: pip install pyarrow") from None
+
+    counts = df["status"].value_counts().to_dict()
+    budget = study.user_attrs.get("budget", {})
+    summary = (
+        f"<p>{len(df)} trials: {counts.get('pareto', 0)} on the Pareto front, "
+        f"{counts.get('dominated', 0)} dominated, "
+        f"{counts.get('not trained (over MAC budget)', 0)} over the MAC budget (not trained), "
+        f"{counts.get('fail', 0)} failed, {counts.get('running', 0)} running.<br>"
+        f"Budget <code>{escape(json.dumps(budget))}</code>.<br>"
+        "Objectives: validation accuracy on a fixed 10k split of the training set (the test "
+        "set is not used), and MACs (fvcore): multiply-adds at batch 1, in millions.</p>"
+    )
+    figures = [
+        pareto_figure(df),
+        hypervolume_figure(df),
+        importance_figure(study),
+        dependence_figure(df),
+    ]
+    parts = [
+        fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=f"fig{i}")
+        for i, fig in enumerate(figures)
+    ]
+    table = front.drop(columns=["status", "fail_reason"]).to_html(
+        index=False, float_format=lambda v: f"{v:.4g}", na_rep="", classes="pareto"
+    )
+    failed = df[df["status"] == "fail"][["trial", "convs_per_block", "fail_reason"]]
+    failed_html = (
+        "<h2>Failed trials</h2>" + failed.to_html(index=False, na_rep="") if len(failed) else ""
+    )
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    html = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>nas: {escape(study.study_name)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 6px}}</style>
+</head><body>
+<h1>Study {escape(study.study_name)}</h1>
+<p>Written {stamp} by nas.report.</p>
+{summary}
+{parts[0]}
+<h2>Pareto trials</h2>
+{table}
+{parts[1]}
+{parts[2]}
+{parts[3]}
+{failed_html}
+</body></html>
+"""
+    out.write_text(html)
+    return written
+
+
+def _run(argv: list[str] | None) -> int:
+    p = make_parser("nas.report", __doc__.split("\n\n")[1].replace("\n", " "))
+    p.add_argument("--study", required=True, help="study name")
+    p.add_argument("--storage", help="Optuna storage URL (default sqlite:///studies/STUDY.db)")
+    p.add_argument("--out", help="HTML file to write (default dashboards/STUDY.html)")
+    p.add_argument("--format", choices=("csv", "parquet"), help="also write the full table")
+    p.add_argument("--artifacts", help="artifact folder (default studies/STUDY-artifacts)")
+    p.add_argument("--no-artifacts", action="store_true", help="do not store artifacts")
+    args = p.parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = args.storage or default_storage_url(args.study)
+    study = load_study(open_storage(url, must_exist=True), args.study)
+    out = Path(args.out or f"dashboards/{args.study}.html")
+    try:
+        written = write_report(study, out, args.format)
+    except OSError as e:
+        raise UsageError(f"cannot write the report: {e.strerror or e}") from None
+    if not args.no_artifacts:
+        folder = Path(args.artifacts) if args.artifacts else default_artifact_dir(args.study)
+        replace_study_file(study, folder, out)
+        for t in pareto_front(usable_trials(study)):
+            data = json.dumps(t.user_attrs["config"], indent=2) + "\n"
+            attach_trial_file(study, t, folder, f"config-trial{t.number}.json", data)
+        written["artifacts"] = folder
+    for kind, path in written.items():
+        print(f"{kind:<11} {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("nas.report", _run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

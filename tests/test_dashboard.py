@@ -1,0 +1,118 @@
+"""nas.dashboard: optuna-dashboard serving a smoke study, as headless Chromium renders it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from browser import chromium, screenshot
+from conftest import _free_port
+from nas.dashboard import main
+from nas.report import main as report
+from nas.search import main as search
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--preset", "cifar", "--growth-rate", "8:16:4", "--convs", "1:3", "--budget", "smoke"]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, real_data_dir):
+    d = tmp_path_factory.mktemp("dash")
+    url = f"sqlite:///{d}/studies/dash.db"
+    os.chdir(d)
+    try:
+        assert (
+            search(
+                [
+                    *TINY,
+                    "--trials",
+                    "6",
+                    "--max-mflops",
+                    "15",
+                    "--sampler",
+                    "random",
+                    "--study",
+                    "dash",
+                    "--storage",
+                    url,
+                ]
+            )
+            == 0
+        )
+        assert report(["--study", "dash", "--storage", url]) == 0
+    finally:
+        os.chdir(ROOT)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nas.dashboard",
+            "--study",
+            "dash",
+            "--storage",
+            url,
+            "--port",
+            str(port),
+        ],
+        cwd=d,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(150):
+        try:
+            urllib.request.urlopen(f"{base}/api/studies", timeout=1).read()
+            break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(f"nas.dashboard exited: {proc.stdout.read()}")
+            time.sleep(0.2)
+    yield base
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def wait_for(driver, script: str, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = driver.execute_script(script)
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for: {script}")
+
+
+def test_dashboard_shows_study_objectives_and_pareto_front(served: str) -> None:
+    driver = chromium()
+    try:
+        driver.get(f"{served}/dashboard")
+        wait_for(driver, "return document.body.innerText.includes('dash')")
+        screenshot(driver, "dashboard-home")
+        driver.get(f"{served}/dashboard/studies/1")
+        wait_for(driver, "return document.body.innerText.includes('val_accuracy')")
+        text = driver.execute_script("return document.body.innerText")
+        assert "MMACs (fvcore)" in text
+        points = wait_for(
+            driver,
+            "const g = document.getElementById('graph-pareto-front');"
+            "return g ? g.querySelectorAll('.scatterlayer .point').length : 0",
+        )
+        assert points == 6  # every complete trial, the infeasible ones drawn apart
+        assert "Infeasible" in driver.execute_script("return document.body.innerText")
+        screenshot(driver, "dashboard-study")
+    finally:
+        driver.quit()
+
+
+def test_unknown_study_is_one_line(tmp_path: Path, capsys) -> None:
+    url = f"sqlite:///{tmp_path}/x.db"
+    assert main(["--study", "nope", "--storage", url]) == 2
+    assert "no study database at" in capsys.readouterr().err

@@ -1,0 +1,128 @@
+"""nas.report: the page, its tables and artifacts, and the plot as a real browser draws it."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from browser import chromium, screenshot
+from nas.export import pareto_front, usable_trials
+from nas.report import MACS, hypervolume_history, main, trials_frame
+from nas.search import main as search
+
+TINY = ["--preset", "cifar", "--growth-rate", "8:16:4", "--convs", "1:3", "--budget", "smoke"]
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory, real_data_dir) -> Path:
+    d = tmp_path_factory.mktemp("report")
+    url = f"sqlite:///{d}/r.db"
+    # 10 random trials, some over a 15 MMAC budget: front, dominated and untrained points
+    argv = [*TINY, "--trials", "10", "--max-mflops", "15", "--sampler", "random"]
+    assert search([*argv, "--study", "r", "--storage", url]) == 0
+    return d
+
+
+def study(d: Path) -> optuna.Study:
+    return optuna.load_study(study_name="r", storage=f"sqlite:///{d}/r.db")
+
+
+def test_frame_and_files(study_dir: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(study_dir)
+    assert (
+        main(["--study", "r", "--storage", f"sqlite:///{study_dir}/r.db", "--format", "csv"]) == 0
+    )
+    html = (study_dir / "dashboards" / "r.html").read_text()
+    assert not re.search(r"<script[^>]+src=", html)  # plotly.js inlined: opens offline
+    assert len(html) > 1_000_000 and "Plotly.newPlot" in html
+    assert "MACs (fvcore)" in html and "Hypervolume" in html and "PED-ANOVA" in html
+    s = study(study_dir)
+    front = {t.number for t in pareto_front(usable_trials(s))}
+    csv = pd.read_csv(study_dir / "dashboards" / "r-pareto.csv")
+    assert set(csv["trial"]) == front and (csv["status"] == "pareto").all()
+    full = pd.read_csv(study_dir / "dashboards" / "r-trials.csv")
+    assert len(full) == len(s.trials)
+    over = full[full["status"] == "not trained (over MAC budget)"]
+    assert len(over) > 0 and (over[MACS] > 15).all() and over["val_accuracy"].isna().all()
+    out = capsys.readouterr().out
+    assert "html" in out and "pareto_csv" in out and "artifacts" in out
+
+
+def test_artifacts_for_dashboard(study_dir: Path, monkeypatch) -> None:
+    monkeypatch.chdir(study_dir)
+    url = f"sqlite:///{study_dir}/r.db"
+    for _ in range(2):  # a second report replaces the page, adds no duplicate configs
+        assert main(["--study", "r", "--storage", url]) == 0
+    s = study(study_dir)
+    attrs = s._storage.get_study_system_attrs(s._study_id)
+    pages = [json.loads(v) for k, v in attrs.items() if k.startswith("artifacts:")]
+    assert [p["filename"] for p in pages if p] == ["r.html"]
+    configs = [json.loads(v) for k, v in attrs.items() if k.startswith("dashboard:artifacts:")]
+    front = pareto_front(usable_trials(s))
+    assert sorted(c["filename"] for c in configs) == sorted(
+        f"config-trial{t.number}.json" for t in front
+    )
+    folder = study_dir / "studies" / "r-artifacts"
+    stored = {p.name for p in folder.iterdir()}
+    assert {c["artifact_id"] for c in configs} | {p["artifact_id"] for p in pages if p} == stored
+    t = front[0]
+    c = next(c for c in configs if c["filename"] == f"config-trial{t.number}.json")
+    assert json.loads((folder / c["artifact_id"]).read_text()) == t.user_attrs["config"]
+
+
+def test_hypervolume_grows_and_is_exact() -> None:
+    df = pd.DataFrame(
+        {"trial": [0, 1, 2], "val_accuracy": [0.5, 0.9, 0.4], MACS: [10.0, 100.0, 1.0]}
+    )
+    hv, ref = hypervolume_history(df)
+    assert ref == pytest.approx(110.0)
+    # after trial 0: (log 110 - log 10) x (0.5 - 0.1)
+    import math
+
+    first = (math.log10(110) - 1) * 0.4
+    assert hv["hypervolume"].iloc[0] == pytest.approx(first)
+    assert list(hv["hypervolume"]) == sorted(hv["hypervolume"])  # never shrinks
+    # after all three: sweep over log10 MACs 0 -> 1 at 0.4-0.1, 1 -> 2 at 0.5-0.1,
+    # 2 -> log10(110) at 0.9-0.1
+    last = 1 * 0.3 + 1 * 0.4 + (math.log10(110) - 2) * 0.8
+    assert hv["hypervolume"].iloc[-1] == pytest.approx(last)
+
+
+def test_unknown_study_and_missing_db(study_dir: Path, tmp_path: Path, capsys) -> None:
+    assert main(["--study", "nope", "--storage", f"sqlite:///{study_dir}/r.db"]) == 2
+    assert "no study named 'nope'" in capsys.readouterr().err
+    assert main(["--study", "r", "--storage", f"sqlite:///{tmp_path}/none.db"]) == 2
+    assert "no study database at" in capsys.readouterr().err
+
+
+def test_report_plot_in_a_real_browser(study_dir: Path, monkeypatch) -> None:
+    monkeypatch.chdir(study_dir)
+    assert main(["--study", "r", "--storage", f"sqlite:///{study_dir}/r.db"]) == 0
+    df = trials_frame(study(study_dir))
+    driver = chromium()
+    try:
+        driver.get((study_dir / "dashboards" / "r.html").as_uri())
+        traces = driver.execute_script(
+            "return document.getElementById('fig0').calcdata"
+            ".map(c => [c[0].trace.name, c.filter(p => p.x !== undefined).length])"
+        )
+        drawn = driver.execute_script(
+            "return document.querySelectorAll('#fig0 .scatterlayer .point').length"
+        )
+        screenshot(driver, "report")
+    finally:
+        driver.quit()
+    counts = dict(traces)
+    trained = df[df["val_accuracy"].notna()]
+    assert counts["Pareto front"] == (df["status"] == "pareto").sum()
+    assert counts["dominated"] == (df["status"] == "dominated").sum()
+    assert (
+        counts["over the MAC budget (not trained)"]
+        == (df["status"] == "not trained (over MAC budget)").sum()
+    )
+    assert drawn == len(trained) + counts["over the MAC budget (not trained)"]  # SVG points

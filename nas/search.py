@@ -59,7 +59,7 @@ class SearchArgs:
     space: SearchSpace
     budget: TrainBudget
     sampler: str
-    seed: int
+    seed: int | None  # None: each process draws its own (see nas.workers.worker_seed)
     device: str
     data_dir: str | None
     max_mmacs: float | None
@@ -131,7 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS), default="d2l", help="search space preset")
     p.add_argument("--budget", choices=list(BUDGETS), default="short", help="train budget")
     p.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler")
-    p.add_argument("--seed", type=_non_negative_int, default=0, help="sampler seed")
+    p.add_argument(
+        "--seed",
+        type=_non_negative_int,
+        help="sampler seed, for a reproducible run (default: a fresh one per process; give "
+        "each machine its own when several share a study)",
+    )
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     p.add_argument(
         "--workers",

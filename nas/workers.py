@@ -52,7 +52,7 @@ class WorkerSpec:
     space: SearchSpace
     budget: TrainBudget
     sampler: str
-    seed: int
+    seed: int | None
     device: str  # "cpu", "cuda" or "cuda:N"
     data_dir: str | None
     max_mmacs: float | None
@@ -60,7 +60,7 @@ class WorkerSpec:
     heartbeat: int  # seconds between heartbeats of a running trial (nas.storage)
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
     if name == "tpe":
         # constant_liar: parallel workers do not all sample the same point.
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
@@ -92,13 +92,15 @@ def trial_line(t: optuna.trial.FrozenTrial) -> str:
     return f"{head}  {t.state.name.lower()}: {reason}"
 
 
-def worker_seed(seed: int, index: int) -> int:
-    """Each worker's own sampler stream, from --seed, this host and process.
+def worker_seed(seed: int | None, index: int, existing: int) -> int:
+    """Each worker's own sampler stream, from the worker index, the number of trials
+    already in the study, and --seed (reproducible) or else this host and process.
 
-    Processes started at once on several machines (same command, same --seed) and runs
-    that resume a study must not replay each other's random draws.
+    Workers of one run, runs that resume a study, and processes started at once on
+    several machines must not replay each other's random draws.
     """
-    text = f"{seed}:{socket.gethostname()}:{os.getpid()}:{index}"
+    base = str(seed) if seed is not None else f"{socket.gethostname()}:{os.getpid()}"
+    text = f"{base}:{index}:{existing}"
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
 
 
@@ -125,7 +127,8 @@ def trial_loop(
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.workers))
     data = (data or load_fashion_mnist(spec.data_dir)).to(device)
     storage = open_storage(spec.storage, heartbeat=spec.heartbeat)
-    sampler = make_sampler(spec.sampler, worker_seed(spec.seed, index))
+    existing = len(optuna.load_study(study_name=spec.study, storage=storage).trials)
+    sampler = make_sampler(spec.sampler, worker_seed(spec.seed, index, existing))
     study = optuna.load_study(study_name=spec.study, storage=storage, sampler=sampler)
     objective = Objective(spec.space, spec.budget, data, spec.max_mmacs)
     while claim():

@@ -37,6 +37,8 @@ def served(tmp_path_factory, real_data_dir):
                     "15",
                     "--sampler",
                     "random",
+                    "--seed",
+                    "1",
                     "--study",
                     "dash",
                     "--storage",

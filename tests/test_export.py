@@ -32,6 +32,8 @@ def study_url(tmp_path_factory, real_data_dir) -> str:
                 url,
                 "--sampler",
                 "random",
+                "--seed",
+                "1",
                 "--max-mflops",
                 "15",
             ]

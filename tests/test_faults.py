@@ -129,6 +129,8 @@ def test_out_of_memory_fails_one_trial_and_the_search_goes_on(tmp_path: Path, re
         "smoke",
         "--sampler",
         "random",
+        "--seed",
+        "1",
         "--trials",
         "4",
         "--study",

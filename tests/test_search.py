@@ -91,6 +91,8 @@ def test_mac_budget_marks_infeasible_and_skips_training(tmp_path: Path, real_dat
         "7",
         "--sampler",
         "random",
+        "--seed",
+        "1",
     ]
     assert main(argv) == 0
     trials = complete(load(url, "s"))

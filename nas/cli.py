@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -28,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
 def make_parser(prog: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
     return _Parser(
         prog=f"python -m {prog}",
-        description=description,
+        description=textwrap.fill(description, 79),
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

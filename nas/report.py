@@ -107,64 +107,64 @@ def _hover(df: pd.DataFrame) -> list[str]:
     ]
 
 
+def _points(rows: pd.DataFrame, y: object, name: str, marker: dict, **kw: object) -> go.Scatter:
+    """One trace of the Pareto plot: MACs on x, with the trials' configs on hover."""
+    hover = kw.pop("hovertext", None) or _hover(rows)
+    return go.Scatter(
+        x=rows[MACS],
+        y=y,
+        name=name,
+        marker=marker,
+        hovertext=hover,
+        hoverinfo="text",
+        mode=kw.pop("mode", "markers"),
+        **kw,
+    )
+
+
 def pareto_figure(df: pd.DataFrame) -> go.Figure:
     fig = go.Figure()
     trained = df[df["val_accuracy"].notna()]
     front = trained[trained["status"] == "pareto"].sort_values(MACS)
     dominated = trained[trained["status"] == "dominated"]
     fig.add_trace(
-        go.Scatter(
-            x=dominated[MACS],
-            y=dominated["val_accuracy"],
-            mode="markers",
-            name="dominated",
-            marker={"color": "#9aa5b1", "size": 8},
-            hovertext=_hover(dominated),
-            hoverinfo="text",
-        )
+        _points(dominated, dominated["val_accuracy"], "dominated", {"color": "#9aa5b1", "size": 8})
     )
     fig.add_trace(
-        go.Scatter(
-            x=front[MACS],
-            y=front["val_accuracy"],
+        _points(
+            front,
+            front["val_accuracy"],
+            "Pareto front",
+            {"color": "#d62728", "size": 11},
             mode="lines+markers",
-            name="Pareto front",
-            marker={"color": "#d62728", "size": 11},
             line={"shape": "hv", "color": "#d62728"},
-            hovertext=_hover(front),
-            hoverinfo="text",
         )
     )
     over = df[df["status"] == "not trained (over MAC budget)"]
     if not over.empty:
         floor = (trained["val_accuracy"].min() if not trained.empty else 0.5) - 0.01
         fig.add_trace(
-            go.Scatter(
-                x=over[MACS],
-                y=[floor] * len(over),
-                mode="markers",
-                name="over the MAC budget (not trained)",
-                marker={"symbol": "x", "color": "#444", "size": 8},
+            _points(
+                over,
+                [floor] * len(over),
+                "over the MAC budget (not trained)",
+                {"symbol": "x", "color": "#444", "size": 8},
                 hovertext=[f"{h}<br>not trained" for h in _hover(over)],
-                hoverinfo="text",
             )
         )
     ref = trained[trained["reference"]]
     if not ref.empty:
         fig.add_trace(
-            go.Scatter(
-                x=ref[MACS],
-                y=ref["val_accuracy"],
-                mode="markers",
-                name="d2l chapter's network (reference)",
-                marker={
+            _points(
+                ref,
+                ref["val_accuracy"],
+                "d2l chapter's network (reference)",
+                {
                     "symbol": "star",
                     "color": "#ffbf00",
                     "size": 18,
                     "line": {"color": "black", "width": 1},
                 },
-                hovertext=_hover(ref),
-                hoverinfo="text",
             )
         )
     fig.update_layout(

@@ -18,6 +18,21 @@ import pytest
 from nas.data import DEFAULT_DATA_DIR, FILES, resolve_data_dir
 
 
+def small_config(image_size: int = 28):
+    """A DenseNet-BC small enough for CPU unit tests (k=8, two blocks of two layers)."""
+    from nas.config import ArchConfig
+
+    return ArchConfig(
+        growth_rate=8,
+        convs_per_block=(2, 2),
+        compression=0.5,
+        bottleneck=True,
+        stem="cifar",
+        stem_channels=16,
+        image_size=image_size,
+    )
+
+
 def write_idx(path: Path, array: np.ndarray) -> None:
     """Write a gzipped IDX file of unsigned bytes (the format's own layout)."""
     header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(

@@ -6,20 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nas.config import ArchConfig
+from conftest import small_config
 from nas.data import to_input
 from nas.model import build_model
 from nas.step import WARMUP_STEPS, TensorLRSGD, make_step
 
-SMALL = ArchConfig(
-    growth_rate=8,
-    convs_per_block=(2, 2),
-    compression=0.5,
-    bottleneck=True,
-    stem="cifar",
-    stem_channels=16,
-    image_size=32,
-)
+SMALL = small_config(image_size=32)
 LRS = [0.05, 0.1, 0.1, 0.07, 0.02, 0.0]
 
 

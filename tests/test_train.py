@@ -7,21 +7,14 @@ from dataclasses import replace
 import pytest
 import torch
 
+from conftest import small_config
 from nas.budget import get_budget
 from nas.config import ArchConfig
 from nas.data import load_fashion_mnist
 from nas.model import build_model
 from nas.train import Diverged, pick_device, train_and_evaluate
 
-SMALL = ArchConfig(
-    growth_rate=8,
-    convs_per_block=(2, 2),
-    compression=0.5,
-    bottleneck=True,
-    stem="cifar",
-    stem_channels=16,
-    image_size=28,
-)
+SMALL = small_config(image_size=28)
 
 
 def test_tiny_run_reports_consistent_numbers(tiny_data_dir) -> None:

@@ -87,6 +87,7 @@ class Objective:
         mmacs = cost.fvcore_macs / 1e6
         trial.set_user_attr("config", config.to_dict())
         trial.set_user_attr("params", cost.params)
+        trial.set_user_attr("macs_fvcore", cost.fvcore_macs)
         trial.set_user_attr("fvcore_seconds", round(cost.fvcore_seconds, 4))
         t2 = time.perf_counter()
         if self.max_mmacs is not None:

@@ -45,6 +45,7 @@ def test_readme_demo(tmp_path: Path, monkeypatch, real_data_dir, capsys) -> None
         cost = measure_cost(ArchConfig.from_dict(t.user_attrs["config"]))
         assert mmacs == pytest.approx(cost.fvcore_macs / 1e6)
         assert t.user_attrs["params"] == cost.params
+        assert t.user_attrs["macs_fvcore"] == cost.fvcore_macs
         assert t.user_attrs["trained"] is True and t.user_attrs["images_per_second"] > 0
     out = capsys.readouterr().out
     assert "trial    0  k=32 convs=4-4-4-4 theta=0.5 (d2l chapter)  acc 0." in out

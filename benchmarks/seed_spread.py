@@ -24,7 +24,7 @@ from nas.budget import get_budget
 from nas.config import D2L_CHAPTER
 from nas.cost import load_config_file
 from nas.data import load_fashion_mnist
-from nas.train import pick_device, train_and_evaluate
+from nas.train import RECIPES, pick_device, train_and_evaluate
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,9 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(a.device)
     data = load_fashion_mnist().to(device)
     ours = get_budget(a.budget)
-    d2l = replace(
-        ours, name="d2l-recipe", schedule="constant", momentum=0.0, weight_decay=0.0, warmup=0.0
-    )
+    d2l = replace(ours, name="d2l-recipe", **RECIPES["d2l"])
     results = {}
     for budget in (ours, d2l):
         runs = []

@@ -38,8 +38,9 @@ STATES = optuna.trial.TrialState
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial with the columns the report and its CSV need."""
-    usable = {t.number for t in usable_trials(study)}
-    front = {t.number for t in pareto_front(usable_trials(study))}
+    trained = usable_trials(study)
+    usable = {t.number for t in trained}
+    front = {t.number for t in pareto_front(trained)}
     rows = []
     for t in study.get_trials(deepcopy=False):
         a = t.user_attrs

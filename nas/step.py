@@ -19,9 +19,28 @@ from torch import nn
 
 from nas.data import to_input
 
-__all__ = ["TensorLRSGD", "make_step"]
+__all__ = ["TensorLRSGD", "autocast", "device_batch", "make_step", "memory_format"]
 
 WARMUP_STEPS = 3  # eager steps on a side stream before capture (cuDNN/cuBLAS pick kernels)
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last on CUDA (cuDNN's fast layout for bf16 convs), the default on the CPU."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
+def autocast(device: torch.device) -> torch.autocast:
+    """bf16 autocast on CUDA, off on the CPU; no weight-cast cache, so CUDA graphs can
+    capture it."""
+    return torch.autocast(
+        device.type, dtype=torch.bfloat16, enabled=device.type == "cuda", cache_enabled=False
+    )
+
+
+def device_batch(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    """uint8 (B, 28, 28) on the device -> float (B, 1, S, S) in the device's layout."""
+    x = to_input(images, image_size, torch.float32)
+    return x.contiguous(memory_format=memory_format(images.device))
 
 
 class TensorLRSGD:
@@ -77,15 +96,11 @@ def make_step(
     and the number of eager steps it takes before replaying.
     """
     device = train_x.device
-    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    autocast = torch.autocast(
-        device.type, dtype=torch.bfloat16, enabled=device.type == "cuda", cache_enabled=False
-    )
     static_idx = torch.zeros(batch_size, dtype=torch.long, device=device)
 
     def body() -> torch.Tensor:
-        x = to_input(train_x[static_idx], image_size, torch.float32).contiguous(memory_format=fmt)
-        with autocast:
+        x = device_batch(train_x[static_idx], image_size)
+        with autocast(device):
             loss = F.cross_entropy(model(x), train_y[static_idx], label_smoothing=label_smoothing)
         opt.zero_grad()
         loss.backward()

@@ -28,9 +28,8 @@ from torch import nn
 
 from nas.budget import TrainBudget
 from nas.config import ArchConfig
-from nas.data import to_input
 from nas.model import build_model
-from nas.step import TensorLRSGD, make_step
+from nas.step import TensorLRSGD, autocast, device_batch, make_step, memory_format
 
 __all__ = ["Diverged", "TrainResult", "evaluate", "main", "pick_device", "train_and_evaluate"]
 
@@ -67,10 +66,6 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def _autocast(device: torch.device) -> torch.autocast:
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -101,8 +96,7 @@ def train_and_evaluate(
     torch.manual_seed(budget.seed)
     if model is None:
         model = build_model(config)
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    model = model.to(device=device, memory_format=memory_format).train()
+    model = model.to(device=device, memory_format=memory_format(device)).train()
     opt = TensorLRSGD(
         list(model.parameters()),
         momentum=budget.momentum,
@@ -173,11 +167,9 @@ def recalibrate_bn(model: nn.Module, config: ArchConfig, x: torch.Tensor, batch:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average over the recalibration batches
     model.train()
-    fmt = torch.channels_last if x.device.type == "cuda" else torch.contiguous_format
     for i in range(0, len(x), batch):
-        xb = to_input(x[i : i + batch], config.image_size, torch.float32)
-        with _autocast(x.device):
-            model(xb.contiguous(memory_format=fmt))
+        with autocast(x.device):
+            model(device_batch(x[i : i + batch], config.image_size))
     for bn, momentum in zip(bns, saved):
         bn.momentum = momentum
 
@@ -187,13 +179,11 @@ def evaluate(model: nn.Module, config: ArchConfig, x: torch.Tensor, y: torch.Ten
     """Top-1 accuracy of the eval-mode model (BN uses its running statistics)."""
     model.eval()
     device = x.device
-    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     correct = torch.zeros((), dtype=torch.int64, device=device)
     step = EVAL_BATCH.get(device.type, 1000)
     for i in range(0, len(x), step):
-        xb = to_input(x[i : i + step], config.image_size, torch.float32)
-        with _autocast(device):
-            logits = model(xb.contiguous(memory_format=fmt))
+        with autocast(device):
+            logits = model(device_batch(x[i : i + step], config.image_size))
         correct += (logits.argmax(dim=1) == y[i : i + step]).sum()
     return correct.item() / max(1, len(x))
 

@@ -127,9 +127,8 @@ def trial_loop(
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.workers))
     data = (data or load_fashion_mnist(spec.data_dir)).to(device)
     storage = open_storage(spec.storage, heartbeat=spec.heartbeat)
-    existing = len(optuna.load_study(study_name=spec.study, storage=storage).trials)
-    sampler = make_sampler(spec.sampler, worker_seed(spec.seed, index, existing))
-    study = optuna.load_study(study_name=spec.study, storage=storage, sampler=sampler)
+    study = optuna.load_study(study_name=spec.study, storage=storage)
+    study.sampler = make_sampler(spec.sampler, worker_seed(spec.seed, index, len(study.trials)))
     objective = Objective(spec.space, spec.budget, data, spec.max_mmacs)
     while claim():
         study.optimize(objective, n_trials=1, catch=CATCH, callbacks=[on_trial])

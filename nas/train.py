@@ -80,13 +80,15 @@ def train_and_evaluate(
     eval_y: torch.Tensor,
     model: nn.Module | None = None,
     cuda_graph: bool | None = None,
-    on_step: Callable[[int], None] | None = None,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
 ) -> TrainResult:
     """Train a fresh model (seeded by budget.seed) and score it on (eval_x, eval_y).
 
     Tensors are uint8 images (N, 28, 28) and int64 labels on the device to train on.
     Only the first budget.val_images evaluation images are scored. cuda_graph (default:
     on CUDA) replays each step as one CUDA graph; False runs the same step eagerly.
+    on_step(step, loss) is called after each step with the step's loss as a 0-dim device
+    tensor (reading it waits for the device; accumulate it there instead).
     """
     device = train_x.device
     if cuda_graph is None:
@@ -130,7 +132,7 @@ def train_and_evaluate(
         if step % 100 == 99 and not torch.isfinite(loss):
             raise Diverged(f"training loss became {loss.item()} at step {step + 1}")
         if on_step is not None:
-            on_step(step)
+            on_step(step, loss)
     _sync(device)
     train_seconds = time.perf_counter() - t0
     final_loss = loss_sum.item() / tail
@@ -240,9 +242,10 @@ def _run(argv: list[str] | None) -> int:
     except (ValueError, DataError) as e:
         raise UsageError(str(e)) from None
     x, y = data.full_train()
+    per_epoch = len(x) // a.batch_size  # steps per epoch (the remainder is dropped, as d2l)
     budget = TrainBudget(
         name=f"final-{a.recipe}",
-        train_images=max(a.batch_size, round(a.epochs * len(x))),
+        train_images=max(1, round(a.epochs * per_epoch)) * a.batch_size,
         val_images=len(data.test_x),
         batch_size=a.batch_size,
         lr=a.lr,
@@ -253,17 +256,31 @@ def _run(argv: list[str] | None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(a.seed)
     model = build_model(config)
-    per_epoch = len(x) // budget.batch_size
+    epochs = math.ceil(budget.steps / per_epoch)
     print(
         f"training {config.describe()} for {a.epochs:g} epochs ({budget.steps} steps, "
         f"recipe {a.recipe}, lr {a.lr}) on {device}",
         flush=True,
     )
+    loss_sum = torch.zeros((), device=device)
+    epoch_losses: list[float] = []  # mean training loss of each epoch, as d2l prints it
+    t0 = time.perf_counter()
     with tqdm(total=budget.steps, unit="step", dynamic_ncols=True, disable=None) as bar:
 
-        def on_step(step: int) -> None:
-            bar.set_description(f"epoch {step // per_epoch + 1}")
+        def on_step(step: int, loss: torch.Tensor) -> None:
+            nonlocal loss_sum
+            loss_sum += loss.detach().float()  # on the device: no wait per step
+            bar.set_description(f"epoch {step // per_epoch + 1}/{epochs}")
             bar.update(1)
+            if (step + 1) % per_epoch == 0 or step + 1 == budget.steps:
+                epoch_losses.append(loss_sum.item() / (step % per_epoch + 1))
+                tqdm.write(  # one line per epoch, also when the output goes to a file
+                    f"epoch {step // per_epoch + 1}/{epochs}: train loss "
+                    f"{epoch_losses[-1]:.4f}, {time.perf_counter() - t0:.0f} s",
+                    file=sys.stdout,
+                )
+                sys.stdout.flush()
+                loss_sum = torch.zeros((), device=device)
 
         r = train_and_evaluate(
             config, budget, x, y, data.test_x, data.test_y, model=model, on_step=on_step
@@ -277,6 +294,8 @@ def _run(argv: list[str] | None) -> int:
         "train_seconds": r.train_seconds,
         "images_per_second": r.images_per_second,
         "final_train_loss": r.final_loss,
+        "epoch_train_losses": epoch_losses,
+        "recipe": a.recipe,
         "budget": budget.to_dict(),
         "device": r.device,
         "torch": torch.__version__,

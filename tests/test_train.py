@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import replace
 
 import pytest
@@ -77,7 +79,8 @@ def test_train_cli_on_real_data(tmp_path, real_data_dir, capsys) -> None:
     assert main(argv) == 0
     result = json.loads((tmp_path / "best.result.json").read_text())
     assert result["test_images"] == 10_000
-    assert result["train_images"] == 6000 // 64 * 64  # 0.1 of the 60k (train + val)
+    # 0.1 epoch of the 60k (train + val): whole batches, round(0.1 * 937 steps per epoch)
+    assert result["train_images"] == 94 * 64
     assert result["test_accuracy"] > 0.5  # 94 steps on real data: well above chance
     ckpt = torch.load(tmp_path / "best.pt", weights_only=False)
     model = build_model(ArchConfig.from_dict(ckpt["config"]))
@@ -85,6 +88,9 @@ def test_train_cli_on_real_data(tmp_path, real_data_dir, capsys) -> None:
     assert count_params(model) == count_params(build_model(SMALL))
     assert ckpt["result"]["test_accuracy"] == result["test_accuracy"]
     out = capsys.readouterr().out
+    epoch_line = re.search(r"^epoch 1/1: train loss (\S+), \d+ s$", out, re.M)
+    assert epoch_line and 0 < float(epoch_line[1]) < math.log(10) + 0.5, out
+    assert f"{result['epoch_train_losses'][0]:.4f}" == epoch_line[1]
     assert f"test accuracy {result['test_accuracy']:.4f} on 10,000 test images" in out
 
 

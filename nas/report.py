@@ -99,13 +99,23 @@ def hypervolume_history(df: pd.DataFrame) -> tuple[pd.DataFrame, float]:
 
 
 def _hover(df: pd.DataFrame) -> list[str]:
-    return [
-        f"trial {r.trial}<br>k={r.growth_rate} convs={r.convs_per_block} theta={r.compression}"
-        f"<br>{r.params:,} params<br>train {r.train_seconds} s"
-        if r.params is not None
-        else f"trial {r.trial}"
-        for r in df.itertuples()
-    ]
+    """Each trial's objectives and architecture, for the plots' hover labels."""
+    out = []
+    for r in df.to_dict("records"):
+        lines = [f"trial {r['trial']}"]
+        if pd.notna(r["val_accuracy"]):
+            lines.append(f"val accuracy {r['val_accuracy']:.4f}")
+        if pd.notna(r[MACS]):
+            lines.append(f"{r[MACS]:,.1f} {MACS}")
+        if pd.notna(r["params"]):
+            lines.append(
+                f"k={r['growth_rate']:g} convs={r['convs_per_block']} "
+                f"theta={r['compression']:g}<br>{int(r['params']):,} params"
+            )
+        if pd.notna(r["train_seconds"]):
+            lines.append(f"train {r['train_seconds']:.1f} s")
+        out.append("<br>".join(lines))
+    return out
 
 
 def _points(rows: pd.DataFrame, y: object, name: str, marker: dict, **kw: object) -> go.Scatter:
@@ -121,6 +131,19 @@ def _points(rows: pd.DataFrame, y: object, name: str, marker: dict, **kw: object
         mode=kw.pop("mode", "markers"),
         **kw,
     )
+
+
+def log_ticks(values: pd.Series) -> list[float]:
+    """Round ticks for a log axis, written out in full: 10, 20, 50 (Plotly's own read 10, 2, 5).
+
+    1-2-3-5-7 per decade when the values span two decades or less, else 1-2-5.
+    """
+    if values.empty:
+        return []
+    lo, hi = math.floor(math.log10(values.min())), math.ceil(math.log10(values.max()))
+    steps = (1, 2, 3, 5, 7) if hi - lo <= 2 else (1, 2, 5)
+    ticks = [m * 10.0**e for e in range(lo, hi + 1) for m in steps]
+    return [v for v in ticks if values.min() / 2 <= v <= values.max() * 2]
 
 
 def pareto_figure(df: pd.DataFrame) -> go.Figure:
@@ -168,9 +191,15 @@ def pareto_figure(df: pd.DataFrame) -> go.Figure:
                 },
             )
         )
+    ticks = log_ticks(df[MACS].dropna())
     fig.update_layout(
         title="Validation accuracy vs MACs (fvcore)",
-        xaxis={"type": "log", "title": "MACs (fvcore), millions, batch 1 (log scale)"},
+        xaxis={
+            "type": "log",
+            "title": "MACs (fvcore), millions, batch 1 (log scale)",
+            "tickvals": ticks,
+            "ticktext": [f"{v:g}" for v in ticks],
+        },
         yaxis={"title": "validation accuracy"},
         height=520,
     )

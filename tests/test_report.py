@@ -12,7 +12,7 @@ import pytest
 
 from browser import chromium, screenshot
 from nas.export import pareto_front, usable_trials
-from nas.report import MACS, hypervolume_history, main, trials_frame
+from nas.report import MACS, hypervolume_history, log_ticks, main, trials_frame
 from nas.search import main as search
 
 TINY = ["--preset", "cifar", "--growth-rate", "8:16:4", "--convs", "1:3", "--budget", "smoke"]
@@ -93,6 +93,14 @@ def test_hypervolume_grows_and_is_exact() -> None:
     assert hv["hypervolume"].iloc[-1] == pytest.approx(last)
 
 
+def test_log_ticks_are_round_and_cover_the_values() -> None:
+    assert log_ticks(pd.Series([4.1, 37.0])) == [3, 5, 7, 10, 20, 30, 50, 70]
+    wide = log_ticks(pd.Series([0.9, 130.4, 2000.0]))
+    assert wide[0] <= 0.9 and wide[-1] >= 2000 and {1, 2, 5, 100, 200, 500} <= set(wide)
+    assert 3 not in wide  # 1-2-5 beyond two decades
+    assert log_ticks(pd.Series([], dtype=float)) == []
+
+
 def test_unknown_study_and_missing_db(study_dir: Path, tmp_path: Path, capsys) -> None:
     assert main(["--study", "nope", "--storage", f"sqlite:///{study_dir}/r.db"]) == 2
     assert "no study named 'nope'" in capsys.readouterr().err
@@ -114,6 +122,13 @@ def test_report_plot_in_a_real_browser(study_dir: Path, monkeypatch) -> None:
         drawn = driver.execute_script(
             "return document.querySelectorAll('#fig0 .scatterlayer .point').length"
         )
+        # hover the front's first point (lowest MACs) and read the label Plotly draws
+        hover = driver.execute_script(
+            "const g = document.getElementById('fig0');"
+            "const c = g.data.findIndex(t => t.name === 'Pareto front');"
+            "Plotly.Fx.hover(g, [{curveNumber: c, pointNumber: 0}]);"
+            "return g.querySelector('.hoverlayer .hovertext').textContent"
+        )
         screenshot(driver, "report")
     finally:
         driver.quit()
@@ -126,3 +141,8 @@ def test_report_plot_in_a_real_browser(study_dir: Path, monkeypatch) -> None:
         == (df["status"] == "not trained (over MAC budget)").sum()
     )
     assert drawn == len(trained) + counts["over the MAC budget (not trained)"]  # SVG points
+    first = df[df["status"] == "pareto"].sort_values(MACS).iloc[0]
+    assert f"trial {first['trial']}" in hover
+    assert f"val accuracy {first['val_accuracy']:.4f}" in hover
+    assert f"{first[MACS]:,.1f} MMACs (fvcore)" in hover
+    assert f"{int(first['params']):,} params" in hover and f"k={first['growth_rate']}" in hover

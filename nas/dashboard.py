@@ -9,11 +9,12 @@ Pareto trials' architecture JSON as artifacts.
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 
 from nas.artifacts import default_artifact_dir
-from nas.cli import make_parser, run_cli
+from nas.cli import UsageError, make_parser, run_cli
 from nas.storage import default_storage_url, load_study, open_storage
 
 __all__ = ["main"]
@@ -27,6 +28,8 @@ def _run(argv: list[str] | None) -> int:
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     p.add_argument("--artifacts", help="artifact folder (default studies/STUDY-artifacts)")
     args = p.parse_args(argv)
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port must be in 1..65535, got {args.port}")
     url = args.storage or default_storage_url(args.study)
     storage = open_storage(url, must_exist=True)
     load_study(storage, args.study)  # a clear error for a study that is not there
@@ -34,6 +37,12 @@ def _run(argv: list[str] | None) -> int:
     from optuna.artifacts import FileSystemArtifactStore
     from optuna_dashboard import run_server
 
+    try:  # bind once first: a taken port or a foreign host is one line, before any banner
+        socket.create_server((args.host, args.port)).close()
+    except OSError as e:
+        raise UsageError(
+            f"cannot listen on {args.host}:{args.port}: {e.strerror or e} (try another --port)"
+        ) from None
     folder = Path(args.artifacts) if args.artifacts else default_artifact_dir(args.study)
     folder.mkdir(parents=True, exist_ok=True)
     print(

@@ -118,3 +118,24 @@ def test_unknown_study_is_one_line(tmp_path: Path, capsys) -> None:
     url = f"sqlite:///{tmp_path}/x.db"
     assert main(["--study", "nope", "--storage", url]) == 2
     assert "no study database at" in capsys.readouterr().err
+
+
+def test_port_taken_or_out_of_range_is_one_line(tmp_path: Path, capsys) -> None:
+    import socket
+
+    import optuna
+
+    url = f"sqlite:///{tmp_path}/x.db"
+    optuna.create_study(study_name="x", storage=url)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["--study", "x", "--storage", url, "--artifacts", str(tmp_path / "a")]
+        assert main([*args, "--port", str(port)]) == 2
+        assert not (tmp_path / "a").exists()  # nothing made before the error
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in err
+    assert "Address already in use" in err
+    assert main([*args, "--port", "70000"]) == 2
+    assert "--port must be in 1..65535" in capsys.readouterr().err

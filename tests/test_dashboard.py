@@ -139,3 +139,7 @@ def test_port_taken_or_out_of_range_is_one_line(tmp_path: Path, capsys) -> None:
     assert "Address already in use" in err
     assert main([*args, "--port", "70000"]) == 2
     assert "--port must be in 1..65535" in capsys.readouterr().err
+    assert main([*args, "--host", "192.0.2.1", "--port", "8080"]) == 2  # not this machine's
+    assert "cannot listen on 192.0.2.1:8080: Cannot assign requested address" in (
+        capsys.readouterr().err
+    )

@@ -23,6 +23,16 @@ SLOW = ["--growth-rate", "16:24:8", "--convs", "2:3", "--budget", "smoke"]
 STATE = optuna.trial.TrialState
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """In the child before exec: SIGINT neither ignored nor blocked, whatever the runner had.
+
+    A shell's background job (`cmd &`, as CI runners may start the tests) inherits SIGINT
+    ignored, and a Python started so ignores Ctrl-C for good.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def start(args: list[str], wrapper: str | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "nas.search"] if wrapper is None else [sys.executable, wrapper]
     return subprocess.Popen(
@@ -32,6 +42,7 @@ def start(args: list[str], wrapper: str | None = None) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=_sigint_as_in_a_terminal,
     )
 
 

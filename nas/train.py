@@ -268,8 +268,7 @@ def _run(argv: list[str] | None) -> int:
     with tqdm(total=budget.steps, unit="step", dynamic_ncols=True, disable=None) as bar:
 
         def on_step(step: int, loss: torch.Tensor) -> None:
-            nonlocal loss_sum
-            loss_sum += loss.detach().float()  # on the device: no wait per step
+            loss_sum.add_(loss.detach().float())  # on the device: no wait per step
             bar.set_description(f"epoch {step // per_epoch + 1}/{epochs}")
             bar.update(1)
             if (step + 1) % per_epoch == 0 or step + 1 == budget.steps:
@@ -280,7 +279,7 @@ def _run(argv: list[str] | None) -> int:
                     file=sys.stdout,
                 )
                 sys.stdout.flush()
-                loss_sum = torch.zeros((), device=device)
+                loss_sum.zero_()
 
         r = train_and_evaluate(
             config, budget, x, y, data.test_x, data.test_y, model=model, on_step=on_step

@@ -37,9 +37,11 @@ def autocast(device: torch.device) -> torch.autocast:
     )
 
 
-def device_batch(images: torch.Tensor, image_size: int) -> torch.Tensor:
+def device_batch(
+    images: torch.Tensor, image_size: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """uint8 (B, 28, 28) on the device -> float (B, 1, S, S) in the device's layout."""
-    x = to_input(images, image_size, torch.float32)
+    x = to_input(images, image_size, dtype)
     return x.contiguous(memory_format=memory_format(images.device))
 
 
@@ -57,7 +59,7 @@ class TensorLRSGD:
         self.params = [p for p in params if p.requires_grad]
         self.momentum, self.weight_decay, self.nesterov = momentum, weight_decay, nesterov
         device = self.params[0].device
-        self.lr = torch.zeros((), device=device)
+        self.lr = torch.zeros((), device=device, dtype=self.params[0].dtype)  # as the weights
         self.bufs = [torch.zeros_like(p) for p in self.params] if momentum else []
 
     def zero_grad(self) -> None:
@@ -96,10 +98,11 @@ def make_step(
     and the number of eager steps it takes before replaying.
     """
     device = train_x.device
+    dtype = next(model.parameters()).dtype  # float32; float64 in the exactness tests
     static_idx = torch.zeros(batch_size, dtype=torch.long, device=device)
 
     def body() -> torch.Tensor:
-        x = device_batch(train_x[static_idx], image_size)
+        x = device_batch(train_x[static_idx], image_size, dtype)
         with autocast(device):
             loss = F.cross_entropy(model(x), train_y[static_idx], label_smoothing=label_smoothing)
         opt.zero_grad()

@@ -4,7 +4,9 @@ Default location: Debian's package `dataset-fashion-mnist` (/usr/share/datasets/
 mnist); `--data-dir` or the NAS_DATA_DIR environment variable point elsewhere. Nothing is
 ever downloaded. The 60k training images are split by a fixed permutation (seed 0,
 independent of any training seed) into 50k train and 10k validation: the search scores
-on validation only; the 10k test set is for the final training of an exported
+on validation only. The permutation is defined by integer arithmetic alone (a keyed
+SplitMix64 hash), so it is the same with every torch and numpy version on every host,
+and the data carry fingerprints of their files and of that split, which a study stores; the 10k test set is for the final training of an exported
 architecture. Images stay uint8 (N, 28, 28) here; `batches` turns them into float
 tensors on the device, resized there when the architecture's image size is not 28.
 """
@@ -12,6 +14,7 @@ tensors on the device, resized there when the architecture's image size is not 2
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import struct
 from dataclasses import dataclass
@@ -27,6 +30,7 @@ __all__ = [
     "FashionMNIST",
     "load_fashion_mnist",
     "read_idx",
+    "split_permutation",
     "resolve_data_dir",
     "to_input",
 ]
@@ -62,13 +66,16 @@ class FashionMNIST:
     test_x: torch.Tensor
     test_y: torch.Tensor
     source: str  # folder the files came from
+    # What makes two runs' accuracies comparable: sha256 (first 16 hex digits) of the four
+    # files' decoded contents, of the validation indices, and the split's sizes.
+    fingerprint: dict[str, object]
 
     def to(self, device: torch.device | str) -> FashionMNIST:
         moved = {
             name: getattr(self, name).to(device)
             for name in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
         }
-        return FashionMNIST(**moved, source=self.source)
+        return FashionMNIST(**moved, source=self.source, fingerprint=self.fingerprint)
 
     def full_train(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All 60k training images (train + val), for the final training run."""
@@ -113,6 +120,28 @@ def read_idx(path: Path, expected_dims: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
+def split_permutation(n: int, seed: int) -> np.ndarray:
+    """A fixed permutation of range(n): the indices ordered by a keyed SplitMix64 hash.
+
+    Integer arithmetic only (uint64, wrapping), so the result never depends on a library's
+    random stream. The hash is a bijection of 64-bit integers: no ties to break.
+    """
+    with np.errstate(over="ignore"):
+        z = np.arange(1, n + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        z += np.uint64(seed) * np.uint64(0xD1B54A32D192ED03)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    return np.argsort(z, kind="stable")
+
+
+def _sha(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
 def load_fashion_mnist(data_dir: str | Path | None = None) -> FashionMNIST:
     """Read the four files and split train into train/val (on the CPU)."""
     folder = resolve_data_dir(data_dir)
@@ -135,8 +164,16 @@ def load_fashion_mnist(data_dir: str | Path | None = None) -> FashionMNIST:
     x = torch.from_numpy(arrays["train_images"].copy())
     y = torch.from_numpy(arrays["train_labels"].astype(np.int64))
     n_val = min(VAL_SIZE, len(x) // 6)  # tiny test files keep a 5:1 split
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(SPLIT_SEED))
-    val, train = perm[:n_val], perm[n_val:]
+    perm = split_permutation(len(x), SPLIT_SEED)
+    fingerprint = {
+        "files_sha256": _sha(*(arrays[name] for name in FILES)),
+        "val_indices_sha256": _sha(perm[:n_val].astype("<i8")),
+        "train": len(x) - n_val,
+        "val": n_val,
+        "test": len(arrays["test_labels"]),
+    }
+    perm_t = torch.from_numpy(perm)
+    val, train = perm_t[:n_val], perm_t[n_val:]
     return FashionMNIST(
         train_x=x[train],
         train_y=y[train],
@@ -145,6 +182,7 @@ def load_fashion_mnist(data_dir: str | Path | None = None) -> FashionMNIST:
         test_x=torch.from_numpy(arrays["test_images"].copy()),
         test_y=torch.from_numpy(arrays["test_labels"].astype(np.int64)),
         source=str(folder),
+        fingerprint=fingerprint,
     )
 
 

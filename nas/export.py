@@ -4,7 +4,7 @@ Picks, among complete, trained, feasible trials:
   accuracy       the highest validation accuracy (ties: fewer MACs)
   knee           the Pareto-front trial nearest the ideal point (best accuracy, fewest
                  MACs), with accuracy and log10(MACs) each scaled to [0, 1] over the front
-  max-mflops=N   the highest accuracy with at most N million MACs (fvcore)
+  max-mmacs=N   the highest accuracy with at most N million MACs (fvcore)
 
 The file's "config" member is exactly the architecture JSON of nas.config, so
 `python -m nas.cost best.json` and the model builder accept the file as it is.
@@ -75,11 +75,11 @@ def pick_trial(study: optuna.Study, pick: str) -> optuna.trial.FrozenTrial:
             return math.hypot(a, m)
 
         return front[min(range(len(front)), key=distance)]
-    if pick.startswith("max-mflops="):
+    if pick.startswith("max-mmacs="):
         try:
             limit = float(pick.split("=", 1)[1])
         except ValueError:
-            raise UsageError(f"--pick max-mflops=N needs a number, got {pick!r}") from None
+            raise UsageError(f"--pick max-mmacs=N needs a number, got {pick!r}") from None
         within = [t for t in trials if t.values[1] <= limit]
         if not within:
             least = min(t.values[1] for t in trials)
@@ -88,7 +88,7 @@ def pick_trial(study: optuna.Study, pick: str) -> optuna.trial.FrozenTrial:
                 f"{least:,.1f}"
             )
         return max(within, key=lambda t: (t.values[0], -t.values[1]))
-    raise UsageError(f"unknown --pick {pick!r}; use accuracy, knee or max-mflops=N")
+    raise UsageError(f"unknown --pick {pick!r}; use accuracy, knee or max-mmacs=N")
 
 
 def _versions() -> dict[str, str]:
@@ -134,10 +134,10 @@ def _run(argv: list[str] | None) -> int:
     p.add_argument("--study", required=True, help="study name")
     p.add_argument("--storage", help="Optuna storage URL (default sqlite:///studies/STUDY.db)")
     p.add_argument("--out", required=True, help="JSON file to write")
-    p.add_argument("--pick", default="knee", help="accuracy | knee | max-mflops=N (default knee)")
+    p.add_argument("--pick", default="knee", help="accuracy | knee | max-mmacs=N (default knee)")
     args = p.parse_args(argv)
-    if args.pick not in ("accuracy", "knee") and not args.pick.startswith("max-mflops="):
-        raise UsageError(f"unknown --pick {args.pick!r}; use accuracy, knee or max-mflops=N")
+    if args.pick not in ("accuracy", "knee") and not args.pick.startswith("max-mmacs="):
+        raise UsageError(f"unknown --pick {args.pick!r}; use accuracy, knee or max-mmacs=N")
     url = args.storage or default_storage_url(args.study)
     study = load_study(open_storage(url, must_exist=True), args.study)
     trial = pick_trial(study, args.pick)

@@ -12,6 +12,7 @@ import argparse
 import math
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -23,6 +24,7 @@ from nas.budget import BUDGETS, TrainBudget, get_budget
 from nas.cli import UsageError, make_parser, run_cli
 from nas.data import DataError, load_fashion_mnist
 from nas.space import PRESETS, SearchSpace, load_space_file, parse_range, reference_params
+from nas.step import precision
 from nas.storage import check_study_name, default_storage_url, open_or_create_study, open_storage
 from nas.train import pick_device
 from nas.workers import SAMPLERS, WorkerSpec, make_sampler, run_workers, trial_line, trial_loop
@@ -38,7 +40,7 @@ WORKERS_PER_GPU = 1
 EPILOG = """\
 objectives: validation accuracy (maximise) on a fixed 10k split of the training set, and
   MACs (fvcore) in millions at batch 1 (minimise); fvcore counts one multiply-add as one
-  flop, so --max-mflops is in those units too.
+  flop, so --max-mmacs is in those units too (1 MAC = 2 FLOPs).
 presets:
   d2l    the d2l chapter's layout: 4 dense blocks, 7x7 stem, 96x96 input (default)
   cifar  DenseNet-BC: 3 dense blocks with bottlenecks, 3x3 stem, native 28x28 input
@@ -47,24 +49,14 @@ budgets: smoke (seconds per trial on a CPU, tests and demos), short (about one e
 examples:
   python -m nas.search --trials 100
   python -m nas.search --trials 3 --budget smoke --study demo
-  python -m nas.search --preset cifar --growth-rate 8:24:4 --convs 2:8 --max-mflops 50
+  python -m nas.search --preset cifar --growth-rate 8:24:4 --convs 2:8 --max-mmacs 50
 """
 
 
 @dataclass(frozen=True)
 class SearchArgs:
-    trials: int
-    study: str
-    storage: str
-    space: SearchSpace
-    budget: TrainBudget
-    sampler: str
-    seed: int | None  # None: each process draws its own (see nas.workers.worker_seed)
-    device: str
-    data_dir: str | None
-    max_mmacs: float | None
-    workers: int  # 0: choose from the device (default_workers)
-    heartbeat: int  # seconds between heartbeats of a running trial
+    trials: int  # trials this run adds (other machines may add theirs)
+    spec: WorkerSpec  # the rest; spec.workers 0 and spec.device "auto": chosen from the device
 
 
 def _positive_int(text: str) -> int:
@@ -147,11 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data-dir", help="folder of the Fashion-MNIST IDX .gz files")
     p.add_argument(
-        "--max-mflops",
+        "--max-mmacs",
         type=_positive_float,
         metavar="M",
-        help="MACs (fvcore) budget in millions: larger networks are infeasible, not trained",
+        help="budget in millions of multiply-adds at batch 1, as fvcore counts them "
+        "(MACs, not FLOPs: 1 MAC = 2 FLOPs); larger networks are infeasible, not trained",
     )
+    p.add_argument("--max-mflops", help=argparse.SUPPRESS)  # renamed: refused with a hint
     p.add_argument(
         "--lr",
         type=_positive_float,
@@ -175,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None) -> SearchArgs:
     a = build_parser().parse_args(argv)
+    if a.max_mflops is not None:
+        raise UsageError(
+            "--max-mflops is now --max-mmacs: the budget is in millions of multiply-adds "
+            "(fvcore's 'flops'), half the FLOP count"
+        )
     space = PRESETS[a.preset]
     if a.space:
         space = space.override(load_space_file(a.space), a.space)
@@ -190,62 +189,58 @@ def parse_args(argv: list[str] | None) -> SearchArgs:
     budget = get_budget(a.budget)
     if a.lr is not None:
         budget = replace(budget, lr=a.lr)
-    return SearchArgs(
-        trials=a.trials,
-        study=check_study_name(a.study),
+    spec = WorkerSpec(
         storage=a.storage or default_storage_url(a.study),
+        study=check_study_name(a.study),
         space=space,
         budget=budget,
         sampler=a.sampler,
         seed=a.seed,
         device=a.device,
         data_dir=a.data_dir,
-        max_mmacs=a.max_mflops,
+        max_mmacs=a.max_mmacs,
         workers=0 if a.workers == "auto" else int(a.workers),
         heartbeat=a.heartbeat,
     )
+    return SearchArgs(trials=a.trials, spec=spec)
 
 
 def run_search(args: SearchArgs) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = args.spec
     try:
-        device = pick_device(args.device)
+        device = pick_device(spec.device)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    workers = args.workers or default_workers(device)
+    workers = spec.workers or default_workers(device)
+    spec = replace(spec, device=device.type, workers=workers)
     try:
-        data = load_fashion_mnist(args.data_dir)  # checked here, loaded by each worker
+        data = load_fashion_mnist(spec.data_dir)  # checked here, loaded by each worker
     except DataError as e:
         raise UsageError(str(e)) from None
-    storage = open_storage(args.storage, heartbeat=args.heartbeat)
-    sampler = make_sampler(args.sampler, args.seed)
-    space = args.space.to_dict()
-    study, created = open_or_create_study(storage, args.study, sampler, args.budget, space)
-    ref = reference_params(args.space)
+    storage = open_storage(spec.storage, heartbeat=spec.heartbeat)
+    sampler = make_sampler(spec.sampler, spec.seed)
+    experiment = {
+        "space": spec.space.to_dict(),
+        "max_mmacs": spec.max_mmacs,
+        "precision": precision(device),
+        "data": data.fingerprint,
+        "budget": spec.budget.to_dict(),
+    }
+    study, created = open_or_create_study(storage, spec.study, sampler, experiment)
+    ref = reference_params(spec.space)
     if created and ref is not None:  # only the creator: several workers may start at once
         study.enqueue_trial(ref, user_attrs={"reference": "d2l chapter"})
 
-    finished = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
-    done_before = len(study.get_trials(deepcopy=False, states=finished))
+    states = Counter(t.state for t in study.get_trials(deepcopy=False))
+    before = ", ".join(f"{n} {s.name.lower()}" for s, n in sorted(states.items())) or "none"
+    b = spec.budget
     print(
-        f"study {args.study!r} ({done_before} finished trials so far) in {args.storage}\n"
-        f"preset {args.space.preset}, budget {args.budget.name} "
-        f"({args.budget.train_images:,} train images, {args.budget.val_images:,} val), "
-        f"sampler {args.sampler}, device {device}, workers {workers}",
+        f"study {spec.study!r} in {spec.storage} (trials so far: {before})\n"
+        f"preset {spec.space.preset}, budget {b.name} ({b.steps * b.batch_size:,} train "
+        f"images, {b.val_images:,} val), {precision(device)}, sampler {spec.sampler}, "
+        f"device {device}, workers {workers}",
         flush=True,
-    )
-    spec = WorkerSpec(
-        storage=args.storage,
-        study=args.study,
-        space=args.space,
-        budget=args.budget,
-        sampler=args.sampler,
-        seed=args.seed,
-        device=device.type,
-        data_dir=args.data_dir,
-        max_mmacs=args.max_mmacs,
-        workers=workers,
-        heartbeat=args.heartbeat,
     )
     # disable=None: a bar on a terminal, none in a log file (the per-trial lines remain).
     bar = tqdm(total=args.trials, unit="trial", dynamic_ncols=True, file=sys.stderr, disable=None)
@@ -281,11 +276,14 @@ def run_search(args: SearchArgs) -> optuna.Study:
     finally:
         bar.close()
     elapsed = time.perf_counter() - t0
-    front = study.best_trials
+    front = sorted(study.best_trials, key=lambda t: t.values[1])
+    numbers = ", ".join(str(t.number) for t in front)
     print(
         f"{ran} trials in {elapsed:.1f} s ({failures} failed, {workers} worker"
-        f"{'s' if workers > 1 else ''}); Pareto front: {len(front)} trials "
-        f"({', '.join(str(t.number) for t in sorted(front, key=lambda t: t.values[1]))})"
+        f"{'s' if workers > 1 else ''}); Pareto front: {len(front)} trial"
+        f"{'s' if len(front) != 1 else ''} (trial numbers, fewest MACs first: {numbers or '-'})\n"
+        f"next: python -m nas.report --study {spec.study}"
+        + (f" --storage {spec.storage}" if spec.storage != default_storage_url(spec.study) else "")
     )
     return study
 

@@ -19,7 +19,14 @@ from torch import nn
 
 from nas.data import to_input
 
-__all__ = ["TensorLRSGD", "autocast", "device_batch", "make_step", "memory_format"]
+__all__ = [
+    "TensorLRSGD",
+    "autocast",
+    "device_batch",
+    "make_step",
+    "memory_format",
+    "precision",
+]
 
 WARMUP_STEPS = 3  # eager steps on a side stream before capture (cuDNN/cuBLAS pick kernels)
 
@@ -27,6 +34,11 @@ WARMUP_STEPS = 3  # eager steps on a side stream before capture (cuDNN/cuBLAS pi
 def memory_format(device: torch.device) -> torch.memory_format:
     """channels_last on CUDA (cuDNN's fast layout for bf16 convs), the default on the CPU."""
     return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
+def precision(device: torch.device) -> str:
+    """How a trial on this device computes (part of a study's record: accuracies differ)."""
+    return "bf16 autocast (CUDA)" if device.type == "cuda" else "fp32 (CPU)"
 
 
 def autocast(device: torch.device) -> torch.autocast:

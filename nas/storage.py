@@ -2,9 +2,9 @@
 
 Default: one SQLite file per study, `sqlite:///studies/<study>.db`. Any Optuna storage
 URL works, PostgreSQL included (`postgresql://user@host/db`), for searches spread over
-several machines. A study remembers the train budget and search space it was created
-with; a run that asks for another budget is refused before anything is written, since
-accuracies from different budgets are not comparable.
+several machines. A study remembers everything that makes its accuracies comparable
+(search space, MAC budget, precision, data and validation split, train budget); a run
+that asks for anything else is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import optuna
 import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 
-from nas.budget import TrainBudget
 from nas.cli import UsageError
 
 __all__ = [
     "DIRECTIONS",
+    "EXPERIMENT_KEYS",
     "METRIC_NAMES",
     "default_storage_url",
     "load_study",
@@ -111,19 +111,33 @@ def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
         ) from None
 
 
+# What a study records about how its accuracies were made, in the order it is checked;
+# "budget" is written last, so its presence means the record is complete.
+EXPERIMENT_KEYS = {
+    "space": "search space",
+    "max_mmacs": "MAC budget (MMACs, fvcore)",
+    "precision": "training precision",
+    "data": "data (Fashion-MNIST files or validation split)",
+    "budget": "train budget",
+}
+
+
 def open_or_create_study(
     storage: optuna.storages.BaseStorage,
     name: str,
     sampler: optuna.samplers.BaseSampler,
-    budget: TrainBudget,
-    space: dict[str, Any],
+    experiment: dict[str, Any],
 ) -> tuple[optuna.Study, bool]:
-    """Continue study `name`, or create it with our objectives, budget and space.
+    """Continue study `name`, or create it with our objectives and `experiment`.
 
-    Returns (study, created). Creation is atomic in the database (a unique study name), so
-    of several workers starting at once exactly one creates the study. Refuses
-    (UsageError, nothing written) a study with other objectives or another budget.
+    `experiment` has one entry per EXPERIMENT_KEYS key: everything that makes the
+    study's accuracies comparable (search space, MAC budget, precision, data fingerprint,
+    train budget). Returns (study, created). Creation is atomic in the database (a unique
+    study name), so of several workers starting at once exactly one creates the study.
+    Refuses (UsageError, nothing written) a study with other objectives or any other
+    entry.
     """
+    assert list(experiment) == list(EXPERIMENT_KEYS)
     try:
         study = optuna.create_study(
             study_name=name, storage=storage, sampler=sampler, directions=DIRECTIONS
@@ -134,31 +148,40 @@ def open_or_create_study(
         with warnings.catch_warnings():  # set_metric_names is "experimental" since Optuna 3.2
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(METRIC_NAMES)
-        study.set_user_attr("space", space)
-        study.set_user_attr("budget", budget.to_dict())  # last: its presence means "ready"
+        for key, value in experiment.items():
+            study.set_user_attr(key, value)
         return study, True
     directions = [d.name.lower() for d in study.directions]
     if directions != DIRECTIONS:
         raise UsageError(f"study {name!r} optimises {directions}, not this tool's {DIRECTIONS}")
-    stored = study.user_attrs.get("budget")
+    stored = study.user_attrs
     for _ in range(100):  # another worker may have created it a moment ago
-        if stored is not None:
+        if "budget" in stored:
             break
         time.sleep(0.1)
-        stored = study.user_attrs.get("budget")
-    if stored != budget.to_dict():
-        raise UsageError(f"study {name!r} {_budget_difference(stored, budget)}")
+        stored = study.user_attrs
+    for key, label in EXPERIMENT_KEYS.items():
+        if key not in stored:
+            raise UsageError(
+                f"study {name!r} has no {label} recorded (made by an older nas, or not by "
+                "nas.search): its accuracies cannot be checked as comparable; use another --study"
+            )
+        if stored[key] != experiment[key]:
+            raise UsageError(
+                f"study {name!r} was created with another {label} "
+                f"({_difference(stored[key], experiment[key])}); accuracies would not be "
+                "comparable (use another --study, or the same settings)"
+            )
     return study, False
 
 
-def _budget_difference(stored: Any, budget: TrainBudget) -> str:
-    if not isinstance(stored, dict):
-        return "has no train budget recorded (not made by nas.search?)"
-    ours = budget.to_dict()
-    diff = ", ".join(
-        f"{k} {stored.get(k)!r} there, {ours[k]!r} here" for k in ours if stored.get(k) != ours[k]
-    )
-    return (
-        f"was created with another train budget ({diff}); accuracies would not be comparable "
-        "(use another --study, or the same budget)"
-    )
+def _difference(stored: Any, ours: Any) -> str:
+    """'name 'smoke' there, 'short' here, ...' for dicts, else 'X there, Y here'."""
+    if isinstance(stored, dict) and isinstance(ours, dict):
+        keys = [*ours, *(k for k in stored if k not in ours)]
+        return ", ".join(
+            f"{k} {stored.get(k)!r} there, {ours.get(k)!r} here"
+            for k in keys
+            if stored.get(k) != ours.get(k)
+        )
+    return f"{stored!r} there, {ours!r} here"

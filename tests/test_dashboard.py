@@ -33,7 +33,7 @@ def served(tmp_path_factory, real_data_dir):
                     *TINY,
                     "--trials",
                     "6",
-                    "--max-mflops",
+                    "--max-mmacs",
                     "15",
                     "--sampler",
                     "random",

@@ -107,3 +107,27 @@ def test_real_fashion_mnist(real_data) -> None:
     assert torch.bincount(d.test_y).tolist() == [1000] * 10
     # mean pixel of Fashion-MNIST's training set is 72.94 / 255 = 0.286
     assert abs(d.train_x.float().mean().item() / 255 - 0.286) < 0.003
+
+
+def test_split_permutation_is_pinned_by_arithmetic() -> None:
+    """The same indices on every host and library version: pinned values, a true
+    permutation, and another seed gives another order."""
+    from nas.data import split_permutation
+
+    p = split_permutation(60_000, 0)
+    assert sorted(p.tolist()) == list(range(60_000))
+    assert p[:5].tolist() == [34952, 30320, 10062, 9539, 25727]
+    assert split_permutation(60_000, 1)[:5].tolist() != p[:5].tolist()
+
+
+def test_fingerprint_names_files_and_split(real_data, tiny_data_dir, monkeypatch) -> None:
+    import nas.data
+
+    fp = real_data.fingerprint
+    assert (fp["train"], fp["val"], fp["test"]) == (50_000, 10_000, 10_000)
+    tiny = load_fashion_mnist(tiny_data_dir).fingerprint
+    assert tiny["files_sha256"] != fp["files_sha256"]
+    monkeypatch.setattr(nas.data, "SPLIT_SEED", 1)
+    other = load_fashion_mnist(tiny_data_dir).fingerprint
+    assert other["files_sha256"] == tiny["files_sha256"]
+    assert other["val_indices_sha256"] != tiny["val_indices_sha256"]

@@ -34,7 +34,7 @@ def study_url(tmp_path_factory, real_data_dir) -> str:
                 "random",
                 "--seed",
                 "1",
-                "--max-mflops",
+                "--max-mmacs",
                 "15",
             ]
         )
@@ -49,7 +49,7 @@ def export(url: str, tmp_path: Path, pick: str) -> dict:
     return json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("pick", ["accuracy", "knee", "max-mflops=7"])
+@pytest.mark.parametrize("pick", ["accuracy", "knee", "max-mmacs=7"])
 def test_export_rebuilds_the_recorded_network(study_url: str, tmp_path: Path, pick: str) -> None:
     rec = export(study_url, tmp_path, pick)
     assert rec["schema"] == SCHEMA and rec["study"] == "s" and rec["pick"] == pick
@@ -71,7 +71,7 @@ def test_picks_mean_what_they_say(study_url: str, tmp_path: Path) -> None:
     assert usable and all(t.user_attrs["trained"] for t in usable)
     best = max(t.values[0] for t in usable)
     assert export(study_url, tmp_path, "accuracy")["metrics"]["val_accuracy"] == best
-    small = export(study_url, tmp_path, "max-mflops=7")
+    small = export(study_url, tmp_path, "max-mmacs=7")
     assert small["metrics"]["mmacs_fvcore"] <= 7
     assert small["metrics"]["val_accuracy"] == max(t.values[0] for t in usable if t.values[1] <= 7)
     knee = export(study_url, tmp_path, "knee")
@@ -91,8 +91,8 @@ def test_pareto_front_matches_optuna(study_url: str) -> None:
     [
         (["--study", "nope"], "no study named 'nope'"),
         (["--pick", "best"], "unknown --pick 'best'"),
-        (["--pick", "max-mflops=abc"], "needs a number"),
-        (["--pick", "max-mflops=0.001"], "no trained trial has at most 0.001 MMACs"),
+        (["--pick", "max-mmacs=abc"], "needs a number"),
+        (["--pick", "max-mmacs=0.001"], "no trained trial has at most 0.001 MMACs"),
         (["--out", "/proc/nope/x.json"], "cannot write"),
     ],
 )

@@ -23,7 +23,7 @@ def study_dir(tmp_path_factory, real_data_dir) -> Path:
     d = tmp_path_factory.mktemp("report")
     url = f"sqlite:///{d}/r.db"
     # 10 random trials, some over a 15 MMAC budget: front, dominated and untrained points
-    argv = [*TINY, "--trials", "10", "--max-mflops", "15", "--sampler", "random", "--seed", "1"]
+    argv = [*TINY, "--trials", "10", "--max-mmacs", "15", "--sampler", "random", "--seed", "1"]
     assert search([*argv, "--study", "r", "--storage", url]) == 0
     return d
 

@@ -88,7 +88,7 @@ def test_mac_budget_marks_infeasible_and_skips_training(tmp_path: Path, real_dat
         "s",
         "--storage",
         url,
-        "--max-mflops",
+        "--max-mmacs",
         "7",
         "--sampler",
         "random",
@@ -113,6 +113,56 @@ def test_mac_budget_marks_infeasible_and_skips_training(tmp_path: Path, real_dat
 
 
 @pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (["--preset", "d2l", "--growth-rate", "8:16:8", "--convs", "1:1"], "search space (preset"),
+        (["--max-mmacs", "10"], "MAC budget (MMACs, fvcore) (None there, 10.0 here)"),
+        (["--convs", "1:3"], "convs_per_block [1, 2] there, [1, 3] here"),
+    ],
+)
+def test_other_experiment_is_refused_and_study_untouched(
+    tmp_path: Path, real_data_dir, capsys, change: list[str], message: str
+) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert main([*TINY, "--trials", "1", "--study", "s", "--storage", url]) == 0
+    before = load(url, "s").user_attrs
+    capsys.readouterr()
+    assert main([*TINY, *change, "--trials", "1", "--study", "s", "--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nas.search: error: study 's' was created with another ")
+    assert message in err and "would not be comparable" in err and err.count("\n") == 1
+    study = load(url, "s")
+    assert len(study.trials) == 1 and study.user_attrs == before
+
+
+def test_other_precision_or_split_is_refused(tmp_path: Path, real_data_dir, capsys, monkeypatch):
+    """A GPU host's bf16 study refuses a CPU worker; another validation split is refused."""
+    import nas.data
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert main([*TINY, "--trials", "1", "--study", "s", "--storage", url]) == 0
+    study = load(url, "s")
+    assert study.user_attrs["precision"] == "fp32 (CPU)"
+    study.set_user_attr("precision", "bf16 autocast (CUDA)")  # as a GPU host records it
+    capsys.readouterr()
+    assert main([*TINY, "--trials", "1", "--study", "s", "--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert "another training precision ('bf16 autocast (CUDA)' there, 'fp32 (CPU)' here)" in err
+    study.set_user_attr("precision", "fp32 (CPU)")
+    monkeypatch.setattr(nas.data, "SPLIT_SEED", 1)  # as a version with another split would
+    assert main([*TINY, "--trials", "1", "--study", "s", "--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert "another data (Fashion-MNIST files or validation split) (val_indices_sha256" in err
+    assert err.count("\n") == 1 and len(load(url, "s").trials) == 1
+
+
+def test_max_mflops_is_refused_with_its_new_name(capsys) -> None:
+    assert main([*TINY, "--max-mflops", "50"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-mflops is now --max-mmacs" in err and "multiply-adds" in err
+
+
+@pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--trials", "0"], "--trials: expected a positive integer"),
@@ -122,8 +172,8 @@ def test_mac_budget_marks_infeasible_and_skips_training(tmp_path: Path, real_dat
         (["--budget", "huge"], "--budget: invalid choice"),
         (["--device", "tpu"], "--device: invalid choice"),
         (["--seed", "-1"], "--seed: expected an integer >= 0"),
-        (["--max-mflops", "-5"], "--max-mflops: expected a positive number"),
-        (["--max-mflops", "nan"], "--max-mflops: expected a positive number"),
+        (["--max-mmacs", "-5"], "--max-mmacs: expected a positive number"),
+        (["--max-mmacs", "nan"], "--max-mmacs: expected a positive number"),
         (["--study", "../etc/passwd"], "study name '../etc/passwd' must be"),
         (["--growth-rate", "a:b"], "a range takes integers"),
         (["--growth-rate", "64:8"], "low 64 > high 8"),
@@ -163,7 +213,7 @@ def test_help_explains(capsys) -> None:
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for word in ("--trials", "--max-mflops", "MACs (fvcore)", "presets:", "smoke"):
+    for word in ("--trials", "--max-mmacs", "MACs (fvcore)", "presets:", "smoke"):
         assert word in out
 
 

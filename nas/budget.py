@@ -1,16 +1,17 @@
 """How long and how a trial trains: the train budget, separate from the architecture.
 
 A budget is counted in images, not epochs, so that trials with any batch size or
-dataset subset train on the same amount of data. The learning rate warms up linearly
-and then decays linearly to zero exactly at the end of the budget: a short run that
-ends at LR 0 settles its weights, and with fixed seeds the validation accuracy ranks
+dataset subset train on the same amount of data (whole batches: steps = images // batch).
+The learning rate warms up linearly to its peak, which exactly one step runs at, then
+decays linearly towards zero, which it reaches one step after the last: the last step
+runs at peak / (decay steps + 1), and no step is wasted at LR 0. A short run that ends
+near LR 0 settles its weights, and with fixed seeds the validation accuracy ranks
 architectures instead of measuring where the last noisy step landed. Every trial of a
 study uses the same budget (the study stores it and refuses another).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
@@ -73,20 +74,19 @@ class TrainBudget:
         return self.train_images // self.batch_size
 
     def lr_at(self, step: int) -> float:
-        """Linear warm-up to `lr`, then linear decay to 0 at the last step (or constant)."""
+        """LR of step 0, 1, ...: linear warm-up over `warm` steps ending at the peak (step
+        warm - 1), then linear decay that would reach 0 at step `steps`, one past the last.
+        (Or the constant `lr`.)"""
         if self.schedule == "constant":
             return self.lr
         total = self.steps
         warm = max(1, round(self.warmup * total))
         if step < warm:
             return self.lr * (step + 1) / warm
-        return self.lr * max(0.0, (total - step) / max(1, total - warm))
+        return self.lr * max(0.0, (total - step) / (total - warm + 1))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: Any) -> TrainBudget:

@@ -2,8 +2,8 @@
 
 Picks, among complete, trained, feasible trials:
   accuracy       the highest validation accuracy (ties: fewer MACs)
-  knee           the Pareto-front trial nearest the ideal point (best accuracy, fewest
-                 MACs), with accuracy and log10(MACs) each scaled to [0, 1] over the front
+  knee           the Pareto-front trial farthest above the chord joining the front's two
+                 ends, in accuracy vs log10 MACs (nas.front); the most accurate if none is
   max-mmacs=N   the highest accuracy with at most N million MACs (fvcore)
 
 The file's "config" member is exactly the architecture JSON of nas.config, so
@@ -13,7 +13,6 @@ The file's "config" member is exactly the architecture JSON of nas.config, so
 from __future__ import annotations
 
 import json
-import math
 import platform
 import sys
 from datetime import UTC, datetime
@@ -25,34 +24,12 @@ import optuna
 from sqlalchemy.engine import make_url
 
 from nas.cli import UsageError, make_parser, run_cli
+from nas.front import knee_index, pareto_front, usable_trials
 from nas.storage import default_storage_url, load_study, open_storage
 
 __all__ = ["SCHEMA", "export_record", "main", "pick_trial"]
 
 SCHEMA = "nas.export/1"
-
-
-def usable_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Complete, trained, feasible trials."""
-    return [
-        t
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if t.user_attrs.get("trained") is True and all(c <= 0 for c in t.constraints.values())
-    ]
-
-
-def pareto_front(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
-    """Trials no other trial beats on both accuracy (higher) and MACs (lower)."""
-    return [
-        t
-        for t in trials
-        if not any(
-            o.values[0] >= t.values[0]
-            and o.values[1] <= t.values[1]
-            and (o.values[0] > t.values[0] or o.values[1] < t.values[1])
-            for o in trials
-        )
-    ]
 
 
 def pick_trial(study: optuna.Study, pick: str) -> optuna.trial.FrozenTrial:
@@ -62,19 +39,8 @@ def pick_trial(study: optuna.Study, pick: str) -> optuna.trial.FrozenTrial:
     if pick == "accuracy":
         return max(trials, key=lambda t: (t.values[0], -t.values[1]))
     if pick == "knee":
-        front = pareto_front(trials)
-        acc = [t.values[0] for t in front]
-        lm = [math.log10(max(t.values[1], 1e-12)) for t in front]
-
-        def scaled(v: float, lo: float, hi: float) -> float:
-            return 0.0 if hi == lo else (v - lo) / (hi - lo)
-
-        def distance(i: int) -> float:
-            a = 1.0 - scaled(acc[i], min(acc), max(acc))  # 0 at the best accuracy
-            m = scaled(lm[i], min(lm), max(lm))  # 0 at the fewest MACs
-            return math.hypot(a, m)
-
-        return front[min(range(len(front)), key=distance)]
+        front = pareto_front(study)
+        return front[knee_index([(t.values[0], t.values[1]) for t in front])]
     if pick.startswith("max-mmacs="):
         try:
             limit = float(pick.split("=", 1)[1])
@@ -85,7 +51,7 @@ def pick_trial(study: optuna.Study, pick: str) -> optuna.trial.FrozenTrial:
             least = min(t.values[1] for t in trials)
             raise UsageError(
                 f"no trained trial has at most {limit:g} MMACs (fvcore); the smallest has "
-                f"{least:,.1f}"
+                f"{least:.6f} (exact: MACs are whole numbers)"
             )
         return max(within, key=lambda t: (t.values[0], -t.values[1]))
     raise UsageError(f"unknown --pick {pick!r}; use accuracy, knee or max-mmacs=N")

@@ -26,21 +26,25 @@ from plotly.subplots import make_subplots
 
 from nas.artifacts import attach_trial_file, default_artifact_dir, replace_study_file
 from nas.cli import UsageError, make_parser, run_cli
-from nas.export import pareto_front, usable_trials
+from nas.front import (
+    REF_ACCURACY,
+    hypervolume_history,
+    hypervolume_reference,
+    pareto_front,
+    usable_trials,
+)
 from nas.storage import default_storage_url, load_study, open_storage
 
-__all__ = ["hypervolume_history", "main", "trials_frame", "write_report"]
+__all__ = ["main", "trials_frame", "write_report"]
 
 MACS = "MMACs (fvcore)"
-REF_ACCURACY = 0.1  # chance on 10 classes: the hypervolume's reference accuracy
 STATES = optuna.trial.TrialState
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial with the columns the report and its CSV need."""
-    trained = usable_trials(study)
-    usable = {t.number for t in trained}
-    front = {t.number for t in pareto_front(trained)}
+    usable = {t.number for t in usable_trials(study)}
+    front = {t.number for t in pareto_front(study)}
     rows = []
     for t in study.get_trials(deepcopy=False):
         a = t.user_attrs
@@ -71,31 +75,6 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
-
-
-def hypervolume_history(df: pd.DataFrame) -> tuple[pd.DataFrame, float]:
-    """Hypervolume in (accuracy, log10 MMACs) after each trial number, and the MAC reference.
-
-    Reference point: accuracy 0.1 (chance) and 1.1 x the largest MMACs of a usable trial;
-    the area is measured with MACs on a log10 scale, as the Pareto plot shows them.
-    """
-    ok = df[df["val_accuracy"].notna()].sort_values("trial")
-    if ok.empty:
-        return pd.DataFrame({"trial": [], "hypervolume": []}), float("nan")
-    ref_macs = 1.1 * ok[MACS].max()
-    ref_log = math.log10(ref_macs)
-    points: list[tuple[float, float]] = []
-    out = []
-    for _, row in ok.iterrows():
-        points.append((math.log10(row[MACS]), row["val_accuracy"]))
-        pts = sorted(p for p in points if p[1] > REF_ACCURACY and p[0] < ref_log)
-        hv, best = 0.0, REF_ACCURACY
-        for i, (logm, acc) in enumerate(pts):
-            best = max(best, acc)
-            right = pts[i + 1][0] if i + 1 < len(pts) else ref_log
-            hv += (right - logm) * (best - REF_ACCURACY)
-        out.append({"trial": row["trial"], "hypervolume": hv})
-    return pd.DataFrame(out), ref_macs
 
 
 def _hover(df: pd.DataFrame) -> list[str]:
@@ -206,15 +185,19 @@ def pareto_figure(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def hypervolume_figure(df: pd.DataFrame) -> go.Figure:
-    hv, ref_macs = hypervolume_history(df)
-    fig = go.Figure(go.Scatter(x=hv["trial"], y=hv["hypervolume"], mode="lines+markers"))
+def hypervolume_figure(df: pd.DataFrame, study: optuna.Study) -> go.Figure:
+    a = study.user_attrs
+    ref = hypervolume_reference(a["space"], a.get("max_mmacs"))
+    ok = df[df["val_accuracy"].notna()].sort_values("trial")
+    hv = hypervolume_history(zip(ok["val_accuracy"], ok[MACS]), ref)
+    fig = go.Figure(go.Scatter(x=ok["trial"], y=hv, mode="lines+markers"))
     fig.update_layout(
         title=(
-            f"Hypervolume after each trial (reference: accuracy {REF_ACCURACY}, "
-            f"{ref_macs:,.1f} MMACs; area in accuracy x log10 MMACs)"
+            f"Hypervolume after each trained trial (reference fixed for the study: accuracy "
+            f"{REF_ACCURACY}, {ref[1]:,.1f} MMACs = 1.1 x its largest trainable network; "
+            "area in accuracy x log10 MMACs)"
         ),
-        xaxis={"title": "trial"},
+        xaxis={"title": "trial number", "tickformat": "d"},
         yaxis={"title": "hypervolume"},
         height=380,
     )
@@ -317,7 +300,7 @@ def write_report(study: optuna.Study, out: Path, table_format: str | None = None
     )
     figures = [
         pareto_figure(df),
-        hypervolume_figure(df),
+        hypervolume_figure(df, study),
         importance_figure(study),
         dependence_figure(df),
     ]
@@ -374,7 +357,7 @@ def _run(argv: list[str] | None) -> int:
     if not args.no_artifacts:
         folder = Path(args.artifacts) if args.artifacts else default_artifact_dir(args.study)
         replace_study_file(study, folder, out)
-        for t in pareto_front(usable_trials(study)):
+        for t in pareto_front(study):
             data = json.dumps(t.user_attrs["config"], indent=2) + "\n"
             attach_trial_file(study, t, folder, f"config-trial{t.number}.json", data)
         written["artifacts"] = folder

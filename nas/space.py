@@ -116,6 +116,12 @@ class SearchSpace:
             d[key] = list(d[key])
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SearchSpace:
+        """Inverse of to_dict (a study's stored space)."""
+        ranges = ("growth_rate", "convs_per_block", "compression")
+        return cls(**{k: tuple(v) if k in ranges else v for k, v in d.items()})
+
     def override(self, values: dict[str, Any], source: str) -> SearchSpace:
         """A copy with some fields replaced (from a TOML file or the CLI)."""
         known = {f.name for f in fields(self)} - {"preset"}

@@ -80,7 +80,7 @@ def trial_line(t: optuna.trial.FrozenTrial) -> str:
     head = f"trial {t.number:>4}  {desc}{ref}"
     if t.state == optuna.trial.TrialState.COMPLETE and attrs.get("trained") is False:
         mmacs = t.values[1]
-        return f"{head}  {mmacs:,.1f} MMACs (fvcore)  over budget, not trained"
+        return f"{head}  {mmacs:.6f} MMACs (fvcore)  over the MAC budget, not trained"
     if t.state == optuna.trial.TrialState.COMPLETE:
         acc, mmacs = t.values
         secs = (t.datetime_complete - t.datetime_start).total_seconds()
@@ -93,14 +93,16 @@ def trial_line(t: optuna.trial.FrozenTrial) -> str:
 
 
 def worker_seed(seed: int | None, index: int, existing: int) -> int:
-    """Each worker's own sampler stream, from the worker index, the number of trials
-    already in the study, and --seed (reproducible) or else this host and process.
+    """Each worker's own sampler stream, from this host's name, the worker index, the
+    number of trials already in the study, and --seed (reproducible on this host) or else
+    this process's id.
 
     Workers of one run, runs that resume a study, and processes started at once on
-    several machines must not replay each other's random draws.
+    several machines must not replay each other's random draws. With --seed, two
+    processes started at once on one host with the same seed would: give each its own.
     """
-    base = str(seed) if seed is not None else f"{socket.gethostname()}:{os.getpid()}"
-    text = f"{base}:{index}:{existing}"
+    base = str(seed) if seed is not None else f"pid {os.getpid()}"
+    text = f"{socket.gethostname()}:{base}:{index}:{existing}"
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
 
 

@@ -9,14 +9,19 @@ from nas.config import ConfigError
 
 
 @pytest.mark.parametrize("name", list(BUDGETS))
-def test_schedule_warms_up_then_reaches_zero(name: str) -> None:
+def test_schedule_as_documented(name: str) -> None:
+    """Warm-up over round(10%) of the steps to the peak, which one step runs at; linear
+    decay towards 0, reached one step after the last (the last runs at peak / (d + 1))."""
     b = BUDGETS[name]
     lrs = [b.lr_at(s) for s in range(b.steps)]
-    peak = lrs.index(max(lrs))
-    assert max(lrs) == pytest.approx(b.lr)
-    assert all(x < y for x, y in zip(lrs[:peak], lrs[1 : peak + 1]))  # rising
-    assert all(x >= y for x, y in zip(lrs[peak:], lrs[peak + 1 :]))  # then falling
-    assert 0 < lrs[-1] < 0.1 * b.lr  # the last step runs at a small fraction of the peak
+    warm = round(b.warmup * b.steps)
+    assert lrs.count(b.lr) == 1 and lrs[warm - 1] == b.lr  # the peak, once, ending warm-up
+    assert all(x < y for x, y in zip(lrs[:warm], lrs[1:warm]))  # rising
+    assert all(x > y for x, y in zip(lrs[warm - 1 :], lrs[warm:]))  # then strictly falling
+    decay = b.steps - warm
+    assert lrs[-1] == pytest.approx(b.lr / (decay + 1), rel=1e-12)  # no step at LR 0
+    steps = [lrs[i] - lrs[i + 1] for i in range(warm - 1, b.steps - 1)]
+    assert steps == pytest.approx([b.lr / (decay + 1)] * len(steps), rel=1e-9)  # linear
     assert b.lr_at(b.steps) == 0.0
 
 

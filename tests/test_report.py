@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from browser import chromium, screenshot
-from nas.export import pareto_front, usable_trials
-from nas.report import MACS, hypervolume_history, log_ticks, main, trials_frame
+from nas.front import pareto_front
+from nas.report import MACS, log_ticks, main, trials_frame
 from nas.search import main as search
 
 TINY = ["--preset", "cifar", "--growth-rate", "8:16:4", "--convs", "1:3", "--budget", "smoke"]
@@ -42,7 +42,7 @@ def test_frame_and_files(study_dir: Path, monkeypatch, capsys) -> None:
     assert len(html) > 1_000_000 and "Plotly.newPlot" in html
     assert "MACs (fvcore)" in html and "Hypervolume" in html and "PED-ANOVA" in html
     s = study(study_dir)
-    front = {t.number for t in pareto_front(usable_trials(s))}
+    front = {t.number for t in pareto_front(s)}
     csv = pd.read_csv(study_dir / "dashboards" / "r-pareto.csv")
     assert set(csv["trial"]) == front and (csv["status"] == "pareto").all()
     full = pd.read_csv(study_dir / "dashboards" / "r-trials.csv")
@@ -63,7 +63,7 @@ def test_artifacts_for_dashboard(study_dir: Path, monkeypatch) -> None:
     pages = [json.loads(v) for k, v in attrs.items() if k.startswith("artifacts:")]
     assert [p["filename"] for p in pages if p] == ["r.html"]
     configs = [json.loads(v) for k, v in attrs.items() if k.startswith("dashboard:artifacts:")]
-    front = pareto_front(usable_trials(s))
+    front = pareto_front(s)
     assert sorted(c["filename"] for c in configs) == sorted(
         f"config-trial{t.number}.json" for t in front
     )
@@ -73,24 +73,6 @@ def test_artifacts_for_dashboard(study_dir: Path, monkeypatch) -> None:
     t = front[0]
     c = next(c for c in configs if c["filename"] == f"config-trial{t.number}.json")
     assert json.loads((folder / c["artifact_id"]).read_text()) == t.user_attrs["config"]
-
-
-def test_hypervolume_grows_and_is_exact() -> None:
-    df = pd.DataFrame(
-        {"trial": [0, 1, 2], "val_accuracy": [0.5, 0.9, 0.4], MACS: [10.0, 100.0, 1.0]}
-    )
-    hv, ref = hypervolume_history(df)
-    assert ref == pytest.approx(110.0)
-    # after trial 0: (log 110 - log 10) x (0.5 - 0.1)
-    import math
-
-    first = (math.log10(110) - 1) * 0.4
-    assert hv["hypervolume"].iloc[0] == pytest.approx(first)
-    assert list(hv["hypervolume"]) == sorted(hv["hypervolume"])  # never shrinks
-    # after all three: sweep over log10 MACs 0 -> 1 at 0.4-0.1, 1 -> 2 at 0.5-0.1,
-    # 2 -> log10(110) at 0.9-0.1
-    last = 1 * 0.3 + 1 * 0.4 + (math.log10(110) - 2) * 0.8
-    assert hv["hypervolume"].iloc[-1] == pytest.approx(last)
 
 
 def test_log_ticks_are_round_and_cover_the_values() -> None:

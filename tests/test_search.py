@@ -107,7 +107,7 @@ def test_mac_budget_marks_infeasible_and_skips_training(tmp_path: Path, real_dat
         assert "train_seconds" not in t.user_attrs
     for t in under:
         assert t.user_attrs["trained"] is True and t.constraints["mmacs_over_budget"] <= 0
-    assert "over budget, not trained" in capsys.readouterr().out
+    assert "MMACs (fvcore)  over the MAC budget, not trained" in capsys.readouterr().out
     study = load(url, "s")
     assert {t.number for t in study.best_trials} <= {t.number for t in under}
 

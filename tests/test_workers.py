@@ -44,3 +44,18 @@ def test_second_run_adds_exactly_its_trials(tmp_path: Path, real_data_dir) -> No
     study = optuna.load_study(study_name="w", storage=url)
     assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 6
     assert len(study.trials) == 6
+
+
+def test_worker_seeds_differ_across_hosts_not_within_one(monkeypatch) -> None:
+    """--seed reproduces a run on one host; hosts with the same index and trial count,
+    started at once with the same --seed, still draw different trials."""
+    import socket
+
+    from nas.workers import worker_seed
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "gpu-node-1")
+    first = worker_seed(0, 0, 0)
+    assert worker_seed(0, 0, 0) == first  # reproducible
+    assert len({first, worker_seed(0, 1, 0), worker_seed(0, 0, 5), worker_seed(1, 0, 0)}) == 4
+    monkeypatch.setattr(socket, "gethostname", lambda: "gpu-node-2")
+    assert worker_seed(0, 0, 0) != first

@@ -40,12 +40,25 @@ CATCH = (TrialFailed,)
 
 
 def failure_reason(e: BaseException) -> str | None:
-    """A one-line reason if `e` is a per-trial failure, None if it is a bug to surface."""
-    if isinstance(e, torch.OutOfMemoryError):
-        return f"out of GPU memory: {str(e).splitlines()[0][:300]}"
-    if isinstance(e, RuntimeError) and "can't allocate memory" in str(e):
-        text = str(e)
-        return f"out of memory: {text[text.find('DefaultCPUAllocator') :][:300]}"
+    """A one-line reason if `e` is a per-trial failure, None if it is a bug to surface.
+
+    An out-of-memory error counts wherever it stands in the exception's chain: during a
+    CUDA graph capture it surfaces as the capture's own RuntimeError ("operation failed
+    due to a previous error during capture"), raised while handling the OOM.
+    """
+    chain: list[BaseException] = []
+    link: BaseException | None = e
+    while link is not None and link not in chain:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    for x in chain:
+        text = str(x)
+        if isinstance(x, torch.OutOfMemoryError) or (
+            isinstance(x, RuntimeError) and "CUDA error: out of memory" in text
+        ):
+            return f"out of GPU memory: {text.splitlines()[0][:300] if text else 'CUDA OOM'}"
+        if isinstance(x, RuntimeError) and "can't allocate memory" in text:
+            return f"out of memory: {text[text.find('DefaultCPUAllocator') :][:300]}"
     if isinstance(e, Diverged):
         return f"diverged: {e}"
     if isinstance(e, ConfigError):

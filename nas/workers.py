@@ -85,8 +85,9 @@ def trial_line(t: optuna.trial.FrozenTrial) -> str:
         acc, mmacs = t.values
         secs = (t.datetime_complete - t.datetime_start).total_seconds()
         return (
-            f"{head}  acc {acc:.4f}  {mmacs:,.1f} MMACs (fvcore)  {secs:.1f} s  "
-            f"({attrs.get('images_per_second', 0):,.0f} img/s)"
+            f"{head}  val acc {acc:.4f}  {mmacs:,.1f} MMACs (fvcore)  "
+            f"train {attrs.get('train_seconds', 0):.1f} s at "
+            f"{attrs.get('images_per_second', 0):,.0f} img/s, whole trial {secs:.1f} s"
         )
     reason = attrs.get("fail_reason", "see log")
     return f"{head}  {t.state.name.lower()}: {reason}"

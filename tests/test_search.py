@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import optuna
@@ -48,7 +49,8 @@ def test_readme_demo(tmp_path: Path, monkeypatch, real_data_dir, capsys) -> None
         assert t.user_attrs["macs_fvcore"] == cost.fvcore_macs
         assert t.user_attrs["trained"] is True and t.user_attrs["images_per_second"] > 0
     out = capsys.readouterr().out
-    assert "trial    0  k=32 convs=4-4-4-4 theta=0.5 (d2l chapter)  acc 0." in out
+    assert "trial    0  k=32 convs=4-4-4-4 theta=0.5 (d2l chapter)  val acc 0." in out
+    assert re.search(r"train \d+\.\d s at [\d,]+ img/s, whole trial \d+\.\d s", out)
     assert "130.4 MMACs (fvcore)" in out
     assert "3 trials in" in out
 

@@ -1,0 +1,44 @@
+"""nas.objective: which exceptions cost one trial and which stop the search."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nas.objective import failure_reason
+from nas.train import Diverged
+
+
+def raised_during_capture(inner: BaseException) -> BaseException:
+    """What torch.cuda.graph's exit raises when a capture broke on `inner`."""
+    try:
+        try:
+            raise inner
+        except BaseException:
+            raise RuntimeError(  # noqa: B904 (as torch raises it: implicitly chained)
+                "CUDA error: operation failed due to a previous error during capture"
+            )
+    except RuntimeError as outer:
+        return outer
+
+
+def test_out_of_memory_in_any_phase_fails_the_trial() -> None:
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert failure_reason(oom).startswith("out of GPU memory: CUDA out of memory")
+    # raised during graph capture: the capture error carries the OOM as its context
+    assert failure_reason(raised_during_capture(oom)).startswith("out of GPU memory: CUDA out")
+    cuda_rt = RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be ...")
+    assert failure_reason(cuda_rt) == "out of GPU memory: CUDA error: out of memory"
+    cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+    assert failure_reason(cpu).startswith("out of memory: DefaultCPUAllocator")
+
+
+def test_capture_errors_without_oom_and_other_bugs_stop_the_search() -> None:
+    assert failure_reason(raised_during_capture(ValueError("a bug"))) is None
+    assert failure_reason(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+    assert failure_reason(KeyError("x")) is None
+
+
+@pytest.mark.parametrize("e", [Diverged("training loss became nan at step 100")])
+def test_diverged_is_its_own_reason(e: BaseException) -> None:
+    assert failure_reason(e) == f"diverged: {e}"

@@ -15,9 +15,13 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-__all__ = ["ArchConfig", "BlockPlan", "ConfigError", "D2L_CHAPTER", "STEMS"]
+__all__ = ["CONVENTIONS", "ArchConfig", "BlockPlan", "ConfigError", "D2L_CHAPTER", "STEMS"]
 
 STEMS = ("d2l", "cifar")
+# Layer conventions: "d2l", the chapter's (every conv has a bias, Xavier-uniform weights);
+# "paper", Huang et al.'s DenseNet-BC as torchvision builds it (no conv bias, since a BN
+# follows; Kaiming-normal conv weights, BN weight 1 and bias 0, linear bias 0).
+CONVENTIONS = ("d2l", "paper")
 
 # Bounds that keep a config sane (a typo such as growth_rate=32000 is an error, not an
 # out-of-memory crash twenty minutes later).
@@ -61,6 +65,7 @@ class ArchConfig:
     in_channels: int = 1  # image channels (Fashion-MNIST: 1)
     image_size: int = 96  # input side in pixels (d2l resizes 28 -> 96)
     num_classes: int = 10
+    convention: str = "d2l"  # "d2l" (conv biases, Xavier init) or "paper" (see CONVENTIONS)
 
     def __post_init__(self) -> None:
         convs = self.convs_per_block
@@ -89,6 +94,10 @@ class ArchConfig:
             raise ConfigError(f"bottleneck must be true or false, got {self.bottleneck!r}")
         if self.stem not in STEMS:
             raise ConfigError(f"stem must be one of {', '.join(STEMS)}; got {self.stem!r}")
+        if self.convention not in CONVENTIONS:
+            raise ConfigError(
+                f"convention must be one of {', '.join(CONVENTIONS)}; got {self.convention!r}"
+            )
         self.plan()  # raises ConfigError if the network cannot run
 
     # -- shape arithmetic -------------------------------------------------------------

@@ -5,8 +5,10 @@ conv blocks (BN, ReLU, conv), dense blocks that concatenate every block's output
 their input, transitions (BN, ReLU, 1x1 conv, 2x2 average pool), and a head of BN,
 ReLU, global average pool and a linear layer. With the default ArchConfig the model is
 the chapter's network layer for layer (same modules, same order, same parameter count,
-conv biases and Xavier-uniform init included). Module names follow torchvision's
-densenet.py (denseblock1, transition1, ...).
+conv biases and Xavier-uniform init included). With `convention="paper"` (the cifar
+preset) the layers are Huang et al.'s DenseNet-BC as torchvision builds it: no conv
+bias, Kaiming-normal init. Module names follow torchvision's densenet.py (denseblock1,
+transition1, ...).
 """
 
 from __future__ import annotations
@@ -21,29 +23,31 @@ from nas.config import ArchConfig
 __all__ = ["DenseBlock", "DenseNet", "build_model", "count_params"]
 
 
-def conv_block(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
+def conv_block(in_channels: int, out_channels: int, kernel_size: int, bias: bool) -> nn.Sequential:
     """Pre-activation conv: BN, ReLU, conv (d2l's conv_block, with a size-preserving pad)."""
     return nn.Sequential(
         nn.BatchNorm2d(in_channels),
         nn.ReLU(),
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias),
     )
 
 
-def dense_layer(in_channels: int, k: int, bottleneck: bool) -> nn.Sequential:
+def dense_layer(in_channels: int, k: int, bottleneck: bool, bias: bool) -> nn.Sequential:
     """One dense layer: a 3x3 conv block adding k channels; DenseNet-B puts a 1x1 to 4k first."""
     if not bottleneck:
-        return conv_block(in_channels, k, 3)
-    return nn.Sequential(conv_block(in_channels, 4 * k, 1), conv_block(4 * k, k, 3))
+        return conv_block(in_channels, k, 3, bias)
+    return nn.Sequential(conv_block(in_channels, 4 * k, 1, bias), conv_block(4 * k, k, 3, bias))
 
 
 class DenseBlock(nn.Module):
     """Each layer sees the concatenation of the block input and all earlier outputs."""
 
-    def __init__(self, num_convs: int, in_channels: int, k: int, bottleneck: bool) -> None:
+    def __init__(
+        self, num_convs: int, in_channels: int, k: int, bottleneck: bool, bias: bool = True
+    ) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            *(dense_layer(in_channels + i * k, k, bottleneck) for i in range(num_convs))
+            *(dense_layer(in_channels + i * k, k, bottleneck, bias) for i in range(num_convs))
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,26 +56,29 @@ class DenseBlock(nn.Module):
         return x
 
 
-def transition(in_channels: int, out_channels: int) -> nn.Sequential:
+def transition(in_channels: int, out_channels: int, bias: bool) -> nn.Sequential:
     """BN, ReLU, 1x1 conv to floor(theta * C) channels, 2x2 average pool (halves H and W)."""
     return nn.Sequential(
         nn.BatchNorm2d(in_channels),
         nn.ReLU(),
-        nn.Conv2d(in_channels, out_channels, kernel_size=1),
+        nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=bias),
         nn.AvgPool2d(kernel_size=2, stride=2),
     )
 
 
 def stem(config: ArchConfig) -> nn.Sequential:
+    bias = config.convention == "d2l"
     if config.stem == "d2l":  # d2l's b1
         return nn.Sequential(
-            nn.Conv2d(config.in_channels, config.stem_channels, 7, stride=2, padding=3),
+            nn.Conv2d(config.in_channels, config.stem_channels, 7, stride=2, padding=3, bias=bias),
             nn.BatchNorm2d(config.stem_channels),
             nn.ReLU(),
             nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
         )
     # DenseNet-BC for CIFAR (Huang et al. 2017, sec. 3): one 3x3 conv, stride 1.
-    return nn.Sequential(nn.Conv2d(config.in_channels, config.stem_channels, 3, padding=1))
+    return nn.Sequential(
+        nn.Conv2d(config.in_channels, config.stem_channels, 3, padding=1, bias=bias)
+    )
 
 
 class DenseNet(nn.Module):
@@ -80,14 +87,15 @@ class DenseNet(nn.Module):
     def __init__(self, config: ArchConfig) -> None:
         super().__init__()
         self.config = config
+        bias = config.convention == "d2l"
         layers: OrderedDict[str, nn.Module] = OrderedDict(stem=stem(config))
         for block in config.plan():
             layers[f"denseblock{block.index}"] = DenseBlock(
-                block.convs, block.in_channels, config.growth_rate, config.bottleneck
+                block.convs, block.in_channels, config.growth_rate, config.bottleneck, bias
             )
             if block.transition_channels is not None:
                 layers[f"transition{block.index}"] = transition(
-                    block.out_channels, block.transition_channels
+                    block.out_channels, block.transition_channels, bias
                 )
         self.features = nn.Sequential(layers)
         c = config.final_channels
@@ -98,16 +106,27 @@ class DenseNet(nn.Module):
             nn.Flatten(),
             nn.Linear(c, config.num_classes),
         )
-        self.apply(_init_cnn)
+        self.apply(_init_d2l if config.convention == "d2l" else _init_paper)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))  # (B, C, H, W) -> (B, num_classes)
 
 
-def _init_cnn(module: nn.Module) -> None:
+def _init_d2l(module: nn.Module) -> None:
     """d2l.init_cnn: Xavier-uniform weights for convs and linears, default biases."""
     if type(module) in (nn.Linear, nn.Conv2d):
         nn.init.xavier_uniform_(module.weight)
+
+
+def _init_paper(module: nn.Module) -> None:
+    """torchvision's densenet.py: Kaiming-normal convs, BN (1, 0), linear bias 0."""
+    if isinstance(module, nn.Conv2d):
+        nn.init.kaiming_normal_(module.weight)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.constant_(module.weight, 1)
+        nn.init.constant_(module.bias, 0)
+    elif isinstance(module, nn.Linear):
+        nn.init.constant_(module.bias, 0)
 
 
 def build_model(config: ArchConfig) -> DenseNet:

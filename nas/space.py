@@ -9,7 +9,8 @@ are the ArchConfig field names (`convs_per_block_1` ... for the per-block list).
 Presets:
   d2l    the d2l chapter's layout: 4 blocks, d2l stem (64 ch), 96x96 input, no bottleneck.
          Contains the chapter's own network (k=32, 4-4-4-4, theta=0.5).
-  cifar  DenseNet-BC for small images: 3 blocks, 3x3 stem (2k ch), native 28x28, bottleneck.
+  cifar  DenseNet-BC for small images: 3 blocks, 3x3 stem (2k ch), native 28x28, bottleneck,
+         the paper's layers (no conv bias, Kaiming init: nas.config.CONVENTIONS).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class SearchSpace:
     stem_channels: int  # 0 means 2k (DenseNet-BC's CIFAR stem)
     image_size: int
     bottleneck: bool
+    convention: str = "d2l"  # layer convention of the networks (nas.config.CONVENTIONS)
 
     def __post_init__(self) -> None:
         k, c, t = self.growth_rate, self.convs_per_block, self.compression
@@ -108,6 +110,7 @@ class SearchSpace:
             stem=self.stem,
             stem_channels=self.stem_channels or 2 * k,
             image_size=self.image_size,
+            convention=self.convention,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -163,6 +166,7 @@ PRESETS: dict[str, SearchSpace] = {
         stem_channels=0,
         image_size=28,
         bottleneck=True,
+        convention="paper",
     ),
 }
 
@@ -199,6 +203,7 @@ def reference_params(space: SearchSpace) -> dict[str, Any] | None:
         and (space.stem_channels or 2 * ref.growth_rate) == ref.stem_channels
         and space.image_size == ref.image_size
         and space.bottleneck == ref.bottleneck
+        and space.convention == ref.convention
     )
     k_lo, k_hi, k_step = space.growth_rate
     c_lo, c_hi = space.convs_per_block

@@ -76,3 +76,38 @@ def test_bottleneck_layers_and_names() -> None:
     assert names == ["stem", "denseblock1", "transition1", "denseblock2"]
     layer = model.features.denseblock1.net[0]
     assert layer[0][2].out_channels == 48 and layer[1][2].out_channels == 12  # 4k then k
+
+
+@pytest.mark.parametrize(
+    ("depth", "k", "millions"),
+    [(100, 12, 0.8), (250, 24, 15.3), (190, 40, 25.6)],  # Huang et al. 2017, Table 2
+)
+def test_cifar_convention_is_densenet_bc_as_published(depth: int, k: int, millions: float):
+    """DenseNet-BC on 3-channel 32x32 CIFAR-10: 3 blocks of (L - 4) / 6 bottleneck layers,
+    a 2k-channel 3x3 stem, theta 0.5; the parameter counts the paper prints."""
+    n = (depth - 4) // 6
+    config = ArchConfig(
+        growth_rate=k,
+        convs_per_block=(n, n, n),
+        compression=0.5,
+        bottleneck=True,
+        stem="cifar",
+        stem_channels=2 * k,
+        in_channels=3,
+        image_size=32,
+        convention="paper",
+    )
+    model = build_model(config)
+    assert round(count_params(model) / 1e6, 1) == millions
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert all(c.bias is None for c in convs)
+    # Kaiming-normal (fan_in, gain sqrt 2): std = sqrt(2 / fan_in), checked on the stem
+    w = convs[0].weight
+    fan_in = w[0].numel()
+    assert w.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.1)
+
+
+def test_presets_use_their_conventions() -> None:
+    cifar, d2l = PRESETS["cifar"], PRESETS["d2l"]
+    assert cifar.config(12, (2, 2, 2), 0.5).convention == "paper"
+    assert d2l.config(32, (4, 4, 4, 4), 0.5) == D2L_CHAPTER  # the chapter, exactly

@@ -24,7 +24,8 @@ from nas.budget import get_budget
 from nas.config import D2L_CHAPTER
 from nas.cost import load_config_file
 from nas.data import load_fashion_mnist
-from nas.train import RECIPES, pick_device, train_and_evaluate
+from nas.fit import pick_device, train_and_evaluate
+from nas.train import RECIPES
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,11 +36,11 @@ from nas.budget import TrainBudget, get_budget
 from nas.config import D2L_CHAPTER
 from nas.cost import closed_form_macs, measure_cost
 from nas.data import FashionMNIST, load_fashion_mnist, to_input
+from nas.fit import evaluate, pick_device, train_and_evaluate
 from nas.model import build_model
 from nas.search import main as search_main
 from nas.space import PRESETS, sample
 from nas.storage import open_storage
-from nas.train import evaluate, pick_device, train_and_evaluate
 
 
 def sync(device: torch.device) -> None:

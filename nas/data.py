@@ -1,14 +1,15 @@
 """Fashion-MNIST from its four IDX .gz files, split once and for all into train/val/test.
 
 Default location: Debian's package `dataset-fashion-mnist` (/usr/share/datasets/fashion-
-mnist); `--data-dir` or the NAS_DATA_DIR environment variable point elsewhere. Nothing is
-ever downloaded. The 60k training images are split by a fixed permutation (seed 0,
+mnist); `--data-dir` or the NAS_DATA_DIR environment variable point elsewhere. Nothing
+is ever downloaded. The 60k training images are split by a fixed permutation (seed 0,
 independent of any training seed) into 50k train and 10k validation: the search scores
 on validation only. The permutation is defined by integer arithmetic alone (a keyed
 SplitMix64 hash), so it is the same with every torch and numpy version on every host,
-and the data carry fingerprints of their files and of that split, which a study stores; the 10k test set is for the final training of an exported
-architecture. Images stay uint8 (N, 28, 28) here; `batches` turns them into float
-tensors on the device, resized there when the architecture's image size is not 28.
+and the data carry fingerprints of their files and of that split, which a study stores;
+the 10k test set is for the final training of an exported architecture. Images stay
+uint8 (N, 28, 28) here; `to_input` turns them into float tensors on the device, resized
+there when the architecture's image size is not 28.
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ from nas.budget import TrainBudget
 from nas.config import ConfigError
 from nas.cost import measure_cost
 from nas.data import FashionMNIST
+from nas.fit import Diverged, train_and_evaluate
 from nas.space import SearchSpace, sample
-from nas.train import Diverged, train_and_evaluate
 
 __all__ = ["CATCH", "Objective", "TrialFailed", "failure_reason"]
 

@@ -20,13 +20,13 @@ import optuna
 import torch
 from tqdm import tqdm
 
-from nas.budget import BUDGETS, TrainBudget, get_budget
+from nas.budget import BUDGETS, get_budget
 from nas.cli import UsageError, make_parser, run_cli
 from nas.data import DataError, load_fashion_mnist
-from nas.space import PRESETS, SearchSpace, load_space_file, parse_range, reference_params
+from nas.fit import pick_device
+from nas.space import PRESETS, load_space_file, parse_range, reference_params
 from nas.step import precision
 from nas.storage import check_study_name, default_storage_url, open_or_create_study, open_storage
-from nas.train import pick_device
 from nas.workers import SAMPLERS, WorkerSpec, make_sampler, run_workers, trial_line, trial_loop
 
 __all__ = ["SearchArgs", "main", "make_sampler"]

@@ -17,6 +17,9 @@ import pytest
 
 from nas.data import DEFAULT_DATA_DIR, FILES, resolve_data_dir
 
+# A small corner of the cifar space: each smoke trial takes about a second on a CPU.
+TINY = ["--preset", "cifar", "--growth-rate", "8:12:4", "--convs", "1:2", "--budget", "smoke"]
+
 
 def small_config(image_size: int = 28):
     """A DenseNet-BC small enough for CPU unit tests (k=8, two blocks of two layers)."""

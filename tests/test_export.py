@@ -8,14 +8,13 @@ from pathlib import Path
 import optuna
 import pytest
 
+from conftest import TINY
 from nas import cost
 from nas.config import ArchConfig
 from nas.export import SCHEMA, main
 from nas.front import pareto_front, usable_trials
 from nas.search import main as search
 from nas.storage import open_storage
-
-TINY = ["--preset", "cifar", "--growth-rate", "8:12:4", "--convs", "1:2", "--budget", "smoke"]
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import optuna
 
+from conftest import TINY
 from nas.search import main
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--preset", "cifar", "--growth-rate", "8:12:4", "--convs", "1:2", "--budget", "smoke"]
 # d2l-preset trials take a few seconds on a CPU: long enough to be caught mid-trial.
 SLOW = ["--growth-rate", "16:24:8", "--convs", "2:3", "--budget", "smoke"]
 STATE = optuna.trial.TrialState

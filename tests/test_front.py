@@ -111,9 +111,7 @@ def test_front_of_a_real_study(tmp_path) -> None:
 
     def dominated(t: optuna.trial.FrozenTrial) -> bool:
         return any(
-            o.values[0] >= t.values[0]
-            and o.values[1] <= t.values[1]
-            and o.values != t.values
+            o.values[0] >= t.values[0] and o.values[1] <= t.values[1] and o.values != t.values
             for o in usable
         )
 

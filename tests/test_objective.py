@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from nas.fit import Diverged
 from nas.objective import failure_reason
-from nas.train import Diverged
 
 
 def raised_during_capture(inner: BaseException) -> BaseException:
@@ -29,7 +29,9 @@ def test_out_of_memory_in_any_phase_fails_the_trial() -> None:
     assert failure_reason(raised_during_capture(oom)).startswith("out of GPU memory: CUDA out")
     cuda_rt = RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be ...")
     assert failure_reason(cuda_rt) == "out of GPU memory: CUDA error: out of memory"
-    cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+    cpu = RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"
+    )
     assert failure_reason(cpu).startswith("out of memory: DefaultCPUAllocator")
 
 

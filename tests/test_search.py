@@ -8,13 +8,12 @@ from pathlib import Path
 import optuna
 import pytest
 
+from conftest import TINY
 from nas.config import ArchConfig
 from nas.cost import measure_cost
 from nas.search import main
 from nas.storage import METRIC_NAMES
 
-# A small corner of the cifar space keeps each smoke trial near one second on a CPU.
-TINY = ["--preset", "cifar", "--growth-rate", "8:12:4", "--convs", "1:2", "--budget", "smoke"]
 
 
 def load(url: str, name: str) -> optuna.Study:

@@ -1,13 +1,14 @@
 """nas.step: the capturable SGD equals torch.optim.SGD; the graphed step equals the eager one.
 
-Tolerances. In float64 our step and torch's compute the same sums in a slightly different
-order (`p - lr*g` against `p + (-lr)*g`), so six steps of training agree to 6.6e-15
-relative (losses, weights and BN statistics); the bugs these tests exist for move them by
-1.5e-2 (weight decay dropped), 0.52 (Nesterov off) and 0.56 (the LR frozen at capture) in
-the same run. A tolerance of 1e-10 sits between the two, and `test_the_tolerance_catches_each_bug` runs each bug through the
-same comparison to show that it fails. float32 cannot make that cut over several steps
-(its rounding grows through training to ~1e-5, the size of a weight-decay slip), so in
-float32 only one step on identical gradients is compared, to a few units in the last place.
+Tolerances. In float64 our step and torch's compute the same sums in a slightly
+different order (`p - lr*g` against `p + (-lr)*g`), so six steps of training agree to
+6.6e-15 relative (losses, weights and BN statistics); the bugs these tests exist for
+move them by 1.5e-2 (weight decay dropped), 0.52 (Nesterov off) and 0.56 (the LR frozen
+at capture) in the same run. A tolerance of 1e-10 sits between the two, and
+`test_the_tolerance_catches_each_bug` runs each bug through the same comparison to show
+that it fails. float32 cannot make that cut over several steps (its rounding grows
+through training to ~1e-5, the size of a weight-decay slip), so in float32 only one step
+on identical gradients is compared, to a few units in the last place.
 """
 
 from __future__ import annotations

@@ -10,11 +10,11 @@ from pathlib import Path
 import optuna
 import pytest
 
+from conftest import TINY
 from nas.search import main
 from nas.storage import open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--preset", "cifar", "--growth-rate", "8:12:4", "--convs", "1:2", "--budget", "smoke"]
 
 
 def start(args: list[str]) -> subprocess.Popen:

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import optuna
 
+from conftest import TINY
 from nas.search import main
-
-TINY = ["--preset", "cifar", "--growth-rate", "8:12:4", "--convs", "1:2", "--budget", "smoke"]
 
 
 def test_four_workers_twenty_trials_none_lost_or_duplicated(

@@ -1,9 +1,12 @@
 """The search's throughput, measured side by side in one run on one device.
 
-  (a) the d2l chapter's training loop on its network: fp32, the batch copied from host
-      memory every step, plain SGD at a constant LR 0.1, batch 256 (the baseline);
-  (b) this project's trial training on the same network and the same number of images,
-      eager and as a CUDA graph (nas.step), with validation accuracy for each;
+  (a) a d2l-style training loop on the chapter's network (the baseline): the chapter's
+      fp32 loop, the batch copied from host memory every step, plain SGD at a constant
+      LR 0.1, batch 256; unlike the chapter's loader it reads whole batches in our order;
+  (b) this project's trial training on the same network and the same images in the same
+      order, eager and as a CUDA graph (nas.step), with validation accuracy for each.
+      (a) and (b) each get the same untimed warm-up first, then run 3 times in
+      alternating order (a b c, c b a, a b c); the median is reported;
   (c) `nas.search` of `short` trials with the cifar preset, with --workers 1 and more:
       trials per minute, total images per second, and each trial's time split into parts;
   (d) the CPU side of a trial: sampling, building, fvcore counting and storage writes.
@@ -24,7 +27,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -70,14 +75,20 @@ def tflops(macs: int, images_per_second: float) -> float:
     return 3 * 2 * macs * images_per_second / 1e12
 
 
-def d2l_loop(
-    data: FashionMNIST, images: int, val_images: int, device: torch.device
-) -> dict[str, Any]:
-    """The chapter's loop: host tensors resized to 96x96, .to(device) each step, fp32."""
-    bs = 256
-    steps = images // bs
-    host_x = to_input(data.train_x[: steps * bs].cpu(), 96, torch.float32)  # (N, 1, 96, 96)
-    host_y = data.train_y[: steps * bs].cpu()
+def first_epoch_order(data: FashionMNIST, budget: TrainBudget) -> torch.Tensor:
+    """The training images in the order nas.fit draws them in its first epoch."""
+    device = data.train_x.device
+    gen = torch.Generator(device=device).manual_seed(budget.seed)
+    return torch.randperm(len(data.train_x), device=device, generator=gen)
+
+
+def d2l_loop(data: FashionMNIST, budget: TrainBudget, device: torch.device) -> dict[str, Any]:
+    """The chapter's loop: host tensors resized to 96x96, .to(device) each step, fp32;
+    the same images in the same order as nas.fit (budget.steps whole batches)."""
+    bs, steps = budget.batch_size, budget.steps
+    idx = first_epoch_order(data, budget)[: steps * bs]
+    host_x = to_input(data.train_x[idx].cpu(), 96, torch.float32)  # (N, 1, 96, 96)
+    host_y = data.train_y[idx].cpu()
     torch.manual_seed(0)
     net = build_model(D2L_CHAPTER).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
@@ -92,7 +103,7 @@ def d2l_loop(
         opt.step()
     sync(device)
     seconds = time.perf_counter() - t
-    val_x, val_y = data.val_x[:val_images], data.val_y[:val_images]
+    val_x, val_y = data.val_x[: budget.val_images], data.val_y[: budget.val_images]
     acc = evaluate(net, D2L_CHAPTER, val_x, val_y)
     return {
         "images": steps * bs,
@@ -100,6 +111,31 @@ def d2l_loop(
         "images_per_second": steps * bs / seconds,
         "val_accuracy": acc,
     }
+
+
+def compare_loops(
+    data: FashionMNIST, budget: TrainBudget, device: torch.device, reps: int = 3
+) -> dict[str, Any]:
+    """(a) and (b): untimed warm-up of each, then `reps` timed runs in alternating order."""
+    runs: dict[str, Callable[[TrainBudget], dict[str, Any]]] = {
+        "d2l_style_loop": lambda b: d2l_loop(data, b, device)
+    }
+    for graph in [False, True] if device.type == "cuda" else [False]:
+        runs["ours_cuda_graph" if graph else "ours_eager"] = partial(ours, data, graph=graph)
+    warm = replace(budget, train_images=5 * budget.batch_size, val_images=budget.batch_size)
+    for run in runs.values():  # cuDNN/cuBLAS set-up and kernel choice: never timed
+        run(warm)
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in runs}
+    names = list(runs)
+    for rep in range(reps):
+        for name in names if rep % 2 == 0 else names[::-1]:
+            results[name].append(runs[name](budget))
+    out = {}
+    for name, rs in results.items():
+        ips = [r["images_per_second"] for r in rs]
+        median = sorted(rs, key=lambda r: r["images_per_second"])[len(rs) // 2]
+        out[name] = {**median, "images_per_second_runs": ips, "reps": reps}
+    return out
 
 
 def ours(data: FashionMNIST, budget: TrainBudget, graph: bool) -> dict[str, Any]:
@@ -249,23 +285,26 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
 
-    res["a_d2l_loop"] = d2l_loop(data, budget.train_images, budget.val_images, device)
-    res["a_d2l_loop"]["tflops"] = tflops(macs, res["a_d2l_loop"]["images_per_second"])
-    graph_modes = [False, True] if device.type == "cuda" else [False]
-    res["b_ours"] = []
-    for g in graph_modes:
-        r = ours(data, budget, g)
+    loops = compare_loops(data, budget, device, reps=3)
+    for r in loops.values():
         r["tflops"] = tflops(macs, r["images_per_second"])
-        res["b_ours"].append(r)
-    base = res["a_d2l_loop"]["images_per_second"]
-    print("\n(a)/(b) d2l chapter network, same images:")
-    rows = [("d2l loop (fp32, host copy)", res["a_d2l_loop"])] + [
-        (f"ours, {'CUDA graph' if r['cuda_graph'] else 'eager'}", r) for r in res["b_ours"]
-    ]
-    for name, r in rows:
+    res["a_b_loops"] = loops
+    base = loops["d2l_style_loop"]["images_per_second"]
+    print(
+        f"\n(a)/(b) d2l chapter network, the same {budget.steps * budget.batch_size:,} images "
+        "in the same order; median of 3 after an untimed warm-up:"
+    )
+    labels = {
+        "d2l_style_loop": "d2l-style loop (fp32, host copy)",
+        "ours_eager": "ours, eager",
+        "ours_cuda_graph": "ours, CUDA graph",
+    }
+    for name, r in loops.items():
+        runs = ", ".join(f"{v:,.0f}" for v in r["images_per_second_runs"])
         print(
-            f"  {name:<28} {r['images_per_second']:>9,.0f} img/s  {r['tflops']:6.2f} TFLOP/s  "
-            f"x{r['images_per_second'] / base:4.1f}  val acc {r['val_accuracy']:.4f}"
+            f"  {labels[name]:<33} {r['images_per_second']:>9,.0f} img/s ({runs})  "
+            f"{r['tflops']:6.2f} TFLOP/s  x{r['images_per_second'] / base:4.1f}  "
+            f"val acc {r['val_accuracy']:.4f}"
         )
     sys.stdout.flush()
 

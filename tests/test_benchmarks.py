@@ -20,7 +20,13 @@ def test_throughput_tiny(tmp_path: Path, real_data_dir) -> None:
     out = tmp_path / "t.json"
     assert load("throughput").main(["--tiny", "--device", "cpu", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
-    assert r["a_d2l_loop"]["images"] == 256 and r["b_ours"][0]["images"] == 256
+    loops = r["a_b_loops"]
+    assert set(loops) == {"d2l_style_loop", "ours_eager"}  # no CUDA graph on the CPU
+    for run in loops.values():
+        assert (
+            run["images"] == 256 and run["reps"] == 3 and len(run["images_per_second_runs"]) == 3
+        )
+        assert run["images_per_second"] == sorted(run["images_per_second_runs"])[1]  # median
     assert [c["workers"] for c in r["c_search"]] == [1, 2]
     assert all(c["trials"] == 2 for c in r["c_search"])
     parts = r["c_search"][0]["median_parts_seconds"]

@@ -15,7 +15,6 @@ from nas.search import main
 from nas.storage import METRIC_NAMES
 
 
-
 def load(url: str, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=url)
 

@@ -134,7 +134,19 @@ def trial_loop(
     study.sampler = make_sampler(spec.sampler, worker_seed(spec.seed, index, len(study.trials)))
     objective = Objective(spec.space, spec.budget, data, spec.max_mmacs)
     while claim():
-        study.optimize(objective, n_trials=1, catch=CATCH, callbacks=[on_trial])
+        try:
+            study.optimize(objective, n_trials=1, catch=CATCH, callbacks=[on_trial])
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as e:
+            # Another worker finished this trial meanwhile (it judged the heartbeat stale):
+            # that is its business, not a reason for this worker to die.
+            if isinstance(e, ValueError) and not str(e).startswith("Cannot tell a"):
+                raise
+            print(
+                f"a trial this worker ran was finished by another one ({e}); its result "
+                "is dropped",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def _child(spec: WorkerSpec, index: int, remaining, done, failed) -> None:  # noqa: ANN001

@@ -134,13 +134,12 @@ def postgres_server():
 @pytest.fixture
 def postgres_url(postgres_server) -> str:
     """A fresh, empty database on the throwaway server for each test."""
-    import psycopg2
+    import psycopg
 
     _, port = postgres_server
     name = f"nas_{uuid.uuid4().hex[:12]}"
-    conn = psycopg2.connect(host="127.0.0.1", port=port, user="nas", dbname="postgres")
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-    conn.close()
-    return f"postgresql+psycopg2://nas@127.0.0.1:{port}/{name}"
+    with psycopg.connect(
+        host="127.0.0.1", port=port, user="nas", dbname="postgres", autocommit=True
+    ) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return f"postgresql://nas@127.0.0.1:{port}/{name}"  # the README's form, as users write it

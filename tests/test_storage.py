@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -87,7 +88,9 @@ def test_other_budget_refused_on_postgres(postgres_url: str, real_data_dir, caps
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("postgresql+psycopg2://nas@127.0.0.1:1/nas", "cannot open storage"),
+        ("postgresql://nas@127.0.0.1:1/nas", "cannot open storage"),
+        ("postgresql+pg8000://nas@127.0.0.1/nas", "database driver 'pg8000' is not installed"),
+        ("nosuchdb://x/y", "unknown database kind 'nosuchdb'"),
         ("postgresql://", "cannot open storage"),
         ("mysql://x@127.0.0.1:1/db", "cannot open storage"),
         ("sqlite:////proc/forbidden/x.db", "cannot create /proc/forbidden"),
@@ -115,3 +118,94 @@ def test_heartbeat_storage_fails_and_retries_stale_trials(tmp_path: Path) -> Non
     assert trials[1].state == optuna.trial.TrialState.WAITING
     assert trials[1].params == trials[0].params
     assert trials[1].system_attrs["failed_trial"] == 0
+
+
+POP = """
+import json, sys, optuna
+from nas.storage import open_storage
+study = optuna.load_study(study_name="q", storage=open_storage(sys.argv[1]))
+popped = []
+while (trial_id := study._pop_waiting_trial_id()) is not None:
+    popped.append(trial_id)
+print(json.dumps(popped))
+"""
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_each_queued_trial_is_popped_once(backend: str, request, tmp_path: Path) -> None:
+    """Four processes pop 200 enqueued trials at once (as workers pop the d2l reference
+    or a heartbeat retry): each trial is taken exactly once. On SQLite, before
+    BEGIN IMMEDIATE, 4 processes popped 300 queued trials 327 times."""
+    url = (
+        request.getfixturevalue("postgres_url")
+        if backend == "postgresql"
+        else (f"sqlite:///{tmp_path}/q.db")
+    )
+    study = optuna.create_study(study_name="q", storage=open_storage(url))
+    for i in range(200):
+        study.enqueue_trial({"x": i}, skip_if_exists=False)
+    script = tmp_path / "pop.py"
+    script.write_text(POP)
+    procs = [
+        subprocess.Popen([sys.executable, str(script), url], cwd=ROOT, stdout=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    popped = [i for p in procs for i in json.loads(p.communicate(timeout=120)[0])]
+    assert sorted(popped) == sorted(t._trial_id for t in study.trials)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_default_preset_with_two_workers_runs_the_reference_once(
+    backend: str, request, tmp_path: Path, real_data_dir
+) -> None:
+    """The d2l preset enqueues the chapter's network; two workers must not both run it."""
+    url = (
+        request.getfixturevalue("postgres_url")
+        if backend == "postgresql"
+        else (f"sqlite:///{tmp_path}/w.db")
+    )
+    argv = ["--growth-rate", "8:32:8", "--convs", "1:4", "--budget", "smoke", "--trials", "4"]
+    assert main([*argv, "--workers", "2", "--study", "w", "--storage", url]) == 0
+    trials = optuna.load_study(study_name="w", storage=url).trials
+    assert len(trials) == 4
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert sum(t.user_attrs.get("reference") == "d2l chapter" for t in trials) == 1
+
+
+def test_readme_recipe_on_postgres_as_written(postgres_url: str, real_data_dir) -> None:
+    """The README's multi-machine recipe with its plain postgresql:// URL: two hosts'
+    nas.search, then the optuna-dashboard command, which lists the study."""
+    import time
+    import urllib.request
+
+    from conftest import _free_port
+
+    procs = [start([*TINY, "--study", "big", "--trials", "2", "--storage", postgres_url])]
+    procs.append(start([*TINY, "--study", "big", "--trials", "2", "--storage", postgres_url]))
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    port = _free_port()
+    dash = subprocess.Popen(
+        [str(Path(sys.executable).parent / "optuna-dashboard"), postgres_url, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        for _ in range(150):
+            try:
+                body = urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/api/studies", timeout=1
+                ).read()
+                break
+            except OSError:
+                assert dash.poll() is None, dash.stdout.read()
+                time.sleep(0.2)
+        else:
+            raise AssertionError("optuna-dashboard did not answer")
+    finally:
+        dash.terminate()
+        dash.wait(timeout=10)
+    studies = json.loads(body)["study_summaries"]
+    assert [s["study_name"] for s in studies] == ["big"]
+    assert len(optuna.load_study(study_name="big", storage=postgres_url).trials) == 4

@@ -1,24 +1,64 @@
-"""What every `python -m nas.*` command shares: its parser and its error convention.
+"""What every `python -m nas.*` command shares: its parser, its error convention, and how
+it stops.
 
 A user-facing error is one line on stderr, `nas.X: error: ...`, and exit status 2,
-without a traceback; argparse's own errors follow the same rule. Ctrl-C is exit 130.
+without a traceback; argparse's own errors follow the same rule, and so do storage
+failures (a read-only, locked or full database). Ctrl-C (SIGINT), SIGTERM (`timeout`,
+`kill`, SLURM, `docker stop`) and SIGHUP (a closed terminal) all stop a command the same
+way: a KeyboardInterrupt, so a running trial is marked FAIL with the signal's name, and
+the exit status is 128 + the signal number (130, 143, 129).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import NoReturn
 
 from nas.config import ConfigError
 
-__all__ = ["UsageError", "make_parser", "run_cli"]
+__all__ = ["Interrupted", "UsageError", "make_parser", "run_cli", "stop_signals"]
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 class UsageError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, handled exactly like Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def interruption(e: KeyboardInterrupt) -> tuple[str, int]:
+    """(what stopped us, exit status) for Ctrl-C or a stop signal."""
+    if isinstance(e, Interrupted):
+        return e.args[0], 128 + e.signum
+    return "Ctrl-C", 128 + signal.SIGINT
+
+
+@contextmanager
+def stop_signals() -> Iterator[None]:
+    """Within: SIGTERM and SIGHUP raise Interrupted in the main thread (then restored)."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise Interrupted(signum)
+
+    saved = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,13 +75,45 @@ def make_parser(prog: str, description: str, epilog: str | None = None) -> argpa
     )
 
 
+def storage_failure(e: BaseException) -> str | None:
+    """One line for a database that cannot be written or read (read-only file, lock held
+    too long, full disk, lost server), from the driver's own message; None otherwise."""
+    import optuna
+    import sqlalchemy.exc
+
+    kinds = (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError)
+    link: BaseException | None = e
+    seen: list[BaseException] = []
+    while link is not None and link not in seen:
+        seen.append(link)
+        if isinstance(link, sqlalchemy.exc.OperationalError) and link.orig is not None:
+            return str(link.orig).strip().splitlines()[0]
+        link = link.__cause__ or link.__context__
+    if isinstance(e, kinds):
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return None
+
+
 def run_cli(prog: str, body: Callable[[list[str] | None], int], argv: list[str] | None) -> int:
-    """Run a command's body, turning user errors into one line and exit status 2."""
+    """Run a command's body: user errors become one line and exit status 2; Ctrl-C,
+    SIGTERM and SIGHUP one line and 128 + the signal number."""
     try:
-        return body(argv)
+        with stop_signals():
+            return body(argv)
     except (UsageError, ConfigError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        what, status = interruption(e)
+        print(f"{prog}: interrupted ({what})", file=sys.stderr)
+        return status
+    except BrokenPipeError:  # `nas.cost x.json | head -1`: the reader left; say nothing
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's own recipe (signal docs)
+        return 1
+    except Exception as e:
+        reason = storage_failure(e)
+        if reason is None:
+            raise
+        print(f"{prog}: error: storage failed: {reason}", file=sys.stderr)
+        return 2

@@ -22,6 +22,7 @@ import optuna
 import torch
 
 from nas.budget import TrainBudget
+from nas.cli import interruption
 from nas.config import ConfigError
 from nas.cost import measure_cost
 from nas.data import FashionMNIST
@@ -77,8 +78,8 @@ class Objective:
         reason = None
         try:
             return self._run(trial)
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+        except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP (nas.cli)
+            trial.set_user_attr("fail_reason", f"interrupted ({interruption(e)[0]})")
             raise
         except Exception as e:
             reason = failure_reason(e)

@@ -205,6 +205,20 @@ def parse_args(argv: list[str] | None) -> SearchArgs:
     return SearchArgs(trials=a.trials, spec=spec)
 
 
+def reference_interrupted(study: optuna.Study) -> bool:
+    """True if the d2l reference was queued but every run of it was interrupted (Ctrl-C,
+    SIGTERM, SIGHUP): it is queued again, so every study that can hold it ends up with it
+    trained. (Only the study's creator queues it first, so that workers starting at once
+    queue it once; one that failed for a reason of its own, e.g. out of memory, is not
+    retried; a killed one is retried by the heartbeat.)"""
+    refs = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("reference")]
+    return bool(refs) and all(
+        t.state == optuna.trial.TrialState.FAIL
+        and str(t.user_attrs.get("fail_reason", "")).startswith("interrupted")
+        for t in refs
+    )
+
+
 def run_search(args: SearchArgs) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = args.spec
@@ -229,7 +243,7 @@ def run_search(args: SearchArgs) -> optuna.Study:
     }
     study, created = open_or_create_study(storage, spec.study, sampler, experiment)
     ref = reference_params(spec.space)
-    if created and ref is not None:  # only the creator: several workers may start at once
+    if ref is not None and (created or reference_interrupted(study)):
         study.enqueue_trial(ref, user_attrs={"reference": "d2l chapter"})
 
     states = Counter(t.state for t in study.get_trials(deepcopy=False))

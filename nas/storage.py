@@ -87,6 +87,8 @@ def open_storage(
     kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
         db = parsed.database
+        if db and parsed.query.get("uri") == "true" and db.startswith("file:"):
+            db = db.removeprefix("file:")  # sqlite:///file:PATH?mode=ro&uri=true
         if db and db != ":memory:":
             path = Path(db)
             if must_exist and not path.exists():

@@ -25,6 +25,7 @@ import optuna
 import torch
 
 from nas.budget import TrainBudget
+from nas.cli import Interrupted, interruption, stop_signals
 from nas.config import ArchConfig
 from nas.data import FashionMNIST, load_fashion_mnist
 from nas.objective import CATCH, Objective
@@ -166,9 +167,10 @@ def _child(spec: WorkerSpec, index: int, remaining, done, failed) -> None:  # no
         print(f"[w{index}] {trial_line(t)}", flush=True)
 
     try:
-        trial_loop(spec, index, claim, on_trial)
-    except KeyboardInterrupt:
-        sys.exit(130)
+        with stop_signals():
+            trial_loop(spec, index, claim, on_trial)
+    except KeyboardInterrupt as e:
+        sys.exit(interruption(e)[1])
 
 
 def run_workers(
@@ -193,10 +195,11 @@ def run_workers(
             for p in procs:
                 p.join(timeout=0.5 / len(procs))
             progress(done.value, failed.value)
-    except KeyboardInterrupt:  # Ctrl-C reaches the workers too; a plain SIGINT may not
+    except KeyboardInterrupt as e:  # Ctrl-C reaches the workers too; a kill PID does not
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
         for p in procs:
             if p.is_alive() and p.pid is not None:
-                os.kill(p.pid, signal.SIGINT)
+                os.kill(p.pid, signum)
         for p in procs:
             p.join()
         raise

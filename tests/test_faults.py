@@ -180,3 +180,31 @@ def test_nan_loss_fails_each_trial_with_its_reason(tmp_path: Path, real_data_dir
         assert t.user_attrs["fail_reason"].startswith("diverged: training loss became nan")
     out = capsys.readouterr().out
     assert "(2 failed, 1 worker)" in out and "fail: diverged" in out
+
+
+def test_sigterm_fails_the_trial_and_the_reference_is_trained_next_run(
+    tmp_path: Path, real_data_dir
+) -> None:
+    """`timeout`, `kill`, SLURM and `docker stop` send SIGTERM: the running trial (here the
+    d2l reference, trial 0) is failed with its reason, nothing stays RUNNING, exit 143;
+    the next run trains the reference again rather than leaving the study without it."""
+    url = f"sqlite:///{tmp_path}/t.db"
+    args = ["--growth-rate", "8:32:8", "--convs", "1:4", "--budget", "smoke"]
+    args += ["--study", "t", "--storage", url]
+    proc = start([*args, "--trials", "2"])
+    running = wait_for_running_trial(url, "t")
+    assert running.number == 0 and running.user_attrs["reference"] == "d2l chapter"
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 143, out
+    assert "nas.search: interrupted (SIGTERM)" in out and "Traceback" not in out
+    [trial] = optuna.load_study(study_name="t", storage=url).trials
+    assert trial.state == STATE.FAIL and trial.user_attrs["fail_reason"] == "interrupted (SIGTERM)"
+
+    again = start([*args, "--trials", "1"])  # at once: no stale RUNNING trial in the way
+    out = again.communicate(timeout=300)[0]
+    assert again.returncode == 0, out
+    trials = optuna.load_study(study_name="t", storage=url).trials
+    assert len(trials) == 2 and trials[1].state == STATE.COMPLETE
+    assert trials[1].user_attrs["reference"] == "d2l chapter"
+    assert trials[1].params == trial.params

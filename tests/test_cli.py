@@ -1,0 +1,60 @@
+"""nas.cli: how every command stops and fails."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nas.cli import Interrupted, run_cli
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_stop_signals_end_like_ctrl_c(signum: int, status: int, capsys) -> None:
+    def body(argv: list[str] | None) -> int:
+        os.kill(os.getpid(), signum)
+        raise AssertionError("the signal did not interrupt")
+
+    assert run_cli("nas.x", body, []) == status
+    assert capsys.readouterr().err == f"nas.x: interrupted ({signal.Signals(signum).name})\n"
+    assert signal.getsignal(signum) is not None  # restored after the command
+    assert not isinstance(signal.getsignal(signum), type(Interrupted))
+
+
+def test_ctrl_c_is_130(capsys) -> None:
+    def body(argv: list[str] | None) -> int:
+        raise KeyboardInterrupt
+
+    assert run_cli("nas.x", body, []) == 130
+    assert capsys.readouterr().err == "nas.x: interrupted (Ctrl-C)\n"
+
+
+def test_read_only_database_is_one_line(tmp_path: Path, real_data_dir) -> None:
+    """A study database that may be read but not written (here opened read-only, as
+    SQLite's URI allows; a file without write permission gives the same error to a user
+    who is not root): nas.search and nas.report say so in one line, exit 2."""
+    from conftest import TINY
+
+    path = tmp_path / "ro.db"
+    url = f"sqlite:///{path}"
+    search = ["nas.search", *TINY, "--trials", "1", "--study", "ro"]
+    assert subprocess.run([sys.executable, "-m", *search, "--storage", url]).returncode == 0
+    read_only = f"sqlite:///file:{path}?mode=ro&uri=true"
+    report = ["nas.report", "--study", "ro", "--out", f"{tmp_path}/r.html"]
+    for command in (search, report):
+        proc = subprocess.run(
+            [sys.executable, "-m", *command, "--storage", read_only],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr == (
+            f"{command[0]}: error: storage failed: attempt to write a readonly database\n"
+        )
+    assert not (tmp_path / "file:").exists()

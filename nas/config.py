@@ -172,8 +172,8 @@ class ArchConfig:
         return cls.from_dict(d)
 
     def describe(self) -> str:
-        """Short human form, e.g. 'k=32 convs=4-4-4-4 theta=0.5'."""
-        b = " B" if self.bottleneck else ""
+        """Short human form, e.g. 'k=32 convs=4-4-4-4 theta=0.5' (+ ' bottleneck')."""
+        b = " bottleneck" if self.bottleneck else ""
         convs = "-".join(map(str, self.convs_per_block))
         return f"k={self.growth_rate} convs={convs} theta={self.compression:g}{b}"
 

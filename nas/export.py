@@ -110,7 +110,8 @@ def _run(argv: list[str] | None) -> int:
     record = export_record(study, trial, args.pick, url)
     out = Path(args.out)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        if not out.parent.is_dir():
+            raise UsageError(f"--out {out}: folder {out.parent} does not exist")
         out.write_text(json.dumps(record, indent=2) + "\n")
     except OSError as e:
         raise UsageError(f"cannot write {out}: {e.strerror or e}") from None

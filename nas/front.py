@@ -80,9 +80,7 @@ def hypervolume_reference(space: dict[str, Any], max_mmacs: float | None) -> tup
     space (MACs grow with k, convs and theta) or the MAC budget, whichever is smaller, so
     that past hypervolumes never change as the study grows.
     """
-    s = SearchSpace.from_dict(space)
-    corner = s.config(s.growth_rate[1], (s.convs_per_block[1],) * s.num_blocks, s.compression[1])
-    largest = sum(closed_form_macs(corner).values()) / 1e6
+    largest = sum(closed_form_macs(SearchSpace.from_dict(space).corners()[1]).values()) / 1e6
     if max_mmacs is not None:
         largest = min(largest, max_mmacs)
     return REF_ACCURACY, REF_MACS_FACTOR * largest

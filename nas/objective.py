@@ -15,11 +15,13 @@ device memory is released, and the search goes on.
 from __future__ import annotations
 
 import gc
+import sys
 import time
 from dataclasses import dataclass
 
 import optuna
 import torch
+from tqdm import tqdm
 
 from nas.budget import TrainBudget
 from nas.cli import interruption
@@ -67,12 +69,41 @@ def failure_reason(e: BaseException) -> str | None:
     return None
 
 
+class TrialProgress:
+    """Lines about a long trial while it trains: the first after `first` seconds, then one
+    every `every` seconds (images done, elapsed, an estimate of the rest), in a terminal
+    and in a log alike. Short trials print nothing."""
+
+    def __init__(
+        self, label: str, total_steps: int, batch: int, first: float = 30, every: float = 60
+    ) -> None:
+        self.label, self.total, self.batch = label, total_steps, batch
+        self.t0 = time.perf_counter()
+        self.next = self.t0 + first
+        self.every = every
+
+    def __call__(self, step: int, _loss: torch.Tensor) -> None:
+        now = time.perf_counter()
+        if now < self.next:
+            return
+        self.next = now + self.every
+        done, elapsed = step + 1, now - self.t0
+        left = elapsed / done * (self.total - done)
+        tqdm.write(
+            f"{self.label}: {done * self.batch:,} of {self.total * self.batch:,} images, "
+            f"{elapsed:.0f} s, about {left:.0f} s of training left",
+            file=sys.stdout,
+        )
+        sys.stdout.flush()
+
+
 @dataclass
 class Objective:
     space: SearchSpace
     budget: TrainBudget
     data: FashionMNIST  # already on the training device
     max_mmacs: float | None = None  # MACs (fvcore) budget in millions, or None
+    label: str = ""  # prefix of this worker's progress lines ("[w1] " with several)
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
         reason = None
@@ -113,7 +144,9 @@ class Objective:
                 trial.set_user_attr("trained", False)
                 return 0.0, mmacs
         d = self.data
-        r = train_and_evaluate(config, self.budget, d.train_x, d.train_y, d.val_x, d.val_y)
+        b = self.budget
+        progress = TrialProgress(f"{self.label}trial {trial.number:>4}", b.steps, b.batch_size)
+        r = train_and_evaluate(config, b, d.train_x, d.train_y, d.val_x, d.val_y, on_step=progress)
         t3 = time.perf_counter()
         trial.set_user_attr("trained", True)
         trial.set_user_attr("train_seconds", round(r.train_seconds, 3))

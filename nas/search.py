@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from collections import Counter
@@ -22,8 +23,10 @@ from tqdm import tqdm
 
 from nas.budget import BUDGETS, get_budget
 from nas.cli import UsageError, make_parser, run_cli
-from nas.data import DataError, load_fashion_mnist
-from nas.fit import pick_device
+from nas.config import D2L_CHAPTER
+from nas.cost import closed_form_macs
+from nas.data import DataError, FashionMNIST, load_fashion_mnist
+from nas.fit import pick_device, train_and_evaluate
 from nas.space import PRESETS, load_space_file, parse_range, reference_params
 from nas.step import precision
 from nas.storage import check_study_name, default_storage_url, open_or_create_study, open_storage
@@ -44,11 +47,12 @@ objectives: validation accuracy (maximise) on a fixed 10k split of the training 
 presets:
   d2l    the d2l chapter's layout: 4 dense blocks, 7x7 stem, 96x96 input (default)
   cifar  DenseNet-BC: 3 dense blocks with bottlenecks, 3x3 stem, native 28x28 input
+  tiny   cifar cut down for a CPU (k 8..16, 1..4 convs per block): a smoke trial in ~1 s
 budgets: smoke (seconds per trial on a CPU, tests and demos), short (about one epoch,
   for a GPU; default), long (five epochs).
 examples:
   python -m nas.search --trials 100
-  python -m nas.search --trials 3 --budget smoke --study demo
+  python -m nas.search --trials 3 --budget smoke --preset tiny --study demo
   python -m nas.search --preset cifar --growth-rate 8:24:4 --convs 2:8 --max-mmacs 50
 """
 
@@ -205,6 +209,48 @@ def parse_args(argv: list[str] | None) -> SearchArgs:
     return SearchArgs(trials=a.trials, spec=spec)
 
 
+FAR_MMACS = 20_000  # a space reaching past 20 GMACs per image is worth a word
+
+
+def preflight(
+    spec: WorkerSpec, trials: int, device: torch.device, data: FashionMNIST
+) -> list[str]:
+    """What the user should know before the first trial: a MAC budget no network meets, a
+    space with networks far beyond reach, more workers than cores, and on a CPU how long a
+    trial of a GPU budget will take, from one training step measured here."""
+    notes = []
+    small, large = (sum(closed_form_macs(c).values()) / 1e6 for c in spec.space.corners())
+    if spec.max_mmacs is not None and spec.max_mmacs < small:
+        notes.append(
+            f"--max-mmacs {spec.max_mmacs:g} is below the smallest network of this space "
+            f"({small:.6f} MMACs (fvcore)): every trial will be infeasible and none trained"
+        )
+    if large > FAR_MMACS:
+        notes.append(
+            f"this space reaches {large:,.0f} MMACs (fvcore) per image (networks from "
+            f"{small:,.1f}); its largest networks may take hours per trial or not fit in memory"
+        )
+    cores = os.cpu_count() or 1
+    if device.type == "cpu" and spec.workers > cores:
+        notes.append(f"{spec.workers} workers share {cores} CPU cores: trials will take turns")
+    if device.type == "cpu" and spec.budget.name != "smoke":
+        ref = reference_params(spec.space)
+        config = D2L_CHAPTER if ref is not None else spec.space.middle()
+        b = spec.budget
+        probe = replace(b, train_images=2 * b.batch_size, val_images=1, bn_recalibration=0)
+        r = train_and_evaluate(config, probe, data.train_x, data.train_y, data.val_x, data.val_y)
+        per_trial = r.train_seconds / 2 * b.steps
+        notes.append(
+            f"budget {b.name!r} is meant for a GPU. On this CPU one training step of "
+            f"{config.describe()} took {r.train_seconds / 2:.1f} s: one {b.name} trial of it "
+            f"trains for about {per_trial / 60:,.0f} min, {trials} such trials for about "
+            f"{per_trial * trials / 3600 / max(1, spec.workers):,.1f} h (networks here span "
+            f"{small:,.1f} to {large:,.0f} MMACs). For a look on a CPU: --budget smoke "
+            "--preset tiny"
+        )
+    return notes
+
+
 def reference_interrupted(study: optuna.Study) -> bool:
     """True if the d2l reference was queued but every run of it was interrupted (Ctrl-C,
     SIGTERM, SIGHUP): it is queued again, so every study that can hold it ends up with it
@@ -242,11 +288,11 @@ def run_search(args: SearchArgs) -> optuna.Study:
         "budget": spec.budget.to_dict(),
     }
     study, created = open_or_create_study(storage, spec.study, sampler, experiment)
+    states = Counter(t.state for t in study.get_trials(deepcopy=False))
     ref = reference_params(spec.space)
     if ref is not None and (created or reference_interrupted(study)):
         study.enqueue_trial(ref, user_attrs={"reference": "d2l chapter"})
 
-    states = Counter(t.state for t in study.get_trials(deepcopy=False))
     before = ", ".join(f"{n} {s.name.lower()}" for s, n in sorted(states.items())) or "none"
     b = spec.budget
     print(
@@ -256,6 +302,8 @@ def run_search(args: SearchArgs) -> optuna.Study:
         f"device {device}, workers {workers}",
         flush=True,
     )
+    for line in preflight(spec, args.trials, device, data):
+        print(f"note: {line}", flush=True)
     # disable=None: a bar on a terminal, none in a log file (the per-trial lines remain).
     bar = tqdm(total=args.trials, unit="trial", dynamic_ncols=True, file=sys.stderr, disable=None)
     t0 = time.perf_counter()

@@ -11,6 +11,7 @@ Presets:
          Contains the chapter's own network (k=32, 4-4-4-4, theta=0.5).
   cifar  DenseNet-BC for small images: 3 blocks, 3x3 stem (2k ch), native 28x28, bottleneck,
          the paper's layers (no conv bias, Kaiming init: nas.config.CONVENTIONS).
+  tiny   the cifar layout cut down for a CPU (k 8..16, 1..4 convs per block): demos.
 """
 
 from __future__ import annotations
@@ -91,14 +92,25 @@ class SearchSpace:
             raise ConfigError(f"space stem must be one of {', '.join(STEMS)}; got {self.stem!r}")
         if not isinstance(self.bottleneck, bool):
             raise ConfigError(f"space bottleneck must be true or false, got {self.bottleneck!r}")
-        # Channels and cost grow with k, convs and theta: the two corners bound every config.
         try:
-            self.config(k[0], (c[0],) * self.num_blocks, t[0])
-            self.config(k[1], (c[1],) * self.num_blocks, t[1])
+            self.corners()
         except ConfigError as e:
             raise ConfigError(
                 f"search space {self.preset!r} admits a broken network: {e}"
             ) from None
+
+    def corners(self) -> tuple[ArchConfig, ArchConfig]:
+        """The smallest and the largest network of the space: channels, parameters and MACs
+        all grow with k, convs and theta, so these two bound every config."""
+        k, c, t, n = self.growth_rate, self.convs_per_block, self.compression, self.num_blocks
+        return self.config(k[0], (c[0],) * n, t[0]), self.config(k[1], (c[1],) * n, t[1])
+
+    def middle(self) -> ArchConfig:
+        """A network from the middle of each range (for estimates)."""
+        k, c, t = self.growth_rate, self.convs_per_block, self.compression
+        mid_k = k[0] + (k[1] - k[0]) // (2 * k[2]) * k[2]
+        mid_t = t[0] + round((t[1] - t[0]) / (2 * t[2])) * t[2]
+        return self.config(mid_k, ((c[0] + c[1]) // 2,) * self.num_blocks, mid_t)
 
     def config(self, k: int, convs: tuple[int, ...], theta: float) -> ArchConfig:
         """The architecture for one point of the space."""
@@ -161,6 +173,19 @@ PRESETS: dict[str, SearchSpace] = {
         growth_rate=(8, 32, 4),
         convs_per_block=(2, 16),
         compression=(0.25, 1.0, 0.125),
+        num_blocks=3,
+        stem="cifar",
+        stem_channels=0,
+        image_size=28,
+        bottleneck=True,
+        convention="paper",
+    ),
+    # The cifar layout cut down for a CPU: a smoke trial in about a second, for demos.
+    "tiny": SearchSpace(
+        preset="tiny",
+        growth_rate=(8, 16, 4),
+        convs_per_block=(1, 4),
+        compression=(0.5, 1.0, 0.25),
         num_blocks=3,
         stem="cifar",
         stem_channels=0,

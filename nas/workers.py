@@ -133,7 +133,8 @@ def trial_loop(
     storage = open_storage(spec.storage, heartbeat=spec.heartbeat)
     study = optuna.load_study(study_name=spec.study, storage=storage)
     study.sampler = make_sampler(spec.sampler, worker_seed(spec.seed, index, len(study.trials)))
-    objective = Objective(spec.space, spec.budget, data, spec.max_mmacs)
+    label = f"[w{index}] " if spec.workers > 1 else ""
+    objective = Objective(spec.space, spec.budget, data, spec.max_mmacs, label)
     while claim():
         try:
             study.optimize(objective, n_trials=1, catch=CATCH, callbacks=[on_trial])

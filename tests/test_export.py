@@ -87,7 +87,7 @@ def test_picks_mean_what_they_say(study_url: str, tmp_path: Path) -> None:
         (["--pick", "best"], "unknown --pick 'best'"),
         (["--pick", "max-mmacs=abc"], "needs a number"),
         (["--pick", "max-mmacs=0.001"], "no trained trial has at most 0.001 MMACs"),
-        (["--out", "/proc/nope/x.json"], "cannot write"),
+        (["--out", "/nonexistent/dir/x.json"], "folder /nonexistent/dir does not exist"),
     ],
 )
 def test_bad_export_input(study_url: str, tmp_path: Path, capsys, args, message) -> None:

@@ -24,9 +24,10 @@ def complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def test_readme_demo(tmp_path: Path, monkeypatch, real_data_dir, capsys) -> None:
-    """The README's demo: 3 smoke trials of the default (d2l) preset into studies/demo.db."""
+    """The README's first command, as written: 3 smoke trials of the tiny preset into
+    studies/demo.db (about 10 s on two CPU cores)."""
     monkeypatch.chdir(tmp_path)
-    assert main(["--trials", "3", "--budget", "smoke", "--study", "demo"]) == 0
+    assert main(["--trials", "3", "--budget", "smoke", "--preset", "tiny", "--study", "demo"]) == 0
     assert (tmp_path / "studies" / "demo.db").is_file()
     study = load("sqlite:///studies/demo.db", "demo")
     trials = complete(study)
@@ -34,10 +35,7 @@ def test_readme_demo(tmp_path: Path, monkeypatch, real_data_dir, capsys) -> None
     assert study.metric_names == METRIC_NAMES
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
     assert study.user_attrs["budget"]["name"] == "smoke"
-    ref = trials[0]
-    assert ref.user_attrs["reference"] == "d2l chapter"
-    assert ref.user_attrs["params"] == 758_226
-    assert ref.values[1] == pytest.approx(130.421912)
+    assert study.user_attrs["space"]["preset"] == "tiny"
     for t in trials:
         acc, mmacs = t.values
         assert 0.0 < acc <= 1.0
@@ -47,10 +45,53 @@ def test_readme_demo(tmp_path: Path, monkeypatch, real_data_dir, capsys) -> None
         assert t.user_attrs["macs_fvcore"] == cost.fvcore_macs
         assert t.user_attrs["trained"] is True and t.user_attrs["images_per_second"] > 0
     out = capsys.readouterr().out
-    assert "trial    0  k=32 convs=4-4-4-4 theta=0.5 (d2l chapter)  val acc 0." in out
+    assert re.search(r"trial    0  k=\d+ convs=\d-\d-\d theta=[\d.]+ bottleneck  val acc 0\.", out)
     assert re.search(r"train \d+\.\d s at [\d,]+ img/s, whole trial \d+\.\d s", out)
-    assert "130.4 MMACs (fvcore)" in out
-    assert "3 trials in" in out
+    assert "3 trials in" in out and "next: python -m nas.report --study demo\n" in out
+    assert "note:" not in out  # nothing to warn about
+
+
+def test_preflight_notes(real_data) -> None:
+    """What a user hears before the first trial: a GPU budget on a CPU (with an estimate
+    from a measured step), a MAC budget no network meets, a space beyond reach, more
+    workers than cores."""
+    import os
+
+    import torch
+
+    from nas.search import parse_args, preflight
+
+    cpu = torch.device("cpu")
+    spec = parse_args(["--preset", "tiny", "--budget", "short"]).spec
+    [note] = preflight(spec, 100, cpu, real_data)
+    m = re.search(r"meant for a GPU\. On this CPU one training step of .* took ([\d.]+) s", note)
+    assert m and float(m[1]) > 0 and "100 such trials for about" in note
+    spec = parse_args(["--preset", "tiny", "--budget", "smoke", "--max-mmacs", "0.5"]).spec
+    [note] = preflight(spec, 1, cpu, real_data)
+    assert "below the smallest network of this space (3.385982 MMACs (fvcore))" in note
+    spec = parse_args(["--budget", "smoke", "--convs", "1:100"]).spec
+    [note] = preflight(spec, 1, cpu, real_data)
+    assert "this space reaches 294," in note
+    many = str((os.cpu_count() or 1) + 1)
+    spec = parse_args(["--preset", "tiny", "--budget", "smoke", "--workers", many]).spec
+    [note] = preflight(spec, 1, cpu, real_data)
+    assert f"{many} workers share" in note
+
+
+def test_progress_lines_of_a_long_trial(capsys) -> None:
+    import torch
+
+    from nas.objective import TrialProgress
+
+    progress = TrialProgress("trial    7", total_steps=10, batch=32, first=0, every=0)
+    progress(3, torch.zeros(()))
+    out = capsys.readouterr().out
+    assert re.fullmatch(
+        r"trial    7: 128 of 320 images, \d+ s, about \d+ s of training left\n", out
+    )
+    quiet = TrialProgress("trial    8", total_steps=10, batch=32)  # first line after 30 s
+    quiet(3, torch.zeros(()))
+    assert capsys.readouterr().out == ""
 
 
 def test_resume_continues_the_study(tmp_path: Path, real_data_dir) -> None:

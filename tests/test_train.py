@@ -53,3 +53,20 @@ def test_train_cli_bad_input(tmp_path, capsys) -> None:
         assert main([str(cfg), *bad]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
+
+
+def test_short_run_re_estimates_bn_and_says_so(tmp_path, real_data_dir, capsys) -> None:
+    """0.02 epoch (4 steps): BN's running statistics still near their initial values
+    scored exactly chance (0.1000) before; re-estimated on 2,560 train images, well above
+    (chance on 10k test images is 0.100 +- 0.003)."""
+    cfg = tmp_path / "s.json"
+    cfg.write_text(SMALL.to_json())
+    assert main([str(cfg), "--epochs", "0.02", "--device", "cpu"]) == 0
+    result = json.loads((tmp_path / "s.result.json").read_text())
+    assert result["bn_recalibration_images"] == 2560
+    assert result["test_accuracy"] > 0.2
+    out = capsys.readouterr().out
+    assert "scoring (BN re-estimate on 2,560 train images, 10,000 test images) ..." in out
+    assert "(BN statistics re-estimated on 2,560 training images" in out
+    assert main([str(cfg), "--epochs", "1", "--out", str(tmp_path / "no" / "x")]) == 2
+    assert f"folder {tmp_path / 'no'} does not exist" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 """Files attached to a study or its trials as Optuna artifacts, shown by optuna-dashboard.
 
 Artifacts live in a folder beside the study database (`studies/<study>-artifacts` by
-default). A study-level file (the report page) replaces its previous version; a trial's
+default). A study-level file (the report page) is overwritten in place; a trial's
 file (its architecture JSON) is attached once. Finished trials cannot take new system
 attributes in Optuna, so a trial's file is recorded on the study under
 optuna-dashboard's own key for trial artifacts (`dashboard:artifacts:<trial id>:<id>`).
@@ -9,7 +9,6 @@ optuna-dashboard's own key for trial artifacts (`dashboard:artifacts:<trial id>:
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import mimetypes
@@ -18,7 +17,6 @@ from pathlib import Path
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
-from optuna.artifacts.exceptions import ArtifactNotFound
 
 __all__ = ["attach_trial_file", "default_artifact_dir", "replace_study_file"]
 
@@ -46,13 +44,14 @@ def _metas(study: optuna.Study, prefix: str) -> dict[str, dict]:
 
 
 def replace_study_file(study: optuna.Study, folder: Path, path: Path) -> str:
-    """Upload `path` as a study artifact, retiring older ones of the same file name."""
-    storage, store = study._storage, _store(folder)
-    for key, meta in _metas(study, STUDY_PREFIX).items():
+    """Upload `path` as a study artifact; a file of the same name is overwritten in place
+    (same artifact id and record), so no retired record is left for readers to trip on."""
+    store = _store(folder)
+    for meta in _metas(study, STUDY_PREFIX).values():
         if meta.get("filename") == path.name:
-            storage.set_study_system_attr(study._study_id, key, json.dumps(None))
-            with contextlib.suppress(ArtifactNotFound):
-                store.remove(meta["artifact_id"])
+            with path.open("rb") as f:
+                store.write(meta["artifact_id"], f)
+            return meta["artifact_id"]
     return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study)
 
 

@@ -99,7 +99,9 @@ def run_cli(prog: str, body: Callable[[list[str] | None], int], argv: list[str] 
     SIGTERM and SIGHUP one line and 128 + the signal number."""
     try:
         with stop_signals():
-            return body(argv)
+            status = body(argv)
+            sys.stdout.flush()  # a closed pipe shows here, not at exit as an ignored error
+            return status
     except (UsageError, ConfigError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2

@@ -74,16 +74,21 @@ def measure_cost(config: ArchConfig) -> Cost:
     """Build the model on the CPU and count it with fvcore at batch 1."""
     import torch
 
-    with warnings.catch_warnings():  # fvcore's helpers use the deprecated torch.jit.script
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from fvcore.nn import FlopCountAnalysis
-
     from nas.model import build_model, count_params
+
+    # fvcore's helpers use torch.jit.script, deprecated (DeprecationWarning in torch 2.13,
+    # FutureWarning in others): library noise, not the user's business
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        from fvcore.nn import FlopCountAnalysis
 
     t0 = time.perf_counter()
     model = build_model(config).eval()
     x = torch.zeros(1, config.in_channels, config.image_size, config.image_size)
-    with torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
         flops = FlopCountAnalysis(model, x)
         flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         by_op = {name: int(v) for name, v in flops.by_operator().items()}

@@ -146,6 +146,8 @@ def _sha(*arrays: np.ndarray) -> str:
 def load_fashion_mnist(data_dir: str | Path | None = None) -> FashionMNIST:
     """Read the four files and split train into train/val (on the CPU)."""
     folder = resolve_data_dir(data_dir)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"{folder} is a file, not a folder of Fashion-MNIST files: {HOW_TO_GET}")
     if not folder.is_dir():
         raise DataError(f"Fashion-MNIST folder {folder} does not exist: {HOW_TO_GET}")
     arrays = {

@@ -58,3 +58,30 @@ def test_read_only_database_is_one_line(tmp_path: Path, real_data_dir) -> None:
             f"{command[0]}: error: storage failed: attempt to write a readonly database\n"
         )
     assert not (tmp_path / "file:").exists()
+
+
+def test_python_m_nas_lists_the_commands_and_scripts_are_installed() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "nas"], capture_output=True, text=True, check=True
+    ).stdout
+    for command in ("nas.search", "nas.report", "nas.dashboard", "nas.export", "nas.cost"):
+        assert f"python -m {command}" in out
+    script = Path(sys.executable).parent / "nas-cost"
+    done = subprocess.run([str(script), "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "MACs (fvcore)" in done.stdout
+
+
+def test_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """`nas.cost x.json | head -1`: no BrokenPipeError traceback. (`true` leaves before
+    nas.cost writes, so the pipe is closed for certain.)"""
+    config = tmp_path / "c.json"
+    config.write_text('{"growth_rate": 8, "convs_per_block": [1, 1]}')
+    done = subprocess.run(
+        f"{sys.executable} -m nas.cost {config} 2>err.txt | true; cat err.txt",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.stdout == "" and done.stderr == ""

@@ -222,6 +222,7 @@ def test_max_mflops_is_refused_with_its_new_name(capsys) -> None:
         (["--compression", "0:1:0.5"], "must lie in (0, 1]"),
         (["--space", "/nonexistent/space.toml"], "cannot read search-space file"),
         (["--data-dir", "/nonexistent"], "Fashion-MNIST folder /nonexistent does not exist"),
+        (["--data-dir", "/etc/hostname"], "/etc/hostname is a file, not a folder"),
         (["--storage", "not a url"], "malformed storage URL"),
         (["--storage", "nosuchdb://x/y"], "cannot open storage"),
         (["--bogus"], "unrecognized arguments: --bogus"),

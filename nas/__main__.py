@@ -1,0 +1,32 @@
+"""`python -m nas`: what the commands are, in the order a search uses them."""
+
+from __future__ import annotations
+
+import sys
+
+OVERVIEW = """\
+nas: which DenseNet for your compute? An Optuna search over DenseNet shapes on
+Fashion-MNIST, accuracy against MACs (fvcore). Each command has --help.
+
+  python -m nas.search   run or continue a study (start here; --budget smoke
+                         --preset tiny for a quick look on a CPU)
+  python -m nas.report   one offline HTML page of a study: Pareto front, hypervolume,
+                         importances, the Pareto table as CSV
+  python -m nas.dashboard  optuna-dashboard on a study
+  python -m nas.export   write one architecture of a study as JSON (--pick knee, ...)
+  python -m nas.cost     parameters and MACs (fvcore) of an architecture JSON
+  python -m nas.train    train an exported architecture on all 60k training images
+                         and score it on the test set
+
+The same commands are installed as nas-search, nas-report, nas-dashboard, nas-export,
+nas-cost and nas-train.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    print(OVERVIEW, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

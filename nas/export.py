@@ -100,7 +100,13 @@ def _run(argv: list[str] | None) -> int:
     p.add_argument("--study", required=True, help="study name")
     p.add_argument("--storage", help="Optuna storage URL (default sqlite:///studies/STUDY.db)")
     p.add_argument("--out", required=True, help="JSON file to write")
-    p.add_argument("--pick", default="knee", help="accuracy | knee | max-mmacs=N (default knee)")
+    p.add_argument(
+        "--pick",
+        default="knee",
+        help="accuracy: the most accurate trial; knee (default): the front point farthest "
+        "above the chord joining the front's ends, in accuracy vs log10 MACs; max-mmacs=N: "
+        "the most accurate with at most N million multiply-adds (MACs, fvcore)",
+    )
     args = p.parse_args(argv)
     if args.pick not in ("accuracy", "knee") and not args.pick.startswith("max-mmacs="):
         raise UsageError(f"unknown --pick {args.pick!r}; use accuracy, knee or max-mmacs=N")

@@ -38,6 +38,7 @@ from nas.storage import default_storage_url, load_study, open_storage
 __all__ = ["main", "trials_frame", "write_report"]
 
 MACS = "MMACs (fvcore)"
+MIN_TRUSTED_TRIALS = 20  # fewer trained trials: the page says its plots are rough
 STATES = optuna.trial.TrialState
 
 
@@ -75,6 +76,34 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def describe_budget(b: dict) -> str:
+    """A study's train budget in words (the page showed raw JSON)."""
+    if not b:
+        return "Train budget: not recorded."
+    steps = b["train_images"] // b["batch_size"]
+    schedule = (
+        f"warm-up over {b['warmup']:.0%} of the steps, then linear decay"
+        if b["schedule"] == "linear"
+        else "constant"
+    )
+    bn = (
+        f", BN statistics re-estimated on {b['bn_recalibration']:,} images"
+        if b.get("bn_recalibration")
+        else ""
+    )
+    return (
+        f"Train budget {b['name']}: {steps:,} steps of {b['batch_size']} images "
+        f"({steps * b['batch_size']:,}), SGD peak LR {b['lr']:g} ({schedule}), momentum "
+        f"{b['momentum']:g} (Nesterov), weight decay {b['weight_decay']:g}{bn}, seed {b['seed']}."
+    )
+
+
+def _empty(fig: go.Figure, text: str) -> go.Figure:
+    """Say on the plot itself why it is empty."""
+    fig.add_annotation(text=text, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
+    return fig
 
 
 def _hover(df: pd.DataFrame) -> list[str]:
@@ -181,7 +210,10 @@ def pareto_figure(df: pd.DataFrame) -> go.Figure:
         },
         yaxis={"title": "validation accuracy"},
         height=520,
+        showlegend=True,  # Plotly hides a lone trace's legend: the x marks need theirs
     )
+    if trained.empty:
+        _empty(fig, "no trained trial yet: nothing to rank")
     return fig
 
 
@@ -191,6 +223,8 @@ def hypervolume_figure(df: pd.DataFrame, study: optuna.Study) -> go.Figure:
     ok = df[df["val_accuracy"].notna()].sort_values("trial")
     hv = hypervolume_history(zip(ok["val_accuracy"], ok[MACS]), ref)
     fig = go.Figure(go.Scatter(x=ok["trial"], y=hv, mode="lines+markers"))
+    if ok.empty:
+        _empty(fig, "no trained trial yet")
     fig.update_layout(
         title=(
             f"Hypervolume after each trained trial (reference fixed for the study: accuracy "
@@ -210,6 +244,7 @@ def importance_figure(study: optuna.Study) -> go.Figure:
     note = None
     if len(usable) < 3:
         note = f"needs at least 3 trained trials ({len(usable)} so far)"
+        _empty(fig, note)
     else:
         copy = optuna.create_study(directions=["maximize", "minimize"])
         copy.add_trials(usable)
@@ -230,6 +265,11 @@ def importance_figure(study: optuna.Study) -> go.Figure:
                 col=col,
             )
     title = "Parameter importances (PED-ANOVA) for each objective"
+    if note is None and len(usable) < MIN_TRUSTED_TRIALS:
+        note = (
+            f"from {len(usable)} trained trials, whose top 10% is "
+            f"{max(1, len(usable) // 10)}: a rough guide"
+        )
     fig.update_layout(title=f"{title}: {note}" if note else title, height=360)
     return fig
 
@@ -266,6 +306,8 @@ def dependence_figure(df: pd.DataFrame) -> go.Figure:
     fig.update_yaxes(title_text="validation accuracy", row=1, col=1)
     fig.update_yaxes(title_text=MACS, type="log", row=2)
     fig.update_layout(title="How accuracy and MACs follow each parameter", height=620)
+    if trained.empty:
+        _empty(fig, "no trained trial yet")
     return fig
 
 
@@ -288,15 +330,35 @@ def write_report(study: optuna.Study, out: Path, table_format: str | None = None
             raise UsageError("--format parquet needs pyarrow: pip install pyarrow") from None
 
     counts = df["status"].value_counts().to_dict()
-    budget = study.user_attrs.get("budget", {})
+    a = study.user_attrs
+    budget = a.get("budget") or {}
+    max_mmacs = a.get("max_mmacs")
+    trained = int(df["val_accuracy"].notna().sum())
+    cautions = []
+    if budget.get("name") == "smoke":
+        cautions.append(
+            "This study uses the <b>smoke</b> budget (seconds per trial on a CPU): its "
+            "accuracies rank nothing; search with <code>short</code> or <code>long</code> "
+            "on a GPU to compare architectures."
+        )
+    if trained < MIN_TRUSTED_TRIALS:
+        cautions.append(
+            f"Only {trained} trained trial{'s' if trained != 1 else ''}: the front, the "
+            "importances and the trends below are rough; they firm up past "
+            f"{MIN_TRUSTED_TRIALS} trials."
+        )
     summary = (
         f"<p>{len(df)} trials: {counts.get('pareto', 0)} on the Pareto front, "
         f"{counts.get('dominated', 0)} dominated, "
         f"{counts.get('not trained (over MAC budget)', 0)} over the MAC budget (not trained), "
         f"{counts.get('fail', 0)} failed, {counts.get('running', 0)} running.<br>"
-        f"Budget <code>{escape(json.dumps(budget))}</code>.<br>"
-        "Objectives: validation accuracy on a fixed 10k split of the training set (the test "
-        "set is not used), and MACs (fvcore): multiply-adds at batch 1, in millions.</p>"
+        f"{escape(describe_budget(budget))}<br>"
+        "MAC budget: "
+        + (f"{max_mmacs:g} MMACs (fvcore) per image" if max_mmacs is not None else "none")
+        + ".<br>Objectives: validation accuracy on "
+        f"{budget.get('val_images', 10_000):,} images of a fixed 10k validation split of "
+        "the training set (the test set is not used), and MACs (fvcore): multiply-adds at "
+        "batch 1, in millions.</p>" + "".join(f'<p class="caution">{c}</p>' for c in cautions)
     )
     figures = [
         pareto_figure(df),
@@ -319,7 +381,8 @@ def write_report(study: optuna.Study, out: Path, table_format: str | None = None
     html = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>nas: {escape(study.study_name)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 6px}}</style>
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 6px}}
+.caution{{background:#fff3cd;border-left:4px solid #e0a800;padding:6px 10px}}</style>
 </head><body>
 <h1>Study {escape(study.study_name)}</h1>
 <p>Written {stamp} by nas.report.</p>
@@ -342,7 +405,11 @@ def _run(argv: list[str] | None) -> int:
     p.add_argument("--study", required=True, help="study name")
     p.add_argument("--storage", help="Optuna storage URL (default sqlite:///studies/STUDY.db)")
     p.add_argument("--out", help="HTML file to write (default dashboards/STUDY.html)")
-    p.add_argument("--format", choices=("csv", "parquet"), help="also write the full table")
+    p.add_argument(
+        "--format",
+        choices=("csv", "parquet"),
+        help="also write the full trial table (parquet needs pyarrow: pip install pyarrow)",
+    )
     p.add_argument("--artifacts", help="artifact folder (default studies/STUDY-artifacts)")
     p.add_argument("--no-artifacts", action="store_true", help="do not store artifacts")
     args = p.parse_args(argv)

@@ -48,8 +48,9 @@ presets:
   d2l    the d2l chapter's layout: 4 dense blocks, 7x7 stem, 96x96 input (default)
   cifar  DenseNet-BC: 3 dense blocks with bottlenecks, 3x3 stem, native 28x28 input
   tiny   cifar cut down for a CPU (k 8..16, 1..4 convs per block): a smoke trial in ~1 s
-budgets: smoke (seconds per trial on a CPU, tests and demos), short (about one epoch,
-  for a GPU; default), long (five epochs).
+budgets: smoke (16 steps of 32 images: seconds per trial on a CPU, tests and demos;
+  its accuracies rank nothing), short (195 steps of 256, one epoch of the 50k split: for
+  a GPU; default), long (976 steps of 256, about five epochs).
 examples:
   python -m nas.search --trials 100
   python -m nas.search --trials 3 --budget smoke --preset tiny --study demo
@@ -124,22 +125,44 @@ def build_parser() -> argparse.ArgumentParser:
         "--storage",
         help="Optuna storage URL (default sqlite:///studies/STUDY.db; postgresql://... works)",
     )
-    p.add_argument("--preset", choices=sorted(PRESETS), default="d2l", help="search space preset")
-    p.add_argument("--budget", choices=list(BUDGETS), default="short", help="train budget")
-    p.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="d2l",
+        help="search space preset (default d2l; see presets below)",
+    )
+    p.add_argument(
+        "--budget",
+        choices=list(BUDGETS),
+        default="short",
+        help="train budget per trial (default short; see budgets below)",
+    )
+    p.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default="tpe",
+        help="Optuna sampler (default tpe: multivariate TPE with constant liar)",
+    )
     p.add_argument(
         "--seed",
         type=_non_negative_int,
         help="sampler seed, for a reproducible run (default: a fresh one per process; give "
         "each machine its own when several share a study)",
     )
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    p.add_argument(
+        "--device",
+        choices=("auto", "cuda", "cpu"),
+        default="auto",
+        help="where trials train (default auto: CUDA if PyTorch sees a GPU, else the CPU; "
+        "CUDA trains in bf16, the CPU in fp32, and a study keeps to one)",
+    )
     p.add_argument(
         "--workers",
         type=_workers,
         default="auto",
         help=f"trial processes on this machine (default auto: 1 on a CPU, "
-        f"{WORKERS_PER_GPU} per GPU)",
+        f"{WORKERS_PER_GPU} per GPU). On a CPU the cores are shared out among them, and "
+        "results depend on the thread count: compare trials run with the same --workers",
     )
     p.add_argument("--data-dir", help="folder of the Fashion-MNIST IDX .gz files")
     p.add_argument(
@@ -164,7 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(its worker killed) is failed and retried once (default 10)",
     )
     g = p.add_argument_group("search-space overrides (after the preset and --space)")
-    g.add_argument("--space", metavar="FILE", help="TOML file of search-space overrides")
+    g.add_argument(
+        "--space",
+        metavar="FILE",
+        help="TOML file of search-space overrides; keys: growth_rate = [low, high, step], "
+        "convs_per_block = [low, high], compression = [low, high, step], num_blocks, stem "
+        '("d2l" or "cifar"), stem_channels (0: 2k), image_size, bottleneck, convention '
+        '("d2l" or "paper")',
+    )
     g.add_argument("--growth-rate", metavar="LO:HI[:STEP]", help="range of k")
     g.add_argument("--convs", metavar="LO:HI", help="range of conv blocks per dense block")
     g.add_argument("--compression", metavar="LO:HI:STEP", help="range of theta, in (0, 1]")
@@ -299,7 +329,8 @@ def run_search(args: SearchArgs) -> optuna.Study:
         f"study {spec.study!r} in {spec.storage} (trials so far: {before})\n"
         f"preset {spec.space.preset}, budget {b.name} ({b.steps * b.batch_size:,} train "
         f"images, {b.val_images:,} val), {precision(device)}, sampler {spec.sampler}, "
-        f"device {device}, workers {workers}",
+        f"device {device}, workers {workers}, MAC budget "
+        + (f"{spec.max_mmacs:g} MMACs (fvcore)" if spec.max_mmacs is not None else "none"),
         flush=True,
     )
     for line in preflight(spec, args.trials, device, data):

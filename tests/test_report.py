@@ -131,3 +131,35 @@ def test_report_plot_in_a_real_browser(study_dir: Path, monkeypatch) -> None:
     assert f"val accuracy {first['val_accuracy']:.4f}" in hover
     assert f"{first[MACS]:,.1f} MMACs (fvcore)" in hover
     assert f"{int(first['params']):,} params" in hover and f"k={first['growth_rate']}" in hover
+
+
+def test_small_and_all_infeasible_study_says_what_it_cannot_show(tmp_path: Path) -> None:
+    """Every trial over the MAC budget: no 'nan' anywhere, the x marks labelled in the
+    legend, each empty plot saying why, the budgets in words, the smoke caveat."""
+    url = f"sqlite:///{tmp_path}/e.db"
+    argv = ["--preset", "tiny", "--budget", "smoke", "--max-mmacs", "1", "--trials", "2"]
+    assert search([*argv, "--study", "e", "--storage", url]) == 0
+    out = tmp_path / "e.html"
+    assert main(["--study", "e", "--storage", url, "--out", str(out), "--no-artifacts"]) == 0
+    html = out.read_text()
+    figures = html[html.index("Plotly.newPlot") :]  # the page after plotly.js itself
+    assert not re.search(r"\bnan\b", figures, re.IGNORECASE)
+    assert "MAC budget: 1 MMACs (fvcore) per image" in html
+    assert "Train budget smoke: 16 steps of 32 images (512)" in html
+    assert "accuracies rank nothing" in html and "Only 0 trained trials" in html
+    assert "validation accuracy on 500 images of a fixed 10k validation split" in html
+    driver = chromium()
+    try:
+        driver.get(out.as_uri())
+        legend = driver.execute_script(
+            "return [...document.querySelectorAll('#fig0 .legendtext')].map(e => e.textContent)"
+        )
+        notes = driver.execute_script(
+            "return [...document.querySelectorAll('.annotation-text')].map(e => e.textContent)"
+        )
+        screenshot(driver, "report-all-infeasible")
+    finally:
+        driver.quit()
+    assert legend == ["over the MAC budget (not trained)"]  # empty traces keep out
+    assert "no trained trial yet: nothing to rank" in notes
+    assert "needs at least 3 trained trials (0 so far)" in notes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import optuna
@@ -113,3 +114,14 @@ def test_open_storage_creates_nothing_for_must_exist(tmp_path: Path) -> None:
     with pytest.raises(UsageError):
         open_storage(f"sqlite:///{tmp_path}/sub/none.db", must_exist=True)
     assert not (tmp_path / "sub").exists()
+
+
+def test_a_printed_number_typed_back_means_what_it_says(study_url: str, tmp_path, capsys):
+    """'the smallest has X': --pick max-mmacs=X then picks that trial (X was rounded
+    to one decimal before, and typed back it excluded the very trial it named)."""
+    base = ["--study", "s", "--storage", study_url, "--out", str(tmp_path / "o.json")]
+    assert main([*base, "--pick", "max-mmacs=0.001"]) == 2
+    smallest = re.search(r"the smallest has ([\d.]+)", capsys.readouterr().err)[1]
+    assert main([*base, "--pick", f"max-mmacs={smallest}"]) == 0
+    picked = json.loads((tmp_path / "o.json").read_text())["metrics"]["mmacs_fvcore"]
+    assert f"{picked:.6f}" == smallest

@@ -31,7 +31,7 @@ from nas.data import FashionMNIST
 from nas.fit import Diverged, train_and_evaluate
 from nas.space import SearchSpace, sample
 
-__all__ = ["CATCH", "Objective", "TrialFailed", "failure_reason"]
+__all__ = ["CATCH", "Objective", "TrialFailed", "failure_reason", "trained_twin"]
 
 
 class TrialFailed(Exception):
@@ -127,6 +127,14 @@ class Objective:
     def _run(self, trial: optuna.Trial) -> tuple[float, float]:
         t0 = time.perf_counter()
         config = sample(trial, self.space)
+        twin = trained_twin(trial, config.to_dict())
+        if twin is not None:  # TPE proposes what it has seen: never train it twice
+            for key in ("config", "params", "macs_fvcore"):
+                trial.set_user_attr(key, twin.user_attrs[key])
+            trial.set_user_attr("duplicate_of", twin.number)
+            trial.set_user_attr("trained", False)  # its values are its twin's
+            self._constrain(trial, twin.values[1])
+            return twin.values[0], twin.values[1]
         t1 = time.perf_counter()
         cost = measure_cost(config)
         mmacs = cost.fvcore_macs / 1e6
@@ -135,14 +143,9 @@ class Objective:
         trial.set_user_attr("macs_fvcore", cost.fvcore_macs)
         trial.set_user_attr("fvcore_seconds", round(cost.fvcore_seconds, 4))
         t2 = time.perf_counter()
-        if self.max_mmacs is not None:
-            over = mmacs - self.max_mmacs
-            trial.set_constraint("mmacs_over_budget", over)
-            # optuna-dashboard 0.21 reads constraints only from this older attribute.
-            trial.storage.set_trial_system_attr(trial._trial_id, "constraints", [over])
-            if mmacs > self.max_mmacs:
-                trial.set_user_attr("trained", False)
-                return 0.0, mmacs
+        if self._constrain(trial, mmacs):
+            trial.set_user_attr("trained", False)
+            return 0.0, mmacs
         d = self.data
         b = self.budget
         progress = TrialProgress(f"{self.label}trial {trial.number:>4}", b.steps, b.batch_size)
@@ -165,3 +168,22 @@ class Objective:
         }
         trial.set_user_attr("seconds", {k: round(v, 4) for k, v in seconds.items()})
         return r.accuracy, mmacs
+
+    def _constrain(self, trial: optuna.Trial, mmacs: float) -> bool:
+        """Record the MAC constraint (if there is a budget); True if over it."""
+        if self.max_mmacs is None:
+            return False
+        over = mmacs - self.max_mmacs
+        trial.set_constraint("mmacs_over_budget", over)
+        # optuna-dashboard 0.21 reads constraints only from this older attribute.
+        trial.storage.set_trial_system_attr(trial._trial_id, "constraints", [over])
+        return over > 0
+
+
+def trained_twin(trial: optuna.Trial, config: dict) -> optuna.trial.FrozenTrial | None:
+    """The study's first complete, trained trial of exactly this architecture, if any (a
+    study holds one budget, so its accuracy is this trial's too)."""
+    for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if t.user_attrs.get("trained") is True and t.user_attrs.get("config") == config:
+            return t
+    return None

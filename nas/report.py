@@ -53,6 +53,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         convs = cfg.get("convs_per_block") or []
         if t.state == STATES.COMPLETE and t.number in usable:
             status = "pareto" if t.number in front else "dominated"
+        elif t.state == STATES.COMPLETE and a.get("duplicate_of") is not None:
+            status = "duplicate (not trained again)"
         elif t.state == STATES.COMPLETE:
             status = "not trained (over MAC budget)"
         else:
@@ -71,6 +73,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
                 "train_seconds": a.get("train_seconds"),
                 "images_per_second": a.get("images_per_second"),
                 "reference": bool(a.get("reference")),
+                "duplicate_of": a.get("duplicate_of"),
                 "fail_reason": a.get("fail_reason"),
                 "device": a.get("device"),
             }
@@ -351,7 +354,9 @@ def write_report(study: optuna.Study, out: Path, table_format: str | None = None
         f"<p>{len(df)} trials: {counts.get('pareto', 0)} on the Pareto front, "
         f"{counts.get('dominated', 0)} dominated, "
         f"{counts.get('not trained (over MAC budget)', 0)} over the MAC budget (not trained), "
-        f"{counts.get('fail', 0)} failed, {counts.get('running', 0)} running.<br>"
+        f"{counts.get('duplicate (not trained again)', 0)} repeating a trained network (its "
+        f"values reused), {counts.get('fail', 0)} failed, {counts.get('running', 0)} "
+        "running.<br>"
         f"{escape(describe_budget(budget))}<br>"
         "MAC budget: "
         + (f"{max_mmacs:g} MMACs (fvcore) per image" if max_mmacs is not None else "none")

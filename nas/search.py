@@ -27,10 +27,19 @@ from nas.config import D2L_CHAPTER
 from nas.cost import closed_form_macs
 from nas.data import DataError, FashionMNIST, load_fashion_mnist
 from nas.fit import pick_device, train_and_evaluate
+from nas.front import pareto_front
 from nas.space import PRESETS, load_space_file, parse_range, reference_params
 from nas.step import precision
 from nas.storage import check_study_name, default_storage_url, open_or_create_study, open_storage
-from nas.workers import SAMPLERS, WorkerSpec, make_sampler, run_workers, trial_line, trial_loop
+from nas.workers import (
+    SAMPLERS,
+    WorkerSpec,
+    make_sampler,
+    run_workers,
+    tally_trial,
+    trial_line,
+    trial_loop,
+)
 
 __all__ = ["SearchArgs", "main", "make_sampler"]
 
@@ -338,13 +347,12 @@ def run_search(args: SearchArgs) -> optuna.Study:
     # disable=None: a bar on a terminal, none in a log file (the per-trial lines remain).
     bar = tqdm(total=args.trials, unit="trial", dynamic_ncols=True, file=sys.stderr, disable=None)
     t0 = time.perf_counter()
-    ran = failures = 0  # this run's trials (other machines may be adding theirs)
+    counts = [0, 0, 0]  # this run's trials: done, failed, duplicates (others add theirs)
 
-    def progress(done: int, failed: int) -> None:
-        nonlocal ran, failures
-        ran, failures = done, failed
-        bar.set_postfix(failed=failed)
-        bar.update(done - bar.n)
+    def progress(now: list[int]) -> None:
+        counts[:] = now
+        bar.set_postfix(failed=now[1])
+        bar.update(now[0] - bar.n)
 
     try:
         if workers == 1:
@@ -357,7 +365,9 @@ def run_search(args: SearchArgs) -> optuna.Study:
 
             def on_trial(_: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
                 bar.write(trial_line(t), file=sys.stdout)
-                progress(ran + 1, failures + (t.state != optuna.trial.TrialState.COMPLETE))
+                now = list(counts)
+                tally_trial(now, t)
+                progress(now)
                 sys.stdout.flush()
 
             trial_loop(spec, 0, claim, on_trial, data)
@@ -369,11 +379,12 @@ def run_search(args: SearchArgs) -> optuna.Study:
     finally:
         bar.close()
     elapsed = time.perf_counter() - t0
-    front = sorted(study.best_trials, key=lambda t: t.values[1])
+    front = pareto_front(study)
     numbers = ", ".join(str(t.number) for t in front)
     print(
-        f"{ran} trials in {elapsed:.1f} s ({failures} failed, {workers} worker"
-        f"{'s' if workers > 1 else ''}); Pareto front: {len(front)} trial"
+        f"{counts[0]} trials in {elapsed:.1f} s ({counts[1]} failed, {counts[2]} repeating a "
+        f"trained network, {workers} worker{'s' if workers > 1 else ''}); Pareto front: "
+        f"{len(front)} trial"
         f"{'s' if len(front) != 1 else ''} (trial numbers, fewest MACs first: {numbers or '-'})\n"
         f"next: python -m nas.report --study {spec.study}"
         + (f" --storage {spec.storage}" if spec.storage != default_storage_url(spec.study) else "")

@@ -20,6 +20,7 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 import torch
@@ -37,6 +38,7 @@ __all__ = [
     "WorkerSpec",
     "make_sampler",
     "run_workers",
+    "tally_trial",
     "trial_line",
     "trial_loop",
 ]
@@ -79,6 +81,12 @@ def trial_line(t: optuna.trial.FrozenTrial) -> str:
     desc = ArchConfig.from_dict(cfg).describe() if cfg else "?"
     ref = " (d2l chapter)" if attrs.get("reference") else ""
     head = f"trial {t.number:>4}  {desc}{ref}"
+    if t.state == optuna.trial.TrialState.COMPLETE and attrs.get("duplicate_of") is not None:
+        acc, mmacs = t.values
+        return (
+            f"{head}  val acc {acc:.4f}  {mmacs:,.1f} MMACs (fvcore)  the network of trial "
+            f"{attrs['duplicate_of']}: its values, not trained again"
+        )
     if t.state == optuna.trial.TrialState.COMPLETE and attrs.get("trained") is False:
         mmacs = t.values[1]
         return f"{head}  {mmacs:.6f} MMACs (fvcore)  over the MAC budget, not trained"
@@ -151,7 +159,16 @@ def trial_loop(
             )
 
 
-def _child(spec: WorkerSpec, index: int, remaining, done, failed) -> None:  # noqa: ANN001
+def tally_trial(counts: list[int] | Any, t: optuna.trial.FrozenTrial) -> None:
+    """Count a finished trial into [done, failed, duplicates] (a list or a shared array)."""
+    counts[0] += 1
+    if t.state != optuna.trial.TrialState.COMPLETE:
+        counts[1] += 1
+    elif t.user_attrs.get("duplicate_of") is not None:
+        counts[2] += 1
+
+
+def _child(spec: WorkerSpec, index: int, remaining, tally) -> None:  # noqa: ANN001
     def claim() -> bool:
         with remaining.get_lock():
             if remaining.value <= 0:
@@ -160,11 +177,8 @@ def _child(spec: WorkerSpec, index: int, remaining, done, failed) -> None:  # no
             return True
 
     def on_trial(study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
-        with done.get_lock():
-            done.value += 1
-        if t.state != optuna.trial.TrialState.COMPLETE:
-            with failed.get_lock():
-                failed.value += 1
+        with tally.get_lock():
+            tally_trial(tally, t)
         print(f"[w{index}] {trial_line(t)}", flush=True)
 
     try:
@@ -177,16 +191,17 @@ def _child(spec: WorkerSpec, index: int, remaining, done, failed) -> None:  # no
 def run_workers(
     spec: WorkerSpec,
     trials: int,
-    progress: Callable[[int, int], None],
+    progress: Callable[[list[int]], None],
 ) -> list[int]:
     """Start spec.workers processes for `trials` trials in all; wait; return exit codes.
 
-    progress(done, failed) is called about twice a second with this run's trial counts.
+    progress([done, failed, duplicates]) is called about twice a second with this run's
+    trial counts.
     """
     ctx = mp.get_context("spawn")  # CUDA cannot be forked
-    remaining, done, failed = ctx.Value("i", trials), ctx.Value("i", 0), ctx.Value("i", 0)
+    remaining, tally = ctx.Value("i", trials), ctx.Array("i", 3)
     procs = [
-        ctx.Process(target=_child, args=(spec, i, remaining, done, failed), name=f"nas-worker-{i}")
+        ctx.Process(target=_child, args=(spec, i, remaining, tally), name=f"nas-worker-{i}")
         for i in range(spec.workers)
     ]
     for p in procs:
@@ -195,7 +210,7 @@ def run_workers(
         while any(p.is_alive() for p in procs):
             for p in procs:
                 p.join(timeout=0.5 / len(procs))
-            progress(done.value, failed.value)
+            progress(list(tally))
     except KeyboardInterrupt as e:  # Ctrl-C reaches the workers too; a kill PID does not
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
         for p in procs:
@@ -204,5 +219,5 @@ def run_workers(
         for p in procs:
             p.join()
         raise
-    progress(done.value, failed.value)
+    progress(list(tally))
     return [p.exitcode if p.exitcode is not None else -1 for p in procs]

@@ -166,7 +166,7 @@ def test_out_of_memory_fails_one_trial_and_the_search_goes_on(tmp_path: Path, re
         assert t.state == STATE.FAIL
         assert t.user_attrs["fail_reason"].startswith("out of memory: DefaultCPUAllocator")
     assert all(t.state == STATE.COMPLETE for t in small)
-    assert f"({len(big)} failed, 1 worker)" in out
+    assert f"({len(big)} failed, 0 repeating a trained network, 1 worker)" in out
     assert "fail: out of memory" in out
 
 
@@ -179,7 +179,8 @@ def test_nan_loss_fails_each_trial_with_its_reason(tmp_path: Path, real_data_dir
     for t in trials:
         assert t.user_attrs["fail_reason"].startswith("diverged: training loss became nan")
     out = capsys.readouterr().out
-    assert "(2 failed, 1 worker)" in out and "fail: diverged" in out
+    assert "(2 failed, 0 repeating a trained network, 1 worker)" in out
+    assert "fail: diverged" in out
 
 
 def test_sigterm_fails_the_trial_and_the_reference_is_trained_next_run(

@@ -286,3 +286,27 @@ def test_corrupt_dataset_is_one_line(tmp_path, monkeypatch, capsys, tiny_data_di
     err = capsys.readouterr().err
     assert "corrupt Fashion-MNIST file" in err and "apt-get install dataset-fashion-mnist" in err
     assert err.count("\n") == 1 and not (tmp_path / "studies").exists()
+
+
+def test_a_network_already_trained_is_not_trained_again(tmp_path: Path, capsys) -> None:
+    """A space of one architecture: 3 trials, 1 trained; the others take its values and
+    say whose, and the report and the front count it once."""
+    url = f"sqlite:///{tmp_path}/d.db"
+    one = ["--preset", "tiny", "--growth-rate", "8:8", "--convs", "1:1"]
+    one += ["--compression", "0.5:0.5:0.25", "--budget", "smoke", "--trials", "3"]
+    assert main([*one, "--study", "d", "--storage", url]) == 0
+    trials = complete(load(url, "d"))
+    assert len(trials) == 3
+    first, *rest = trials
+    assert first.user_attrs["trained"] is True and "duplicate_of" not in first.user_attrs
+    for t in rest:
+        assert t.user_attrs["duplicate_of"] == first.number and t.values == first.values
+        assert (
+            t.user_attrs["trained"] is False
+            and t.user_attrs["config"] == first.user_attrs["config"]
+        )
+        assert "train_seconds" not in t.user_attrs  # nothing was trained
+    out = capsys.readouterr().out
+    assert out.count("the network of trial 0: its values, not trained again") == 2
+    assert "(0 failed, 2 repeating a trained network, 1 worker)" in out
+    assert "Pareto front: 1 trial (" in out

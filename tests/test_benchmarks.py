@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,3 +33,44 @@ def test_throughput_tiny(tmp_path: Path, real_data_dir) -> None:
     parts = r["c_search"][0]["median_parts_seconds"]
     assert {"sample", "cost_and_attrs", "warmup", "steady_train", "eval"} <= set(parts)
     assert r["d_cpu_side"]["median_seconds"]["fvcore"] > 0
+
+
+def test_fidelity_tiny_resumes_and_analyses(tmp_path: Path, real_data_dir, capsys) -> None:
+    """fidelity.py at its tiny CPU setting: every run a JSON line, a second run trains
+    nothing, the analysis names each signal with an interval (nothing timed or ranked)."""
+    fidelity = load("fidelity")
+    results, out = tmp_path / "f.jsonl", tmp_path / "f.json"
+    argv = ["--tiny", "--preset", "cifar", "--device", "cpu", "--results", str(results)]
+    assert fidelity.main([*argv, "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(rows) == 3 * 3 + 2 * 2 * 2  # 3 archs x 3 budgets, 2 archs x 2 seeds x 2
+    assert {r["budget"] for r in rows} == {"short", "long", "final"}
+    assert fidelity.main(argv) == 0
+    assert "17 of 17 runs done before, 0 to go" in capsys.readouterr().out
+    assert len(results.read_text().splitlines()) == 17
+    analysis = json.loads(out.read_text())
+    assert analysis["architectures"] == 3
+    signals = analysis["signals"]
+    assert {"short accuracy", "long accuracy", "-MACs", "params"} <= set(signals)
+    for s in signals.values():
+        # tau is undefined (nan) where one side is all ties: 3 tiny runs scored on 100
+        # images can tie; otherwise it and its interval lie in [-1, 1]
+        lo, hi = s["kendall_tau_95"]
+        assert math.isnan(s["kendall_tau"]) or -1 <= s["kendall_tau"] <= 1
+        assert (math.isnan(lo) and math.isnan(hi)) or -1 <= lo <= hi <= 1
+    assert len(analysis["seed_noise"]["final"]["seed_stdev"]) == 2
+    assert out.with_suffix(".html").read_text().count("Plotly.newPlot") == 1
+
+
+def test_rank_statistics_against_known_values() -> None:
+    """Kendall tau-b and Spearman rho on hand-checked cases, ties included."""
+    fidelity = load("fidelity")
+    assert fidelity.kendall_tau([1, 2, 3, 4], [1, 2, 3, 4]) == 1.0
+    assert fidelity.kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
+    # one swapped pair of 6: (5 - 1) / 6
+    assert abs(fidelity.kendall_tau([1, 2, 3, 4], [1, 2, 4, 3]) - 4 / 6) < 1e-12
+    # tau-b with a tie in y: C=5, D=0, ties_y=1 -> 5 / sqrt(6 * 5)
+    assert abs(fidelity.kendall_tau([1, 2, 3, 4], [1, 2, 3, 3]) - 5 / 30**0.5) < 1e-12
+    assert fidelity.ranks([10, 30, 20, 20]) == [1.0, 4.0, 2.5, 2.5]
+    assert abs(fidelity.spearman_rho([1, 2, 3, 4], [1, 2, 4, 3]) - 0.8) < 1e-12
+    assert fidelity.top_quarter_overlap([4, 3, 2, 1], [4, 3, 2, 1]) == 1.0

@@ -42,6 +42,7 @@ from nas.config import D2L_CHAPTER, ArchConfig
 from nas.cost import closed_form_macs
 from nas.data import load_fashion_mnist
 from nas.fit import pick_device, train_and_evaluate
+from nas.front import kendall_tau, spearman_rho
 from nas.model import build_model, count_params
 from nas.space import PRESETS, SearchSpace
 
@@ -88,51 +89,6 @@ def make_list() -> dict[str, list[dict]]:
                 configs.append(c)
         out[name] = [c.to_dict() for c in configs]
     return out
-
-
-def kendall_tau(x: list[float], y: list[float]) -> float:
-    """Kendall's tau-b (ties in either list count for neither side)."""
-    concordant = discordant = ties_x = ties_y = 0
-    for i in range(len(x)):
-        for j in range(i + 1, len(x)):
-            dx, dy = x[i] - x[j], y[i] - y[j]
-            if dx == 0 and dy == 0:
-                continue
-            if dx == 0:
-                ties_x += 1
-            elif dy == 0:
-                ties_y += 1
-            elif (dx > 0) == (dy > 0):
-                concordant += 1
-            else:
-                discordant += 1
-    n1 = concordant + discordant + ties_x
-    n2 = concordant + discordant + ties_y
-    return (concordant - discordant) / math.sqrt(n1 * n2) if n1 and n2 else float("nan")
-
-
-def ranks(v: list[float]) -> list[float]:
-    """Ranks 1..n, ties sharing their average rank."""
-    order = sorted(range(len(v)), key=lambda i: v[i])
-    out = [0.0] * len(v)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            out[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return out
-
-
-def spearman_rho(x: list[float], y: list[float]) -> float:
-    rx, ry = ranks(x), ranks(y)
-    mx, my = statistics.fmean(rx), statistics.fmean(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    sx = math.sqrt(sum((a - mx) ** 2 for a in rx))
-    sy = math.sqrt(sum((b - my) ** 2 for b in ry))
-    return cov / (sx * sy) if sx and sy else float("nan")
 
 
 def bootstrap(stat, x: list[float], y: list[float], n: int = 2000) -> tuple[float, float]:

@@ -12,14 +12,16 @@ Fashion-MNIST, accuracy against MACs (fvcore). Each command has --help.
                          --preset tiny for a quick look on a CPU)
   python -m nas.report   one offline HTML page of a study: Pareto front, hypervolume,
                          importances, the Pareto table as CSV
+  python -m nas.refine   train a study's most promising networks again at a higher
+                         budget (and several seeds): does the ranking hold?
   python -m nas.dashboard  optuna-dashboard on a study
   python -m nas.export   write one architecture of a study as JSON (--pick knee, ...)
   python -m nas.cost     parameters and MACs (fvcore) of an architecture JSON
   python -m nas.train    train an exported architecture on all 60k training images
                          and score it on the test set
 
-The same commands are installed as nas-search, nas-report, nas-dashboard, nas-export,
-nas-cost and nas-train.
+The same commands are installed as nas-search, nas-report, nas-refine, nas-dashboard,
+nas-export, nas-cost and nas-train.
 """
 
 

@@ -111,6 +111,16 @@ BUDGETS: dict[str, TrainBudget] = {
     "smoke": TrainBudget(
         "smoke", train_images=512, val_images=500, batch_size=32, lr=0.1, bn_recalibration=256
     ),
+    # The smoke budget four times over: a higher budget for nas.refine of a smoke study on
+    # a CPU (demos and tests); it ranks nothing either.
+    "smoke-long": TrainBudget(
+        "smoke-long",
+        train_images=2048,
+        val_images=500,
+        batch_size=32,
+        lr=0.1,
+        bn_recalibration=256,
+    ),
     # About one epoch of the 50k train split: the default, meant for a GPU.
     "short": TrainBudget("short", train_images=50_000, val_images=10_000),
     # Five epochs: slower, closer to the final accuracy.

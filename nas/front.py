@@ -6,6 +6,12 @@ module adds what Optuna does not: which trials are usable (complete, trained, fe
 a knee that is stable, and a hypervolume history against a reference point that is fixed
 for the study, computed incrementally in one pass.
 
+Refining (nas.refine) picks the most promising trials by NSGA-II's rule: whole
+non-dominated fronts while they fit, then the most spread-out members of the next.
+
+Noise: two accuracies are told apart only when they differ by more than twice the
+standard deviation of their difference (`within_noise`).
+
 Knee: the front point farthest above the chord that joins the front's two ends, in the
 plot's own axes (accuracy against log10 MACs). The distance to a line scales by the same
 factor for every point when either axis is rescaled, so the pick does not depend on
@@ -17,6 +23,7 @@ chord (no knee), the pick is the most accurate point.
 from __future__ import annotations
 
 import math
+import statistics
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -28,11 +35,18 @@ from nas.space import SearchSpace
 
 __all__ = [
     "REF_ACCURACY",
+    "crowding_distance",
     "hypervolume_history",
     "hypervolume_reference",
+    "kendall_tau",
     "knee_index",
+    "most_promising",
+    "nondominated_fronts",
     "pareto_front",
+    "ranks",
+    "spearman_rho",
     "usable_trials",
+    "within_noise",
 ]
 
 REF_ACCURACY = 0.1  # chance on 10 classes: the hypervolume's reference accuracy
@@ -113,3 +127,100 @@ def hypervolume_history(
             xs[start:j], ys[start:j] = [x], [acc]
         out.append(hv)
     return out
+
+
+def nondominated_fronts(points: Sequence[tuple[float, float]]) -> list[list[int]]:
+    """Indices of (accuracy, MMACs) points sorted into fronts: the first front, then the
+    front of what is left, and so on (NSGA-II's non-dominated sorting)."""
+
+    def dominates(p: tuple[float, float], q: tuple[float, float]) -> bool:
+        return p[0] >= q[0] and p[1] <= q[1] and p != q
+
+    left, fronts = list(range(len(points))), []
+    while left:
+        front = [i for i in left if not any(dominates(points[j], points[i]) for j in left)]
+        fronts.append(front)
+        left = [i for i in left if i not in front]
+    return fronts
+
+
+def crowding_distance(points: Sequence[tuple[float, float]]) -> list[float]:
+    """NSGA-II's crowding distance within one front, in accuracy and log10 MMACs: the
+    ends are infinitely far; inner points by the normalised gap between their neighbours."""
+    n, out = len(points), [0.0] * len(points)
+    axes = ([p[0] for p in points], [math.log10(p[1]) for p in points])
+    for values in axes:
+        order = sorted(range(n), key=values.__getitem__)
+        span = values[order[-1]] - values[order[0]]
+        out[order[0]] = out[order[-1]] = math.inf
+        for k in range(1, n - 1):
+            if span > 0:
+                out[order[k]] += (values[order[k + 1]] - values[order[k - 1]]) / span
+    return out
+
+
+def most_promising(points: Sequence[tuple[float, float]], k: int) -> list[int]:
+    """k indices: whole fronts in order while they fit, then the most spread-out members
+    (largest crowding distance) of the first front that does not."""
+    chosen: list[int] = []
+    for front in nondominated_fronts(points):
+        if len(chosen) + len(front) <= k:
+            chosen += front
+            continue
+        crowd = crowding_distance([points[i] for i in front])
+        by_spread = sorted(range(len(front)), key=lambda j: -crowd[j])
+        chosen += [front[j] for j in by_spread[: k - len(chosen)]]
+        break
+    return chosen
+
+
+def within_noise(a: float, b: float, seed_stdev: float, seeds: int = 1) -> bool:
+    """Can two accuracies, each a mean of `seeds` runs with this per-run seed stdev, not be
+    told apart? Their difference has stdev sigma * sqrt(2 / seeds); differences under
+    twice that (about a 95% band) are noise, not a ranking."""
+    return abs(a - b) < 2 * seed_stdev * math.sqrt(2 / seeds)
+
+
+def kendall_tau(x: list[float], y: list[float]) -> float:
+    """Kendall's tau-b (ties in either list count for neither side)."""
+    concordant = discordant = ties_x = ties_y = 0
+    for i in range(len(x)):
+        for j in range(i + 1, len(x)):
+            dx, dy = x[i] - x[j], y[i] - y[j]
+            if dx == 0 and dy == 0:
+                continue
+            if dx == 0:
+                ties_x += 1
+            elif dy == 0:
+                ties_y += 1
+            elif (dx > 0) == (dy > 0):
+                concordant += 1
+            else:
+                discordant += 1
+    n1 = concordant + discordant + ties_x
+    n2 = concordant + discordant + ties_y
+    return (concordant - discordant) / math.sqrt(n1 * n2) if n1 and n2 else float("nan")
+
+
+def ranks(v: list[float]) -> list[float]:
+    """Ranks 1..n, ties sharing their average rank."""
+    order = sorted(range(len(v)), key=lambda i: v[i])
+    out = [0.0] * len(v)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def spearman_rho(x: list[float], y: list[float]) -> float:
+    rx, ry = ranks(x), ranks(y)
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    sx = math.sqrt(sum((a - mx) ** 2 for a in rx))
+    sy = math.sqrt(sum((b - my) ** 2 for b in ry))
+    return cov / (sx * sy) if sx and sy else float("nan")

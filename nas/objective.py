@@ -127,7 +127,8 @@ class Objective:
     def _run(self, trial: optuna.Trial) -> tuple[float, float]:
         t0 = time.perf_counter()
         config = sample(trial, self.space)
-        twin = trained_twin(trial, config.to_dict())
+        seed = trial.user_attrs.get("seed")  # nas.refine's trials name their seed
+        twin = trained_twin(trial, config.to_dict(), seed)
         if twin is not None:  # TPE proposes what it has seen: never train it twice
             for key in ("config", "params", "macs_fvcore"):
                 trial.set_user_attr(key, twin.user_attrs[key])
@@ -147,7 +148,7 @@ class Objective:
             trial.set_user_attr("trained", False)
             return 0.0, mmacs
         d = self.data
-        b = self.budget
+        b = self.budget if seed is None else self.budget.with_seed(seed)
         progress = TrialProgress(f"{self.label}trial {trial.number:>4}", b.steps, b.batch_size)
         r = train_and_evaluate(config, b, d.train_x, d.train_y, d.val_x, d.val_y, on_step=progress)
         t3 = time.perf_counter()
@@ -180,10 +181,13 @@ class Objective:
         return over > 0
 
 
-def trained_twin(trial: optuna.Trial, config: dict) -> optuna.trial.FrozenTrial | None:
-    """The study's first complete, trained trial of exactly this architecture, if any (a
-    study holds one budget, so its accuracy is this trial's too)."""
+def trained_twin(
+    trial: optuna.Trial, config: dict, seed: int | None = None
+) -> optuna.trial.FrozenTrial | None:
+    """The study's first complete, trained trial of exactly this architecture and seed, if
+    any (a study holds one budget, so its accuracy is this trial's too)."""
     for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if t.user_attrs.get("trained") is True and t.user_attrs.get("config") == config:
+        a = t.user_attrs
+        if a.get("trained") is True and a.get("config") == config and a.get("seed") == seed:
             return t
     return None

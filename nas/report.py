@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import sys
 import warnings
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ from nas.front import (
     pareto_front,
     usable_trials,
 )
+from nas.refine import linked_refinements
 from nas.storage import default_storage_url, load_study, open_storage
 
 __all__ = ["main", "trials_frame", "write_report"]
@@ -157,7 +159,9 @@ def log_ticks(values: pd.Series) -> list[float]:
     return [v for v in ticks if values.min() / 2 <= v <= values.max() * 2]
 
 
-def pareto_figure(df: pd.DataFrame) -> go.Figure:
+def pareto_figure(
+    df: pd.DataFrame, refined: dict[str, dict[int, list[float]]] | None = None
+) -> go.Figure:
     fig = go.Figure()
     trained = df[df["val_accuracy"].notna()]
     front = trained[trained["status"] == "pareto"].sort_values(MACS)
@@ -185,6 +189,38 @@ def pareto_figure(df: pd.DataFrame) -> go.Figure:
                 "over the MAC budget (not trained)",
                 {"symbol": "x", "color": "#444", "size": 8},
                 hovertext=[f"{h}<br>not trained" for h in _hover(over)],
+            )
+        )
+    for budget, runs in (refined or {}).items():  # nas.refine: cheap -> refined, visibly
+        rows = trained[trained["trial"].isin(list(runs))]
+        means = [statistics.fmean(runs[n]) for n in rows["trial"]]
+        sds = [statistics.stdev(runs[n]) if len(runs[n]) > 1 else 0.0 for n in rows["trial"]]
+        seeds = max(len(v) for v in runs.values())
+        xs, ys = [], []
+        for (_, r), m in zip(rows.iterrows(), means):
+            xs += [r[MACS], r[MACS], None]
+            ys += [r["val_accuracy"], m, None]
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="lines",
+                line={"color": "#2ca02c", "width": 1, "dash": "dot"},
+                hoverinfo="skip",
+                showlegend=False,
+            )
+        )
+        fig.add_trace(
+            _points(
+                rows,
+                means,
+                f"refined at {budget} (mean of {seeds} seed{'s' if seeds > 1 else ''})",
+                {"color": "#2ca02c", "size": 10, "symbol": "diamond"},
+                error_y={"type": "data", "array": sds, "visible": seeds > 1},
+                hovertext=[
+                    f"{h}<br>refined at {budget}: {m:.4f} (+-{sd:.4f}, {len(runs[n])} seeds)"
+                    for h, m, sd, n in zip(_hover(rows), means, sds, rows["trial"])
+                ],
             )
         )
     ref = trained[trained["reference"]]
@@ -366,7 +402,7 @@ def write_report(study: optuna.Study, out: Path, table_format: str | None = None
         "batch 1, in millions.</p>" + "".join(f'<p class="caution">{c}</p>' for c in cautions)
     )
     figures = [
-        pareto_figure(df),
+        pareto_figure(df, linked_refinements(study)),
         hypervolume_figure(df, study),
         importance_figure(study),
         dependence_figure(df),

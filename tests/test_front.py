@@ -118,3 +118,37 @@ def test_front_of_a_real_study(tmp_path) -> None:
     front = pareto_front(study)
     assert {t.number for t in front} == {t.number for t in usable if not dominated(t)}
     assert [t.values[1] for t in front] == sorted(t.values[1] for t in front)
+
+
+def test_fronts_crowding_and_the_most_promising() -> None:
+    from nas.front import crowding_distance, most_promising, nondominated_fronts
+
+    pts = [(0.80, 10.0), (0.85, 20.0), (0.90, 40.0), (0.82, 20.0), (0.84, 40.0), (0.70, 50.0)]
+    assert nondominated_fronts(pts) == [[0, 1, 2], [3, 4], [5]]
+    crowd = crowding_distance([(0.80, 10.0), (0.85, 20.0), (0.86, 40.0), (0.90, 80.0)])
+    assert crowd[0] == crowd[3] == math.inf
+    # inner points: the gap between neighbours, normalised on each axis (log10 MACs)
+    assert crowd[1] == pytest.approx((0.86 - 0.80) / 0.10 + math.log10(4) / math.log10(8))
+    assert most_promising(pts, 3) == [0, 1, 2]  # the whole first front fits
+    assert sorted(most_promising(pts, 4)) == [0, 1, 2, 3] or sorted(most_promising(pts, 4)) == [
+        0,
+        1,
+        2,
+        4,
+    ]
+    # of a front that does not fit, the ends (infinitely crowded-apart) go first
+    assert sorted(most_promising([(0.80, 10.0), (0.85, 20.0), (0.86, 40.0), (0.9, 80.0)], 2)) == [
+        0,
+        3,
+    ]
+
+
+def test_the_noise_rule() -> None:
+    from nas.front import within_noise
+
+    # one run each, stdev 0.002: a difference has stdev 0.00283; noise below 0.00566
+    assert within_noise(0.890, 0.895, 0.002)
+    assert not within_noise(0.890, 0.896, 0.002)
+    # means of 4 seeds: the difference's stdev halves (0.002 * sqrt(2/4))
+    assert not within_noise(0.890, 0.893, 0.002, seeds=4)
+    assert within_noise(0.890, 0.892, 0.002, seeds=4)

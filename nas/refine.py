@@ -1,0 +1,216 @@
+"""`python -m nas.refine`: confirm a study's front at a higher budget.
+
+Picks the K most promising trained, feasible architectures of study S (NSGA-II's rule,
+nas.front.most_promising), trains each at a higher budget, N seeds each, into a linked
+study `S-refined-BUDGET` in the same storage (its own experiment record, the budget
+included; each trial names its `source_trial` and `seed`), and prints per architecture
+the cheap and the refined accuracy, Kendall tau between them over the K, which members
+of S's front stay on the refined front, and with N >= 2 the seed noise and which refined
+front points are within it of each other (nas.front.within_noise). Re-running continues
+where it stopped. `nas.report --study S` draws the refined accuracies when the linked
+study exists; `nas.export` and `nas.dashboard` work on the linked study as on any other.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+
+import optuna
+
+from nas.budget import BUDGETS, get_budget
+from nas.cli import UsageError, make_parser, run_cli
+from nas.front import (
+    kendall_tau,
+    most_promising,
+    nondominated_fronts,
+    pareto_front,
+    usable_trials,
+    within_noise,
+)
+from nas.storage import default_storage_url, load_study, open_or_create_study, open_storage
+
+__all__ = ["linked_refinements", "main", "refined_name"]
+
+
+def refined_name(study: str, budget: str) -> str:
+    return f"{study}-refined-{budget}"
+
+
+def linked_refinements(study: optuna.Study) -> dict[str, dict[int, list[float]]]:
+    """{budget name: {source trial number: [refined accuracy per seed]}} of every study
+    that refines `study` in its storage (empty if none)."""
+    out: dict[str, dict[int, list[float]]] = {}
+    for summary in optuna.get_all_study_summaries(study._storage, include_best_trial=False):
+        if summary.user_attrs.get("source_study") != study.study_name:
+            continue
+        linked = optuna.load_study(study_name=summary.study_name, storage=study._storage)
+        accs: dict[int, list[float]] = {}
+        for t in usable_trials(linked):
+            accs.setdefault(t.user_attrs["source_trial"], []).append(t.values[0])
+        out[summary.user_attrs["budget"]["name"]] = accs
+    return out
+
+
+def _run(argv: list[str] | None) -> int:
+    p = make_parser("nas.refine", __doc__.split("\n\n")[0].split(": ", 1)[1])
+    p.add_argument("--study", required=True, help="the study to refine")
+    p.add_argument("--storage", help="Optuna storage URL (default sqlite:///studies/STUDY.db)")
+    p.add_argument(
+        "--budget", choices=list(BUDGETS), default="long", help="higher budget (default long)"
+    )
+    p.add_argument("--top", type=int, default=8, metavar="K", help="architectures (default 8)")
+    p.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds each (default 1)")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    p.add_argument("--data-dir", help="folder of the Fashion-MNIST IDX .gz files")
+    a = p.parse_args(argv)
+    if not 2 <= a.top <= 1000:
+        raise UsageError(f"--top must be in 2..1000, got {a.top}")
+    if not 1 <= a.seeds <= 20:
+        raise UsageError(f"--seeds must be in 1..20, got {a.seeds}")
+    url = a.storage or default_storage_url(a.study)
+    storage = open_storage(url, must_exist=True)
+    source = load_study(storage, a.study)
+    attrs = source.user_attrs
+    if "space" not in attrs or "budget" not in attrs:
+        raise UsageError(f"study {a.study!r} was not made by nas.search: nothing to refine")
+    if attrs["budget"]["name"] == a.budget:
+        raise UsageError(f"study {a.study!r} already has budget {a.budget!r}: pick a higher one")
+    trials = usable_trials(source)
+    if len(trials) < 2:
+        raise UsageError(f"study {a.study!r} has {len(trials)} trained trial(s): nothing to rank")
+    points = [(t.values[0], t.values[1]) for t in trials]
+    chosen = [trials[i] for i in most_promising(points, a.top)]
+
+    from nas.data import DataError, load_fashion_mnist
+    from nas.fit import pick_device
+    from nas.objective import CATCH, Objective
+    from nas.space import SearchSpace
+    from nas.step import precision
+    from nas.workers import make_sampler, trial_line
+
+    try:
+        device = pick_device(a.device)
+        data = load_fashion_mnist(a.data_dir)
+    except (ValueError, DataError) as e:
+        raise UsageError(str(e)) from None
+    space = SearchSpace.from_dict(attrs["space"])
+    budget = get_budget(a.budget)
+    experiment = {
+        "space": attrs["space"],
+        "max_mmacs": attrs.get("max_mmacs"),
+        "precision": precision(device),
+        "data": data.fingerprint,
+        "budget": budget.to_dict(),
+    }
+    name = refined_name(a.study, a.budget)
+    refined, created = open_or_create_study(storage, name, make_sampler("random", 0), experiment)
+    if created:
+        refined.set_user_attr("source_study", a.study)
+    have = {
+        (t.user_attrs.get("source_trial"), t.user_attrs.get("seed"))
+        for t in refined.get_trials(
+            deepcopy=False,
+            states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.WAITING),
+        )
+    }
+    for t in chosen:
+        for seed in range(a.seeds):
+            if (t.number, seed) not in have:
+                refined.enqueue_trial(
+                    t.params, user_attrs={"source_trial": t.number, "seed": seed}
+                )
+    queued = len(refined.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+    print(
+        f"refining {len(chosen)} of {len(trials)} trained trials of {a.study!r} at budget "
+        f"{a.budget!r}, {a.seeds} seed(s) each, into {name!r}: {queued} runs to go",
+        flush=True,
+    )
+
+    def on_trial(_: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+        print(
+            f"{trial_line(t)}  (source trial {t.user_attrs.get('source_trial')}, seed "
+            f"{t.user_attrs.get('seed')})",
+            flush=True,
+        )
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    objective = Objective(space, budget, data.to(device), attrs.get("max_mmacs"))
+
+    def queued_only(trial: optuna.Trial) -> tuple[float, float]:
+        if "source_trial" not in trial.user_attrs:  # another process took the last one
+            raise optuna.TrialPruned("nothing queued")
+        return objective(trial)
+
+    waiting = (optuna.trial.TrialState.WAITING,)
+    while refined.get_trials(deepcopy=False, states=waiting):
+        refined.optimize(queued_only, n_trials=1, catch=CATCH, callbacks=[on_trial])
+    print(summary(source, chosen, refined, a.seeds))
+    return 0
+
+
+def summary(
+    source: optuna.Study,
+    chosen: list[optuna.trial.FrozenTrial],
+    refined: optuna.Study,
+    seeds: int,
+) -> str:
+    """The table: cheap vs refined accuracy, tau, who stays on the front, the noise."""
+    runs: dict[int, list[float]] = {}
+    for t in usable_trials(refined):
+        runs.setdefault(t.user_attrs["source_trial"], []).append(t.values[0])
+    done = [t for t in chosen if t.number in runs]
+    if not done:
+        return "no refined run finished yet"
+    mean = {t.number: statistics.fmean(runs[t.number]) for t in done}
+    sds = [statistics.stdev(runs[t.number]) for t in done if len(runs[t.number]) >= 2]
+    pooled = math.sqrt(statistics.fmean(sd * sd for sd in sds)) if sds else None
+    if pooled is not None:
+        refined.set_user_attr("seed_stdev", {"stdev": pooled, "seeds": seeds, "of": len(sds)})
+    old_front = {t.number for t in pareto_front(source)}
+    points = [(mean[t.number], t.values[1]) for t in done]
+    new_front = {done[i].number for i in nondominated_fronts(points)[0]}
+    budget = refined.user_attrs["budget"]["name"]
+    lines = [
+        f"{'trial':>5}  {'MMACs':>9}  {source.user_attrs['budget']['name']:>8}  "
+        f"{budget + ' (mean)':>12}  front"
+    ]
+    for t in sorted(done, key=lambda t: t.values[1]):
+        where = (
+            ("stays" if t.number in new_front else "drops off")
+            if t.number in old_front
+            else ("joins" if t.number in new_front else "-")
+        )
+        spread = f" +-{statistics.stdev(runs[t.number]):.4f}" if len(runs[t.number]) > 1 else ""
+        lines.append(
+            f"{t.number:>5}  {t.values[1]:>9.3f}  {t.values[0]:>8.4f}  "
+            f"{mean[t.number]:>12.4f}{spread}  {where}"
+        )
+    tau = kendall_tau([t.values[0] for t in done], [mean[t.number] for t in done])
+    lines.append(
+        f"Kendall tau between the two budgets over these {len(done)}: {tau:+.2f} "
+        "(1: the same order; 0: no relation)"
+    )
+    if pooled is not None:
+        front = sorted((t for t in done if t.number in new_front), key=lambda t: t.values[1])
+        ties = [
+            f"{x.number}~{y.number}"
+            for i, x in enumerate(front)
+            for y in front[i + 1 :]
+            if within_noise(mean[x.number], mean[y.number], pooled, seeds)
+        ]
+        lines.append(
+            f"seed noise at {budget}: stdev {pooled:.4f} per run (pooled over {len(sds)} "
+            f"architectures, {seeds} seeds each); refined front points within noise of "
+            f"each other: {', '.join(ties) or 'none'}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("nas.refine", _run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""nas.refine end to end on a real smoke study (CPU, real Fashion-MNIST), the report's
+refined points in headless Chromium, and its bad inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from browser import chromium, screenshot
+from nas.front import usable_trials
+from nas.refine import main
+from nas.report import main as report
+from nas.search import main as search
+
+SMALL = ["--preset", "tiny", "--growth-rate", "8:12:4", "--convs", "1:2", "--budget", "smoke"]
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory, real_data_dir) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('refine')}/r.db"
+    argv = [*SMALL, "--trials", "5", "--sampler", "random", "--seed", "3"]
+    assert search([*argv, "--study", "r", "--storage", url]) == 0
+    return url
+
+
+def test_refine_trains_the_chosen_at_the_higher_budget_and_resumes(url: str, capsys) -> None:
+    argv = ["--study", "r", "--storage", url, "--budget", "smoke-long", "--top", "2"]
+    assert main([*argv, "--seeds", "2"]) == 0
+    out = capsys.readouterr().out
+    refined = optuna.load_study(study_name="r-refined-smoke-long", storage=url)
+    assert refined.user_attrs["source_study"] == "r"
+    assert refined.user_attrs["budget"]["name"] == "smoke-long"
+    source = optuna.load_study(study_name="r", storage=url)
+    trials = refined.trials
+    assert len(trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    pairs = sorted((t.user_attrs["source_trial"], t.user_attrs["seed"]) for t in trials)
+    sources = sorted({s for s, _ in pairs})
+    assert pairs == [(s, seed) for s in sources for seed in (0, 1)]
+    for t in trials:  # the same network as its source trial, trained at the higher budget
+        assert t.params == source.trials[t.user_attrs["source_trial"]].params
+        assert t.user_attrs["trained"] is True
+    # the two seeds of one network are two trainings, not one reused
+    by_source = {}
+    for t in trials:
+        by_source.setdefault(t.user_attrs["source_trial"], []).append(t.user_attrs["final_loss"])
+    assert all(a != b for a, b in by_source.values())
+    assert "Kendall tau between the two budgets over these 2:" in out
+    assert "seed noise at smoke-long: stdev" in out
+    assert refined.user_attrs["seed_stdev"]["seeds"] == 2
+    for s in sources:
+        assert f"\n{s:>5}  " in out  # one line per refined architecture
+
+    assert main([*argv, "--seeds", "2"]) == 0  # nothing left: resumes to no work
+    assert "0 runs to go" in capsys.readouterr().out
+    assert len(optuna.load_study(study_name="r-refined-smoke-long", storage=url).trials) == 4
+
+
+def test_report_draws_the_refined_points(url: str, tmp_path: Path) -> None:
+    if not optuna.study.get_all_study_names(url).count("r-refined-smoke-long"):
+        argv = ["--study", "r", "--storage", url, "--budget", "smoke-long", "--top", "2"]
+        assert main([*argv, "--seeds", "2"]) == 0
+    out = tmp_path / "r.html"
+    assert report(["--study", "r", "--storage", url, "--out", str(out), "--no-artifacts"]) == 0
+    driver = chromium()
+    try:
+        driver.get(out.as_uri())
+        trace = driver.execute_script(
+            "const g = document.getElementById('fig0');"
+            "const t = g.data.find(t => (t.name || '').startsWith('refined at'));"
+            "return t && [t.name, t.y.length, t.error_y.visible];"
+        )
+        screenshot(driver, "report-refined")
+    finally:
+        driver.quit()
+    assert trace == ["refined at smoke-long (mean of 2 seeds)", 2, True]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--budget", "smoke"], "already has budget 'smoke'"),
+        (["--top", "1"], "--top must be in 2..1000"),
+        (["--seeds", "0"], "--seeds must be in 1..20"),
+        (["--study", "nope"], "no study named 'nope'"),
+    ],
+)
+def test_bad_refine_input(url: str, capsys, args: list[str], message: str) -> None:
+    base = {"--study": "r", "--storage": url, "--budget": "smoke-long"}
+    for k, v in zip(args[::2], args[1::2]):
+        base[k] = v
+    assert main([x for kv in base.items() for x in kv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nas.refine: error: ") and message in err and err.count("\n") == 1
+
+
+def test_usable_trials_of_the_source_are_the_candidates(url: str) -> None:
+    source = optuna.load_study(study_name="r", storage=url)
+    assert len(usable_trials(source)) >= 2

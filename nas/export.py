@@ -1,7 +1,9 @@
 """`python -m nas.export`: pick one architecture from a study and write it as JSON.
 
 Picks, among complete, trained, feasible trials:
-  accuracy       the highest validation accuracy (ties: fewer MACs)
+  accuracy       the highest validation accuracy (ties: fewer MACs); in a study that knows
+                 its seed noise (nas.refine --seeds N), the cheapest trial whose accuracy
+                 is within that noise of the best (nas.front.within_noise)
   knee           the Pareto-front trial farthest above the chord joining the front's two
                  ends, in accuracy vs log10 MACs (nas.front); the most accurate if none is
   max-mmacs=N   the highest accuracy with at most N million MACs (fvcore)
@@ -24,7 +26,7 @@ import optuna
 from sqlalchemy.engine import make_url
 
 from nas.cli import UsageError, make_parser, run_cli
-from nas.front import knee_index, pareto_front, usable_trials
+from nas.front import knee_index, pareto_front, usable_trials, within_noise
 from nas.storage import default_storage_url, load_study, open_storage
 
 __all__ = ["SCHEMA", "export_record", "main", "pick_trial"]
@@ -37,7 +39,14 @@ def pick_trial(study: optuna.Study, pick: str) -> optuna.trial.FrozenTrial:
     if not trials:
         raise UsageError(f"study {study.study_name!r} has no complete, trained, feasible trial")
     if pick == "accuracy":
-        return max(trials, key=lambda t: (t.values[0], -t.values[1]))
+        best = max(trials, key=lambda t: (t.values[0], -t.values[1]))
+        noise = study.user_attrs.get("seed_stdev")  # measured by nas.refine --seeds N
+        if not noise:
+            return best
+        # a noisy maximum is no pick: the cheapest whose accuracy the noise cannot tell
+        # from the best's (each trial here is one run: nas.front.within_noise, seeds=1)
+        near = [t for t in trials if within_noise(t.values[0], best.values[0], noise["stdev"])]
+        return min(near, key=lambda t: (t.values[1], -t.values[0]))
     if pick == "knee":
         front = pareto_front(study)
         return front[knee_index([(t.values[0], t.values[1]) for t in front])]

@@ -160,23 +160,35 @@ def log_ticks(values: pd.Series) -> list[float]:
 
 
 def pareto_figure(
-    df: pd.DataFrame, refined: dict[str, dict[int, list[float]]] | None = None
+    df: pd.DataFrame,
+    refined: dict[str, dict[int, list[float]]] | None = None,
+    seed_stdev: float | None = None,
 ) -> go.Figure:
+    """seed_stdev: the study's measured per-run noise (nas.refine --seeds), drawn as +-1
+    stdev error bars on every trained point."""
     fig = go.Figure()
     trained = df[df["val_accuracy"].notna()]
     front = trained[trained["status"] == "pareto"].sort_values(MACS)
     dominated = trained[trained["status"] == "dominated"]
+    bars = {"type": "constant", "value": seed_stdev or 0.0, "visible": seed_stdev is not None}
     fig.add_trace(
-        _points(dominated, dominated["val_accuracy"], "dominated", {"color": "#9aa5b1", "size": 8})
+        _points(
+            dominated,
+            dominated["val_accuracy"],
+            "dominated",
+            {"color": "#9aa5b1", "size": 8},
+            error_y=bars,
+        )
     )
     fig.add_trace(
         _points(
             front,
             front["val_accuracy"],
-            "Pareto front",
+            "Pareto front" + (f" (bars: seed stdev {seed_stdev:.4f})" if seed_stdev else ""),
             {"color": "#d62728", "size": 11},
             mode="lines+markers",
             line={"shape": "hv", "color": "#d62728"},
+            error_y=bars,
         )
     )
     over = df[df["status"] == "not trained (over MAC budget)"]
@@ -402,7 +414,9 @@ def write_report(study: optuna.Study, out: Path, table_format: str | None = None
         "batch 1, in millions.</p>" + "".join(f'<p class="caution">{c}</p>' for c in cautions)
     )
     figures = [
-        pareto_figure(df, linked_refinements(study)),
+        pareto_figure(
+            df, linked_refinements(study), (study.user_attrs.get("seed_stdev") or {}).get("stdev")
+        ),
         hypervolume_figure(df, study),
         importance_figure(study),
         dependence_figure(df),

@@ -125,3 +125,23 @@ def test_a_printed_number_typed_back_means_what_it_says(study_url: str, tmp_path
     assert main([*base, "--pick", f"max-mmacs={smallest}"]) == 0
     picked = json.loads((tmp_path / "o.json").read_text())["metrics"]["mmacs_fvcore"]
     assert f"{picked:.6f}" == smallest
+
+
+def test_pick_accuracy_within_measured_noise(tmp_path: Path) -> None:
+    """With a measured seed stdev of 0.002 (one run per trial: differences under
+    2 * 0.002 * sqrt(2) = 0.00566 are noise), --pick accuracy takes the cheapest trial
+    within noise of the best; without a measured noise, the best."""
+    from nas.export import pick_trial
+
+    study = optuna.create_study(
+        study_name="n", storage=f"sqlite:///{tmp_path}/n.db", directions=["maximize", "minimize"]
+    )
+    for acc, mmacs in ((0.900, 100.0), (0.896, 40.0), (0.893, 20.0), (0.880, 5.0)):
+        study.add_trial(
+            optuna.trial.create_trial(
+                values=[acc, mmacs], user_attrs={"trained": True, "config": {}}
+            )
+        )
+    assert pick_trial(study, "accuracy").values == [0.900, 100.0]
+    study.set_user_attr("seed_stdev", {"stdev": 0.002, "seeds": 3, "of": 4})
+    assert pick_trial(study, "accuracy").values == [0.896, 40.0]

@@ -98,3 +98,17 @@ def test_bad_refine_input(url: str, capsys, args: list[str], message: str) -> No
 def test_usable_trials_of_the_source_are_the_candidates(url: str) -> None:
     source = optuna.load_study(study_name="r", storage=url)
     assert len(usable_trials(source)) >= 2
+
+
+def test_refined_study_reports_its_noise(url: str, tmp_path: Path) -> None:
+    """The linked study knows its seed noise: its report draws it on every point."""
+    if not optuna.study.get_all_study_names(url).count("r-refined-smoke-long"):
+        argv = ["--study", "r", "--storage", url, "--budget", "smoke-long", "--top", "2"]
+        assert main([*argv, "--seeds", "2"]) == 0
+    out = tmp_path / "refined.html"
+    argv = ["--study", "r-refined-smoke-long", "--storage", url, "--out", str(out)]
+    assert report([*argv, "--no-artifacts"]) == 0
+    stdev = optuna.load_study(study_name="r-refined-smoke-long", storage=url).user_attrs[
+        "seed_stdev"
+    ]["stdev"]
+    assert f"Pareto front (bars: seed stdev {stdev:.4f})" in out.read_text()

@@ -180,20 +180,15 @@ PRESETS: dict[str, SearchSpace] = {
         bottleneck=True,
         convention="paper",
     ),
-    # The cifar layout cut down for a CPU: a smoke trial in about a second, for demos.
-    "tiny": SearchSpace(
-        preset="tiny",
-        growth_rate=(8, 16, 4),
-        convs_per_block=(1, 4),
-        compression=(0.5, 1.0, 0.25),
-        num_blocks=3,
-        stem="cifar",
-        stem_channels=0,
-        image_size=28,
-        bottleneck=True,
-        convention="paper",
-    ),
 }
+# The cifar layout cut down for a CPU: a smoke trial in about a second, for demos.
+PRESETS["tiny"] = replace(
+    PRESETS["cifar"],
+    preset="tiny",
+    growth_rate=(8, 16, 4),
+    convs_per_block=(1, 4),
+    compression=(0.5, 1.0, 0.25),
+)
 
 
 def sample(trial: optuna.trial.BaseTrial, space: SearchSpace) -> ArchConfig:

@@ -82,7 +82,7 @@ class TrainBudget:
         total = self.steps
         warm = max(1, round(self.warmup * total))
         if step < warm:
-            return self.lr * (step + 1) / warm
+            return self.lr * ((step + 1) / warm)  # the ratio first: exactly lr at the peak
         return self.lr * max(0.0, (total - step) / (total - warm + 1))
 
     def to_dict(self) -> dict[str, Any]:

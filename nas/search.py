@@ -155,8 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seed",
         type=_non_negative_int,
-        help="sampler seed, for a reproducible run (default: a fresh one per process; give "
-        "each machine its own when several share a study)",
+        help="sampler seed, for a reproducible run: each trial's draw follows from the seed "
+        "and its trial number, so hosts sharing a study with one seed draw different trials "
+        "(default: a fresh seed per process)",
     )
     p.add_argument(
         "--device",

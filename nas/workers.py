@@ -5,9 +5,10 @@ trials, and asks the shared study (through its storage) for one trial at a time.
 workers on one machine share a counter of trials still to run, so a run of --trials T
 makes exactly T trials whatever their durations; workers on other machines (same
 storage, e.g. PostgreSQL) each bring their own --trials. Several GPUs: worker i uses GPU
-i mod count. Each worker's sampler is seeded from --seed, its host, process and index,
-so workers (and resumed runs) do not replay each other's draws; TPE's constant liar
-keeps them off each other's running trials.
+i mod count. With --seed, every sampler is reseeded before each trial from the seed and
+the trial's number (unique in the study), so runs are reproducible and no two workers or
+hosts draw alike; without it, each worker's sampler is seeded from its host, process
+and index. TPE's constant liar keeps workers off each other's running trials.
 """
 
 from __future__ import annotations
@@ -63,15 +64,48 @@ class WorkerSpec:
     heartbeat: int  # seconds between heartbeats of a running trial (nas.storage)
 
 
-def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
+class _TrialSeeded:
+    """Mixin for an Optuna sampler: before each trial its random streams are reseeded from
+    --seed and the trial's number. Trial numbers are unique in a study, so processes and
+    hosts that share it with one --seed never repeat each other's draws, and a run with a
+    given --seed draws the same as any other run whose trials got the same numbers. (It
+    sets Optuna's private `_rng` and `_random_sampler`, present in Optuna 5.)"""
+
+    nas_seed: int
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        seed = trial_seed(self.nas_seed, trial.number)
+        self._rng.rng.seed(seed)  # type: ignore[attr-defined]
+        inner = getattr(self, "_random_sampler", None)  # TPE's start-up, NSGA-II's mutation
+        if inner is not None:
+            inner._rng.rng.seed(seed)
+        super().before_trial(study, trial)  # type: ignore[misc]
+
+
+def trial_seed(seed: int, number: int) -> int:
+    text = f"{seed}:{number}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
+
+
+def make_sampler(
+    name: str, seed: int | None, per_trial: bool = False
+) -> optuna.samplers.BaseSampler:
+    """The sampler `name`, seeded by `seed`; per_trial: reseeded before every trial from
+    (seed, trial number) (what --seed means, see _TrialSeeded)."""
     if name == "tpe":
         # constant_liar: parallel workers do not all sample the same point.
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise ValueError(f"unknown sampler {name!r}")
+        cls, kwargs = optuna.samplers.TPESampler, {"multivariate": True, "constant_liar": True}
+    elif name == "nsga2":
+        cls, kwargs = optuna.samplers.NSGAIISampler, {}
+    elif name == "random":
+        cls, kwargs = optuna.samplers.RandomSampler, {}
+    else:
+        raise ValueError(f"unknown sampler {name!r}")
+    if not per_trial or seed is None:
+        return cls(seed=seed, **kwargs)
+    sampler = type(f"TrialSeeded{cls.__name__}", (_TrialSeeded, cls), {})(seed=seed, **kwargs)
+    sampler.nas_seed = seed
+    return sampler
 
 
 def trial_line(t: optuna.trial.FrozenTrial) -> str:
@@ -102,17 +136,11 @@ def trial_line(t: optuna.trial.FrozenTrial) -> str:
     return f"{head}  {t.state.name.lower()}: {reason}"
 
 
-def worker_seed(seed: int | None, index: int, existing: int) -> int:
-    """Each worker's own sampler stream, from this host's name, the worker index, the
-    number of trials already in the study, and --seed (reproducible on this host) or else
-    this process's id.
-
-    Workers of one run, runs that resume a study, and processes started at once on
-    several machines must not replay each other's random draws. With --seed, two
-    processes started at once on one host with the same seed would: give each its own.
-    """
-    base = str(seed) if seed is not None else f"pid {os.getpid()}"
-    text = f"{socket.gethostname()}:{base}:{index}:{existing}"
+def worker_seed(index: int, existing: int) -> int:
+    """Without --seed: each worker's own sampler stream, from this host, this process,
+    the worker index and the number of trials already in the study, so that workers of
+    one run, resumed runs and processes on several machines do not replay each other."""
+    text = f"{socket.gethostname()}:{os.getpid()}:{index}:{existing}"
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
 
 
@@ -140,7 +168,10 @@ def trial_loop(
     data = (data or load_fashion_mnist(spec.data_dir)).to(device)
     storage = open_storage(spec.storage, heartbeat=spec.heartbeat)
     study = optuna.load_study(study_name=spec.study, storage=storage)
-    study.sampler = make_sampler(spec.sampler, worker_seed(spec.seed, index, len(study.trials)))
+    if spec.seed is None:
+        study.sampler = make_sampler(spec.sampler, worker_seed(index, len(study.trials)))
+    else:  # reproducible, and distinct across workers and hosts: by trial number
+        study.sampler = make_sampler(spec.sampler, spec.seed, per_trial=True)
     label = f"[w{index}] " if spec.workers > 1 else ""
     objective = Objective(spec.space, spec.budget, data, spec.max_mmacs, label)
     while claim():

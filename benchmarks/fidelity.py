@@ -49,7 +49,7 @@ from nas.space import PRESETS, SearchSpace
 ARCHS = Path(__file__).with_name("fidelity-archs.json")
 PER_PRESET = 24
 SEEDED = 4  # architectures (the first of the list) also trained at seeds 1 and 2
-TINY = (3, 2)  # --tiny: the 3 smallest architectures, the first 2 of them seeded
+TINY = (3, 1)  # --tiny: the 3 smallest architectures, the first of them seeded
 FINAL_EPOCHS = 15
 CHEAP = ("short", "long")
 

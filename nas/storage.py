@@ -142,7 +142,12 @@ def _immediate_transactions(engine: sqlalchemy.engine.Engine) -> None:
 
     @sqlalchemy.event.listens_for(engine, "begin")
     def _begin_immediate(connection: sqlalchemy.engine.Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except sqlalchemy.exc.OperationalError as e:
+            if "readonly" not in str(e):
+                raise
+            connection.exec_driver_sql("BEGIN")  # a read-only file: reading is all there is
 
     engine.dispose()  # connections made before the listeners are dropped
 

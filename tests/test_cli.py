@@ -58,6 +58,13 @@ def test_read_only_database_is_one_line(tmp_path: Path, real_data_dir) -> None:
             f"{command[0]}: error: storage failed: attempt to write a readonly database\n"
         )
     assert not (tmp_path / "file:").exists()
+    # what only reads still works on a read-only database
+    export = ["nas.export", "--study", "ro", "--out", f"{tmp_path}/best.json"]
+    done = subprocess.run(
+        [sys.executable, "-m", *export, "--storage", read_only], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "best.json").is_file()
 
 
 def test_python_m_nas_lists_the_commands_and_scripts_are_installed() -> None:

@@ -12,30 +12,30 @@ from conftest import TINY
 from nas.search import main
 
 
-def test_four_workers_twenty_trials_none_lost_or_duplicated(
+def test_four_workers_twelve_trials_none_lost_or_duplicated(
     tmp_path: Path, real_data_dir, capfd
 ) -> None:
     url = f"sqlite:///{tmp_path}/w.db"
-    argv = [*TINY, "--trials", "20", "--workers", "4", "--study", "w", "--storage", url]
+    argv = [*TINY, "--trials", "12", "--workers", "4", "--study", "w", "--storage", url]
     assert main(argv) == 0
     study = optuna.load_study(study_name="w", storage=url)
     trials = study.trials
-    assert len(trials) == 20
-    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 20
-    assert sorted(t.number for t in trials) == list(range(20))
-    assert len({t._trial_id for t in trials}) == 20
+    assert len(trials) == 12
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 12
+    assert sorted(t.number for t in trials) == list(range(12))
+    assert len({t._trial_id for t in trials}) == 12
     trained = {t.number for t in trials if t.user_attrs["trained"]}
     for t in trials:  # trained, or a repeat of a network trained before it (its values)
         assert "config" in t.user_attrs
         assert t.number in trained or t.user_attrs["duplicate_of"] in trained
     out = capfd.readouterr().out
     lines = [ln for ln in out.splitlines() if ln.startswith("[w")]
-    assert len(lines) == 20  # every trial reported once, by the worker that ran it
+    assert len(lines) == 12  # every trial reported once, by the worker that ran it
     numbers = Counter(int(ln.split()[2]) for ln in lines)
-    assert sorted(numbers) == list(range(20)) and set(numbers.values()) == {1}
+    assert sorted(numbers) == list(range(12)) and set(numbers.values()) == {1}
     workers = Counter(ln[:4] for ln in lines)
     assert len(workers) >= 2  # the work was actually shared
-    assert "20 trials in" in out and "4 workers" in out
+    assert "12 trials in" in out and "4 workers" in out
 
 
 def test_second_run_adds_exactly_its_trials(tmp_path: Path, real_data_dir) -> None:

@@ -5,7 +5,10 @@ Two objectives: validation accuracy (maximise) and MACs (fvcore) in millions at 
 the architecture JSON, parameters, train time, throughput, device. With a MAC budget,
 an architecture over it is marked infeasible through `trial.set_constraint` and is not
 trained: its accuracy value is 0.0 and its `trained` attribute is false, and Optuna
-keeps infeasible trials off the Pareto front.
+keeps infeasible trials off the Pareto front. A network the study has already trained
+(same config, same seed) is not trained again: the trial takes its twin's values and
+carries `duplicate_of` (its `trained` attribute is false, so the front counts the network
+once).
 
 A trial that runs out of memory, diverges (NaN loss) or samples an architecture the
 builder rejects fails alone: its reason is stored as the `fail_reason` attribute, the

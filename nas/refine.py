@@ -104,6 +104,7 @@ def _run(argv: list[str] | None) -> int:
         "data": data.fingerprint,
         "budget": budget.to_dict(),
     }
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = refined_name(a.study, a.budget)
     refined, created = open_or_create_study(storage, name, make_sampler("random", 0), experiment)
     if created:
@@ -187,11 +188,14 @@ def summary(
             f"{t.number:>5}  {t.values[1]:>9.3f}  {t.values[0]:>8.4f}  "
             f"{mean[t.number]:>12.4f}{spread}  {where}"
         )
-    tau = kendall_tau([t.values[0] for t in done], [mean[t.number] for t in done])
-    lines.append(
-        f"Kendall tau between the two budgets over these {len(done)}: {tau:+.2f} "
-        "(1: the same order; 0: no relation)"
-    )
+    if len(done) >= 3:
+        tau = kendall_tau([t.values[0] for t in done], [mean[t.number] for t in done])
+        lines.append(
+            f"Kendall tau between the two budgets over these {len(done)}: {tau:+.2f} "
+            "(1: the same order; 0: no relation)"
+        )
+    else:  # over two architectures tau can only be +1 or -1
+        lines.append(f"Kendall tau: needs at least 3 refined architectures ({len(done)} here)")
     if pooled is not None:
         front = sorted((t for t in done if t.number in new_front), key=lambda t: t.values[1])
         ties = [

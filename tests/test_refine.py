@@ -113,3 +113,29 @@ def test_refined_study_reports_its_noise(url: str, tmp_path: Path) -> None:
         "seed_stdev"
     ]["stdev"]
     assert f"Pareto front (bars: seed stdev {stdev:.4f})" in out.read_text()
+
+
+def test_summary_of_two_architectures_prints_no_tau() -> None:
+    """Over two architectures Kendall tau can only be +1 or -1: it is not printed."""
+    from nas.refine import summary
+
+    def study(budget: str) -> optuna.Study:
+        s = optuna.create_study(directions=["maximize", "minimize"])
+        s.set_user_attr("budget", {"name": budget})
+        return s
+
+    source, refined = study("smoke"), study("smoke-long")
+    for acc, mmacs in ((0.30, 10.0), (0.35, 20.0)):
+        source.add_trial(
+            optuna.trial.create_trial(values=[acc, mmacs], user_attrs={"trained": True})
+        )
+    for n, acc in ((0, 0.70), (1, 0.66)):
+        refined.add_trial(
+            optuna.trial.create_trial(
+                values=[acc, source.trials[n].values[1]],
+                user_attrs={"trained": True, "source_trial": n, "seed": 0},
+            )
+        )
+    text = summary(source, source.trials, refined, 1)
+    assert "Kendall tau: needs at least 3 refined architectures (2 here)" in text
+    assert "drops off" in text and "stays" in text  # 0.66 at 20 MMACs loses to 0.70 at 10

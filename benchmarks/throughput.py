@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     data = load_fashion_mnist(a.data_dir).to(device)
     if a.tiny:
         budget = replace(
-            get_budget("smoke"), name="tiny", train_images=256, batch_size=32, val_images=100
+            get_budget("smoke"), name="tiny", train_images=128, batch_size=32, val_images=100
         )
         search_budget, extra, trials = "smoke", ["--growth-rate", "8:12:4", "--convs", "1:2"], 2
         workers = [1]  # several workers are the tests' business (tests/test_workers.py)

@@ -39,7 +39,7 @@ import torch
 
 from nas.budget import TrainBudget, get_budget
 from nas.config import D2L_CHAPTER, ArchConfig
-from nas.cost import closed_form_macs
+from nas.cost import closed_form_mmacs
 from nas.data import load_fashion_mnist
 from nas.fit import pick_device, train_and_evaluate
 from nas.front import kendall_tau, spearman_rho
@@ -156,7 +156,7 @@ def run(
             "final_loss": r.final_loss,
             "train_seconds": r.train_seconds,
             "eval_seconds": r.eval_seconds,
-            "mmacs": sum(closed_form_macs(config).values()) / 1e6,
+            "mmacs": closed_form_mmacs(config),
             "params": count_params(build_model(config)),
             "torch": torch.__version__,
             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     archs = json.loads(ARCHS.read_text())[a.preset]
     chosen = list(range(len(archs)))
     if a.tiny:  # the smallest few, so that the smoke run takes seconds on a CPU
-        macs = [sum(closed_form_macs(ArchConfig.from_dict(c)).values()) for c in archs]
+        macs = [closed_form_mmacs(ArchConfig.from_dict(c)) for c in archs]
         chosen = sorted(chosen, key=macs.__getitem__)[: TINY[0]]
     results = Path(a.results)
     if not a.analyse_only:

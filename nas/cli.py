@@ -75,21 +75,26 @@ def make_parser(prog: str, description: str, epilog: str | None = None) -> argpa
     )
 
 
+def exception_chain(e: BaseException) -> list[BaseException]:
+    """`e`, then what it was raised from or while handling, and so on (no cycles)."""
+    chain: list[BaseException] = []
+    link: BaseException | None = e
+    while link is not None and link not in chain:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    return chain
+
+
 def storage_failure(e: BaseException) -> str | None:
     """One line for a database that cannot be written or read (read-only file, lock held
     too long, full disk, lost server), from the driver's own message; None otherwise."""
     import optuna
     import sqlalchemy.exc
 
-    kinds = (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError)
-    link: BaseException | None = e
-    seen: list[BaseException] = []
-    while link is not None and link not in seen:
-        seen.append(link)
+    for link in exception_chain(e):
         if isinstance(link, sqlalchemy.exc.OperationalError) and link.orig is not None:
             return str(link.orig).strip().splitlines()[0]
-        link = link.__cause__ or link.__context__
-    if isinstance(e, kinds):
+    if isinstance(e, (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError)):
         return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return None
 

@@ -22,7 +22,14 @@ from pathlib import Path
 from nas.cli import UsageError, make_parser, run_cli
 from nas.config import ArchConfig, ConfigError
 
-__all__ = ["Cost", "closed_form_macs", "load_config_file", "main", "measure_cost"]
+__all__ = [
+    "Cost",
+    "closed_form_macs",
+    "closed_form_mmacs",
+    "load_config_file",
+    "main",
+    "measure_cost",
+]
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,11 @@ def closed_form_macs(config: ArchConfig) -> dict[str, int]:
         "adaptive_avg_pool2d": last.out_channels * area,
         "linear": last.out_channels * config.num_classes,
     }
+
+
+def closed_form_mmacs(config: ArchConfig) -> float:
+    """All of fvcore's count for this config, in millions ("MMACs (fvcore)")."""
+    return sum(closed_form_macs(config).values()) / 1e6
 
 
 def measure_cost(config: ArchConfig) -> Cost:

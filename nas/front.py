@@ -30,7 +30,7 @@ from typing import Any
 
 import optuna
 
-from nas.cost import closed_form_macs
+from nas.cost import closed_form_mmacs
 from nas.space import SearchSpace
 
 __all__ = [
@@ -94,7 +94,7 @@ def hypervolume_reference(space: dict[str, Any], max_mmacs: float | None) -> tup
     space (MACs grow with k, convs and theta) or the MAC budget, whichever is smaller, so
     that past hypervolumes never change as the study grows.
     """
-    largest = sum(closed_form_macs(SearchSpace.from_dict(space).corners()[1]).values()) / 1e6
+    largest = closed_form_mmacs(SearchSpace.from_dict(space).corners()[1])
     if max_mmacs is not None:
         largest = min(largest, max_mmacs)
     return REF_ACCURACY, REF_MACS_FACTOR * largest

@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from nas.budget import TrainBudget
-from nas.cli import interruption
+from nas.cli import exception_chain, interruption
 from nas.config import ConfigError
 from nas.cost import measure_cost
 from nas.data import FashionMNIST
@@ -52,12 +52,7 @@ def failure_reason(e: BaseException) -> str | None:
     CUDA graph capture it surfaces as the capture's own RuntimeError ("operation failed
     due to a previous error during capture"), raised while handling the OOM.
     """
-    chain: list[BaseException] = []
-    link: BaseException | None = e
-    while link is not None and link not in chain:
-        chain.append(link)
-        link = link.__cause__ or link.__context__
-    for x in chain:
+    for x in exception_chain(e):
         text = str(x)
         if isinstance(x, torch.OutOfMemoryError) or (
             isinstance(x, RuntimeError) and "CUDA error: out of memory" in text

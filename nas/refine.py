@@ -31,7 +31,7 @@ from nas.front import (
 )
 from nas.storage import default_storage_url, load_study, open_or_create_study, open_storage
 
-__all__ = ["linked_refinements", "main", "refined_name"]
+__all__ = ["linked_refinements", "main", "refined_name", "refined_runs"]
 
 
 def refined_name(study: str, budget: str) -> str:
@@ -46,11 +46,16 @@ def linked_refinements(study: optuna.Study) -> dict[str, dict[int, list[float]]]
         if summary.user_attrs.get("source_study") != study.study_name:
             continue
         linked = optuna.load_study(study_name=summary.study_name, storage=study._storage)
-        accs: dict[int, list[float]] = {}
-        for t in usable_trials(linked):
-            accs.setdefault(t.user_attrs["source_trial"], []).append(t.values[0])
-        out[summary.user_attrs["budget"]["name"]] = accs
+        out[summary.user_attrs["budget"]["name"]] = refined_runs(linked)
     return out
+
+
+def refined_runs(refined: optuna.Study) -> dict[int, list[float]]:
+    """{source trial number: [accuracy of each finished seed]} of a linked study."""
+    runs: dict[int, list[float]] = {}
+    for t in usable_trials(refined):
+        runs.setdefault(t.user_attrs["source_trial"], []).append(t.values[0])
+    return runs
 
 
 def _run(argv: list[str] | None) -> int:
@@ -158,9 +163,7 @@ def summary(
     seeds: int,
 ) -> str:
     """The table: cheap vs refined accuracy, tau, who stays on the front, the noise."""
-    runs: dict[int, list[float]] = {}
-    for t in usable_trials(refined):
-        runs.setdefault(t.user_attrs["source_trial"], []).append(t.values[0])
+    runs = refined_runs(refined)
     done = [t for t in chosen if t.number in runs]
     if not done:
         return "no refined run finished yet"

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from nas.budget import BUDGETS, get_budget
 from nas.cli import UsageError, make_parser, run_cli
 from nas.config import D2L_CHAPTER
-from nas.cost import closed_form_macs
+from nas.cost import closed_form_mmacs
 from nas.data import DataError, FashionMNIST, load_fashion_mnist
 from nas.fit import pick_device, train_and_evaluate
 from nas.front import pareto_front
@@ -259,7 +259,7 @@ def preflight(
     space with networks far beyond reach, more workers than cores, and on a CPU how long a
     trial of a GPU budget will take, from one training step measured here."""
     notes = []
-    small, large = (sum(closed_form_macs(c).values()) / 1e6 for c in spec.space.corners())
+    small, large = (closed_form_mmacs(c) for c in spec.space.corners())
     if spec.max_mmacs is not None and spec.max_mmacs < small:
         notes.append(
             f"--max-mmacs {spec.max_mmacs:g} is below the smallest network of this space "

@@ -21,6 +21,14 @@ from nas.data import DEFAULT_DATA_DIR, FILES, resolve_data_dir
 TINY = ["--preset", "cifar", "--growth-rate", "8:12:4", "--convs", "1:2", "--budget", "smoke"]
 
 
+def argv_with(base: dict[str, str], changes: list[str]) -> list[str]:
+    """Command-line options `base` ({"--flag": value}) with `changes` ([flag, value, ...])
+    replacing or adding options: one bad input at a time on an otherwise good command."""
+    options = dict(base)
+    options.update(zip(changes[::2], changes[1::2]))
+    return [x for kv in options.items() for x in kv]
+
+
 def small_config(image_size: int = 28):
     """A DenseNet-BC small enough for CPU unit tests (k=8, two blocks of two layers)."""
     from nas.config import ArchConfig

@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from conftest import TINY
+from conftest import TINY, argv_with
 from nas import cost
 from nas.config import ArchConfig
 from nas.export import SCHEMA, main
@@ -93,10 +93,7 @@ def test_picks_mean_what_they_say(study_url: str, tmp_path: Path) -> None:
 )
 def test_bad_export_input(study_url: str, tmp_path: Path, capsys, args, message) -> None:
     base = {"--study": "s", "--storage": study_url, "--out": str(tmp_path / "o.json")}
-    for k, v in zip(args[::2], args[1::2]):
-        base[k] = v
-    argv = [x for kv in base.items() for x in kv]
-    assert main(argv) == 2
+    assert main(argv_with(base, args)) == 2
     err = capsys.readouterr().err
     assert err.startswith("nas.export: error: ") and message in err and err.count("\n") == 1
 

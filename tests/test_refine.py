@@ -9,6 +9,7 @@ import optuna
 import pytest
 
 from browser import chromium, screenshot
+from conftest import argv_with
 from nas.front import usable_trials
 from nas.refine import main
 from nas.report import main as report
@@ -89,9 +90,7 @@ def test_report_draws_the_refined_points(url: str, tmp_path: Path) -> None:
 )
 def test_bad_refine_input(url: str, capsys, args: list[str], message: str) -> None:
     base = {"--study": "r", "--storage": url, "--budget": "smoke-long"}
-    for k, v in zip(args[::2], args[1::2]):
-        base[k] = v
-    assert main([x for kv in base.items() for x in kv]) == 2
+    assert main(argv_with(base, args)) == 2
     err = capsys.readouterr().err
     assert err.startswith("nas.refine: error: ") and message in err and err.count("\n") == 1
 

@@ -59,7 +59,12 @@ def refined_runs(refined: optuna.Study) -> dict[int, list[float]]:
 
 
 def _run(argv: list[str] | None) -> int:
-    p = make_parser("nas.refine", __doc__.split("\n\n")[0].split(": ", 1)[1])
+    p = make_parser(
+        "nas.refine",
+        "Confirm a study's front at a higher budget: train its K most promising trained "
+        "architectures again (N seeds each) into the linked study STUDY-refined-BUDGET, and "
+        "print how their ranking holds. Re-running continues where it stopped.",
+    )
     p.add_argument("--study", required=True, help="the study to refine")
     p.add_argument("--storage", help="Optuna storage URL (default sqlite:///studies/STUDY.db)")
     p.add_argument(

@@ -7,15 +7,25 @@
       order, eager and as a CUDA graph (nas.step), with validation accuracy for each.
       (a) and (b) each get the same untimed warm-up first, then run 3 times in
       alternating order (a b c, c b a, a b c); the median is reported;
-  (c) `nas.search` of `short` trials with the cifar preset, with --workers 1 and more:
-      trials per minute, total images per second, and each trial's time split into parts;
+  (c) `nas.search` of 40 `short` trials of the cifar and of the d2l preset, each with
+      --concurrency 1 and with the default K (nas.search.CONCURRENCY_PER_GPU), random
+      sampler, seed 0, so both K train the same architectures: trials per minute, total
+      images/s, achieved TFLOP/s, GPU utilisation (NVML), each trial's time split into
+      parts, and every architecture's accuracy under both K side by side; --hundred adds
+      100 trials per preset at the default K (the wall-clock targets). One JSON line per
+      finished search (--results): a run cut short resumes where it stopped;
   (d) the CPU side of a trial: sampling, building, fvcore counting and storage writes.
 
 Achieved TFLOP/s counts a training step as 3x the forward pass and 2 FLOPs per MAC
 (fvcore), against the card's bf16 dense matmul peak measured here (8192^3 GEMMs).
 
-    python benchmarks/throughput.py --out benchmarks/results/throughput-H200.json
+    python benchmarks/throughput.py --results benchmarks/results/throughput-H200.jsonl \
+        --out benchmarks/results/throughput-H200.json
     python benchmarks/throughput.py --tiny          # CPU smoke test (CI), nothing timed
+
+On an H200, (c) at K=1 takes about 5 min for cifar and 3 min for d2l: with 15 minutes of
+device time a session, run `--parts ab,c --presets cifar` in one call and
+`--parts c --presets d2l --hundred` in the next (both resume from --results).
 """
 
 from __future__ import annotations
@@ -38,11 +48,13 @@ import torch
 import torch.nn.functional as F
 
 from nas.budget import TrainBudget, get_budget
+from nas.concurrent import GpuMonitor
 from nas.config import D2L_CHAPTER
 from nas.cost import closed_form_macs, measure_cost
 from nas.data import FashionMNIST, load_fashion_mnist, to_input
 from nas.fit import evaluate, pick_device, train_and_evaluate
 from nas.model import build_model
+from nas.search import default_concurrency
 from nas.search import main as search_main
 from nas.space import PRESETS, sample
 from nas.storage import open_storage
@@ -154,58 +166,145 @@ def ours(data: FashionMNIST, budget: TrainBudget, graph: bool) -> dict[str, Any]
 
 
 def search_run(
-    workers: int, trials: int, budget: str, extra: list[str], data_dir: str | None
+    preset: str,
+    k: int,
+    trials: int,
+    budget: str,
+    extra: list[str],
+    data_dir: str | None,
+    device: torch.device,
 ) -> dict[str, Any]:
+    """`nas.search` with --concurrency k, random sampler, seed 0: the same architectures
+    for every k (trial n draws from the seed and n), so their accuracies can be compared."""
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/bench.db"
         argv = [
-            "--preset",
-            "cifar",
-            "--budget",
-            budget,
-            "--trials",
-            str(trials),
-            "--workers",
-            str(workers),
-            "--study",
-            "bench",
-            "--storage",
-            url,
-            *extra,
+            *("--preset", preset, "--budget", budget, "--trials", str(trials)),
+            *("--concurrency", str(k), "--workers", "1", "--sampler", "random", "--seed", "0"),
+            *("--device", device.type, "--study", "bench", "--storage", url, *extra),
         ]
         if data_dir:
             argv += ["--data-dir", data_dir]
-        t = time.perf_counter()
-        rc = search_main(argv)
-        wall = time.perf_counter() - t
+        with GpuMonitor(device) as gpu:
+            t = time.perf_counter()
+            rc = search_main(argv)
+            wall = time.perf_counter() - t
         if rc != 0:
             raise RuntimeError(f"nas.search exited {rc}")
         study = optuna.load_study(study_name="bench", storage=open_storage(url))
         done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    trained = [t for t in done if t.user_attrs.get("trained")]
     parts: dict[str, list[float]] = {}
     overhead, durations = [], []
-    for t in done:
+    for t in trained:
         duration = (t.datetime_complete - t.datetime_start).total_seconds()
         secs = dict(t.user_attrs["seconds"])
         secs["storage_and_other"] = duration - sum(secs.values())
-        for k, v in secs.items():
-            parts.setdefault(k, []).append(v)
+        for name, v in secs.items():
+            parts.setdefault(name, []).append(v)
         durations.append(duration)
         overhead.append(duration - secs["steady_train"])
-    images = sum(t.user_attrs["images_per_second"] * t.user_attrs["train_seconds"] for t in done)
-    accs = [t.values[0] for t in done]
+    b = get_budget(budget)
+    images = len(trained) * b.steps * b.batch_size
+    flops = sum(3 * 2 * t.user_attrs["macs_fvcore"] * b.steps * b.batch_size for t in trained)
     return {
-        "workers": workers,
+        "preset": preset,
+        "concurrency": k,
+        "budget": budget,
         "trials": len(done),
+        "trained": len(trained),
+        "failed": trials - len(done),
         "wall_seconds": wall,
         "trials_per_minute": 60 * len(done) / wall,
         "images_per_second_total": images / wall,
-        "median_trial_seconds": statistics.median(durations),
-        "median_fixed_overhead_seconds": statistics.median(overhead),
-        "median_parts_seconds": {k: statistics.median(v) for k, v in parts.items()},
-        "best_val_accuracy": max(accs),
-        "median_mmacs": statistics.median(t.values[1] for t in done),
+        "tflops_total": flops / wall / 1e12,
+        "gpu_utilisation_percent": gpu.mean(),
+        "gpu_utilisation_samples": len(gpu.samples),
+        "median_trial_seconds": statistics.median(durations) if durations else None,
+        "median_overhead_seconds": statistics.median(overhead) if overhead else None,
+        "median_parts_seconds": {n: statistics.median(v) for n, v in parts.items()},
+        "val_accuracy_by_trial": {str(t.number): t.values[0] for t in trained},
+        "config_by_trial": {str(t.number): t.params for t in trained},
     }
+
+
+def search_runs(
+    plan: list[tuple[str, int]],
+    trials: int,
+    budget: str,
+    extra: list[str],
+    a: argparse.Namespace,
+    device: torch.device,
+) -> list[dict[str, Any]]:
+    """(c): each (preset, K) search once; with --results, one JSON line per finished search
+    and finished ones are not run again (a GPU session may end mid-benchmark)."""
+    done: dict[tuple[str, int, int, str], dict[str, Any]] = {}
+    path = Path(a.results) if a.results else None
+    if path is not None and path.exists():
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            done[(r["preset"], r["concurrency"], r["trials"], r["budget"])] = r
+    out = []
+    for preset, k in plan:
+        key = (preset, k, trials, budget)
+        if key not in done:
+            r = search_run(preset, k, trials, budget, extra, a.data_dir, device)
+            r["trials"] = trials  # asked for; r["trained"] and r["failed"] say what became of them
+            if path is not None:
+                with path.open("a") as f:
+                    f.write(json.dumps(r) + "\n")
+            done[key] = r
+        out.append(done[key])
+    return out
+
+
+def compare_accuracies(one: dict[str, Any], many: dict[str, Any]) -> dict[str, Any]:
+    """The same trial numbers (same architectures) trained alone and beside others."""
+    a, b = one["val_accuracy_by_trial"], many["val_accuracy_by_trial"]
+    common = sorted(set(a) & set(b), key=int)
+    assert all(one["config_by_trial"][n] == many["config_by_trial"][n] for n in common)
+    diffs = [abs(a[n] - b[n]) for n in common]
+    return {
+        "architectures": len(common),
+        "identical": sum(d == 0 for d in diffs),
+        "same_to_4_digits": sum(f"{a[n]:.4f}" == f"{b[n]:.4f}" for n in common),
+        "max_abs_difference": max(diffs) if diffs else None,
+        "side_by_side": [(int(n), a[n], b[n]) for n in common],
+    }
+
+
+# Issue 11's targets: trials/min of the default K over K=1, and 100 short trials' wall.
+SPEEDUP_TARGET = {"cifar": 3.0, "d2l": 2.0}
+HUNDRED_MINUTES_TARGET = {"cifar": 3.0, "d2l": 4.0}
+OVERHEAD_TARGET_SECONDS = 0.5
+
+
+def print_targets(res: dict[str, Any]) -> None:
+    print("  targets:")
+    for name, c in res["c_compare"].items():
+        want = SPEEDUP_TARGET.get(name.split()[0])
+        got = c["speedup_trials_per_minute"]
+        if want is not None:
+            print(f"    {name}: x{got:.2f} trials/min, target x{want:g}: " + _met(got >= want))
+        print(f"    {name}: largest accuracy difference {c['max_abs_difference']}")
+    for r in res.get("c_hundred", []):
+        want, got = HUNDRED_MINUTES_TARGET.get(r["preset"]), r["wall_seconds"] / 60
+        if want is not None:
+            print(
+                f"    100 {r['preset']} trials: {got:.1f} min, target {want:g}: "
+                + _met(got < want)
+            )
+    for r in res["c_search"]:
+        got = r["median_overhead_seconds"]
+        if r["concurrency"] != 1 and got is not None:
+            print(
+                f"    {r['preset']} K={r['concurrency']} median overhead {got:.3f} s, target "
+                f"{OVERHEAD_TARGET_SECONDS} s: " + _met(got < OVERHEAD_TARGET_SECONDS)
+            )
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
 
 
 def cpu_side(n: int) -> dict[str, Any]:
@@ -251,9 +350,16 @@ def cpu_side(n: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny budgets, untimed")
-    p.add_argument("--trials", type=int, default=20, help="trials per search run (c)")
-    p.add_argument("--workers", default="1,2,4", help="worker counts to compare in (c)")
-    p.add_argument("--hundred", action="store_true", help="also 100 short trials, best N")
+    p.add_argument("--trials", type=int, default=40, help="trials per search run (c)")
+    p.add_argument(
+        "--concurrency", help="K values to compare in (c), first the baseline (default 1,auto)"
+    )
+    p.add_argument("--presets", default="cifar,d2l", help="presets searched in (c)")
+    p.add_argument(
+        "--hundred", action="store_true", help="also 100 short trials per preset at default K"
+    )
+    p.add_argument("--parts", default="ab,c,d", help="which parts to run (default ab,c,d)")
+    p.add_argument("--results", help="JSON lines of finished searches (c), resumed from")
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir")
     p.add_argument("--out", help="write all results as JSON here")
@@ -264,11 +370,11 @@ def main(argv: list[str] | None = None) -> int:
         budget = replace(
             get_budget("smoke"), name="tiny", train_images=128, batch_size=32, val_images=100
         )
-        search_budget, extra, trials = "smoke", ["--growth-rate", "8:12:4", "--convs", "1:2"], 2
-        workers = [1]  # several workers are the tests' business (tests/test_workers.py)
+        search_budget, extra, trials = "smoke", ["--growth-rate", "8:12:4", "--convs", "1:2"], 3
+        presets, default_k = ["cifar"], 2
     else:
         budget, search_budget, extra, trials = get_budget("short"), "short", [], a.trials
-        workers = [int(w) for w in a.workers.split(",")]
+        presets, default_k = a.presets.split(","), default_concurrency(device)
     macs = sum(closed_form_macs(D2L_CHAPTER).values())
     res: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -285,55 +391,86 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
 
-    loops = compare_loops(data, budget, device, reps=3)
-    for r in loops.values():
-        r["tflops"] = tflops(macs, r["images_per_second"])
-    res["a_b_loops"] = loops
-    base = loops["d2l_style_loop"]["images_per_second"]
-    print(
-        f"\n(a)/(b) d2l chapter network, the same {budget.steps * budget.batch_size:,} images "
-        "in the same order; median of 3 after an untimed warm-up:"
-    )
-    labels = {
-        "d2l_style_loop": "d2l-style loop (fp32, host copy)",
-        "ours_eager": "ours, eager",
-        "ours_cuda_graph": "ours, CUDA graph",
-    }
-    for name, r in loops.items():
-        runs = ", ".join(f"{v:,.0f}" for v in r["images_per_second_runs"])
+    parts = set(a.parts.split(","))
+    if "ab" in parts:
+        loops = compare_loops(data, budget, device, reps=3)
+        for r in loops.values():
+            r["tflops"] = tflops(macs, r["images_per_second"])
+        res["a_b_loops"] = loops
+        base = loops["d2l_style_loop"]["images_per_second"]
         print(
-            f"  {labels[name]:<33} {r['images_per_second']:>9,.0f} img/s ({runs})  "
-            f"{r['tflops']:6.2f} TFLOP/s  x{r['images_per_second'] / base:4.1f}  "
-            f"val acc {r['val_accuracy']:.4f}"
+            f"\n(a)/(b) d2l chapter network, the same {budget.steps * budget.batch_size:,} images "
+            "in the same order; median of 3 after an untimed warm-up:"
         )
-    sys.stdout.flush()
+        labels = {
+            "d2l_style_loop": "d2l-style loop (fp32, host copy)",
+            "ours_eager": "ours, eager",
+            "ours_cuda_graph": "ours, CUDA graph",
+        }
+        for name, r in loops.items():
+            runs = ", ".join(f"{v:,.0f}" for v in r["images_per_second_runs"])
+            print(
+                f"  {labels[name]:<33} {r['images_per_second']:>9,.0f} img/s ({runs})  "
+                f"{r['tflops']:6.2f} TFLOP/s  x{r['images_per_second'] / base:4.1f}  "
+                f"val acc {r['val_accuracy']:.4f}"
+            )
+        sys.stdout.flush()
 
     del data
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    res["c_search"] = []
-    for w in workers:
-        r = search_run(w, trials, search_budget, extra, a.data_dir)
-        res["c_search"].append(r)
-    if a.hundred and not a.tiny:
-        best = max(res["c_search"], key=lambda r: r["trials_per_minute"])["workers"]
-        res["c_hundred"] = search_run(best, 100, "short", [], a.data_dir)
-    print(f"\n(c) nas.search, cifar preset, {search_budget} budget:")
-    for r in res["c_search"] + ([res["c_hundred"]] if "c_hundred" in res else []):
-        parts = ", ".join(f"{k} {v:.3f}" for k, v in r["median_parts_seconds"].items())
-        print(
-            f"  {r['trials']:>3} trials, {r['workers']} workers: {r['wall_seconds']:6.1f} s, "
-            f"{r['trials_per_minute']:5.1f} trials/min, "
-            f"{r['images_per_second_total']:>9,.0f} img/s total, median fixed overhead "
-            f"{r['median_fixed_overhead_seconds']:.3f} s ({parts})"
+    if "c" in parts:
+        ks = [int(x) for x in a.concurrency.split(",")] if a.concurrency else [1, default_k]
+        runs = search_runs(
+            [(p, k) for p in presets for k in ks], trials, search_budget, extra, a, device
         )
+        res["c_search"] = runs
+        if a.hundred and not a.tiny:
+            res["c_hundred"] = search_runs(
+                [(p, default_k) for p in presets], 100, "short", [], a, device
+            )
+        print(f"\n(c) nas.search, {search_budget} budget, random sampler seed 0, K at once:")
+        for r in runs + res.get("c_hundred", []):
+            split = ", ".join(f"{n} {v:.3f}" for n, v in r["median_parts_seconds"].items())
+            util = r["gpu_utilisation_percent"]
+            print(
+                f"  {r['preset']:<5} K={r['concurrency']:<2} {r['trials']:>3} trials "
+                f"({r['failed']} failed): {r['wall_seconds']:6.1f} s, "
+                f"{r['trials_per_minute']:5.1f} trials/min, "
+                f"{r['images_per_second_total']:>8,.0f} img/s, {r['tflops_total']:6.2f} TFLOP/s"
+                + (f" of {res['bf16_peak_tflops']:.0f}" if res["bf16_peak_tflops"] else "")
+                + (f", GPU busy {util:.0f}%" if util is not None else "")
+                + f"; median overhead {r['median_overhead_seconds'] or float('nan'):.3f} s "
+                f"({split})"
+            )
+        res["c_compare"] = {}
+        for p in presets:
+            one = next(r for r in runs if r["preset"] == p and r["concurrency"] == ks[0])
+            for many in (r for r in runs if r["preset"] == p and r["concurrency"] != ks[0]):
+                c = compare_accuracies(one, many)
+                c["speedup_trials_per_minute"] = (
+                    many["trials_per_minute"] / one["trials_per_minute"]
+                )
+                k = many["concurrency"]
+                res["c_compare"][f"{p} K={ks[0]} vs K={k}"] = c
+                largest = c["max_abs_difference"]
+                print(
+                    f"  {p}: K={k} vs K={ks[0]}: x{c['speedup_trials_per_minute']:.2f} "
+                    f"trials/min; of {c['architectures']} architectures {c['identical']} "
+                    f"identical, {c['same_to_4_digits']} the same to 4 digits, largest "
+                    f"difference {'-' if largest is None else f'{largest:.4f}'}"
+                )
+        if not a.tiny:
+            print_targets(res)
+        sys.stdout.flush()
 
-    res["d_cpu_side"] = cpu_side(5 if a.tiny else 20)
-    med = res["d_cpu_side"]["median_seconds"]
-    print(
-        "\n(d) CPU side of a trial (median s): "
-        + ", ".join(f"{k} {v:.4f}" for k, v in med.items())
-    )
+    if "d" in parts:
+        res["d_cpu_side"] = cpu_side(5 if a.tiny else 20)
+        med = res["d_cpu_side"]["median_seconds"]
+        print(
+            "\n(d) CPU side of a trial (median s): "
+            + ", ".join(f"{k} {v:.4f}" for k, v in med.items())
+        )
     if a.out:
         Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
         print(f"\nwrote {a.out}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -82,8 +83,18 @@ def closed_form_mmacs(config: ArchConfig) -> float:
     return sum(closed_form_macs(config).values()) / 1e6
 
 
+# fvcore traces through torch.jit and the warning filters are process-wide: one count at
+# a time (trials run side by side with nas.search --concurrency).
+_TRACE_LOCK = threading.Lock()
+
+
 def measure_cost(config: ArchConfig) -> Cost:
-    """Build the model on the CPU and count it with fvcore at batch 1."""
+    """Build the model on the CPU and count it with fvcore at batch 1 (thread-safe)."""
+    with _TRACE_LOCK:
+        return _measure_cost(config)
+
+
+def _measure_cost(config: ArchConfig) -> Cost:
     import torch
 
     from nas.model import build_model, count_params

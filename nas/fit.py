@@ -6,7 +6,7 @@ gathers a batch by index, converts and resizes it there; no DataLoader, no worke
 SGD with Nesterov momentum, LR warm-up then linear decay to zero (see nas.budget). On
 CUDA the step runs in bf16 autocast with channels_last, replayed as a CUDA graph
 (nas.step); on the CPU in fp32, eagerly. The timed part is the training steps alone,
-bracketed by device synchronisation.
+bracketed by synchronising the trial's own CUDA stream.
 """
 
 from __future__ import annotations
@@ -67,8 +67,11 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def _sync(device: torch.device) -> None:
+    """Wait for this thread's stream, not the whole device: trials running beside this
+    one (nas.concurrent) keep their own pace, and a device-wide synchronize would break
+    a graph capture under way in another thread."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        torch.cuda.current_stream(device).synchronize()
 
 
 def train_and_evaluate(
@@ -98,8 +101,7 @@ def train_and_evaluate(
     if cuda_graph and device.type != "cuda":
         raise ValueError("cuda_graph needs the data on a CUDA device")
     if model is None:
-        torch.manual_seed(budget.seed)
-        model = build_model(config)
+        model = build_model(config, budget.seed)
     model = model.to(device=device, memory_format=memory_format(device)).train()
     opt = TensorLRSGD(
         list(model.parameters()),

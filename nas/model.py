@@ -13,6 +13,7 @@ transition1, ...).
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 
 import torch
@@ -129,8 +130,19 @@ def _init_paper(module: nn.Module) -> None:
         nn.init.constant_(module.bias, 0)
 
 
-def build_model(config: ArchConfig) -> DenseNet:
-    return DenseNet(config)
+# Weights are drawn from the process-wide CPU generator; with several trials at once
+# (nas.search --concurrency) seeding and drawing must not interleave between threads.
+_INIT_LOCK = threading.Lock()
+
+
+def build_model(config: ArchConfig, seed: int | None = None) -> DenseNet:
+    """The network of `config` on the CPU; with `seed`, its initial weights follow from the
+    seed alone (the CPU generator is seeded and drawn under one lock, so threads building
+    at the same time do not change each other's weights)."""
+    with _INIT_LOCK:
+        if seed is not None:
+            torch.random.default_generator.manual_seed(seed)  # CPU only: no CUDA state
+        return DenseNet(config)
 
 
 def count_params(model: nn.Module) -> int:

@@ -17,10 +17,10 @@ device memory is released, and the search goes on.
 
 from __future__ import annotations
 
-import gc
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import optuna
 import torch
@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from nas.budget import TrainBudget
 from nas.cli import exception_chain, interruption
+from nas.concurrent import StopFlag, release_memory
 from nas.config import ConfigError
 from nas.cost import measure_cost
 from nas.data import FashionMNIST
@@ -73,14 +74,23 @@ class TrialProgress:
     and in a log alike. Short trials print nothing."""
 
     def __init__(
-        self, label: str, total_steps: int, batch: int, first: float = 30, every: float = 60
+        self,
+        label: str,
+        total_steps: int,
+        batch: int,
+        first: float = 30,
+        every: float = 60,
+        stop: StopFlag | None = None,
     ) -> None:
         self.label, self.total, self.batch = label, total_steps, batch
         self.t0 = time.perf_counter()
         self.next = self.t0 + first
         self.every = every
+        self.stop = stop  # a trial thread stops here when the main thread was signalled
 
     def __call__(self, step: int, _loss: torch.Tensor) -> None:
+        if self.stop is not None:
+            self.stop.check()
         now = time.perf_counter()
         if now < self.next:
             return
@@ -102,6 +112,10 @@ class Objective:
     data: FashionMNIST  # already on the training device
     max_mmacs: float | None = None  # MACs (fvcore) budget in millions, or None
     label: str = ""  # prefix of this worker's progress lines ("[w1] " with several)
+    stop: StopFlag | None = None  # set when trials run in threads (nas.concurrent)
+    # One trial samples at a time: the sampler's state is shared, and a --seed reseeds it
+    # per trial (nas.workers), so draws of trials running side by side must not interleave.
+    _sampling: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
         reason = None
@@ -116,15 +130,14 @@ class Objective:
                 raise
         # Out of the except block: the traceback (and the model and CUDA graph its frames
         # hold) is gone, so the memory can go back to the device.
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        release_memory()
         trial.set_user_attr("fail_reason", reason)
         raise TrialFailed(reason)
 
     def _run(self, trial: optuna.Trial) -> tuple[float, float]:
         t0 = time.perf_counter()
-        config = sample(trial, self.space)
+        with self._sampling:
+            config = sample(trial, self.space)
         seed = trial.user_attrs.get("seed")  # nas.refine's trials name their seed
         twin = trained_twin(trial, config.to_dict(), seed)
         if twin is not None:  # TPE proposes what it has seen: never train it twice
@@ -147,7 +160,11 @@ class Objective:
             return 0.0, mmacs
         d = self.data
         b = self.budget if seed is None else self.budget.with_seed(seed)
-        progress = TrialProgress(f"{self.label}trial {trial.number:>4}", b.steps, b.batch_size)
+        progress = TrialProgress(
+            f"{self.label}trial {trial.number:>4}", b.steps, b.batch_size, stop=self.stop
+        )
+        if self.stop is not None:
+            self.stop.check()
         r = train_and_evaluate(config, b, d.train_x, d.train_y, d.val_x, d.val_y, on_step=progress)
         t3 = time.perf_counter()
         trial.set_user_attr("trained", True)

@@ -12,8 +12,10 @@ import argparse
 import math
 import os
 import sys
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -23,6 +25,7 @@ from tqdm import tqdm
 
 from nas.budget import BUDGETS, get_budget
 from nas.cli import UsageError, make_parser, run_cli
+from nas.concurrent import GpuMonitor
 from nas.config import D2L_CHAPTER
 from nas.cost import closed_form_mmacs
 from nas.data import DataError, FashionMNIST, load_fashion_mnist
@@ -48,6 +51,11 @@ __all__ = ["SearchArgs", "main", "make_sampler"]
 # With the step replayed as a CUDA graph, processes only time-slice the GPU (no MPS), so
 # more than one buys nothing and adds ~6 s of CPU contention per trial.
 WORKERS_PER_GPU = 1
+# Trials at once per worker on a GPU for --concurrency auto (threads, nas.concurrent).
+# Not yet measured: one short cifar trial used ~3% of an H200's bf16 peak and spent 1.73 s
+# of each trial off the GPU, so 4 is a first choice; benchmarks/throughput.py --concurrency
+# measures K=1 against it, and this figure is to follow that measurement.
+CONCURRENCY_PER_GPU = 4
 
 EPILOG = """\
 objectives: validation accuracy (maximise) on a fixed 10k split of the training set, and
@@ -70,7 +78,8 @@ examples:
 @dataclass(frozen=True)
 class SearchArgs:
     trials: int  # trials this run adds (other machines may add theirs)
-    spec: WorkerSpec  # the rest; spec.workers 0 and spec.device "auto": chosen from the device
+    spec: WorkerSpec  # the rest; spec.workers and spec.concurrency 0, spec.device "auto":
+    # chosen from the device
 
 
 def _positive_int(text: str) -> int:
@@ -103,16 +112,25 @@ def _positive_float(text: str) -> float:
     return v
 
 
-def _workers(text: str) -> str:
-    if text == "auto":
-        return text
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected auto or 1..64, got {text!r}") from None
-    if not 1 <= v <= 64:
-        raise argparse.ArgumentTypeError(f"expected auto or 1..64, got {text!r}")
-    return str(v)
+def _auto_or(high: int) -> Callable[[str], int]:
+    """An argparse type: "auto" (0) or an integer in 1..high."""
+
+    def parse(text: str) -> int:
+        if text == "auto":
+            return 0
+        try:
+            v = int(text)
+        except ValueError:
+            v = 0
+        if not 1 <= v <= high:
+            raise argparse.ArgumentTypeError(f"expected auto or 1..{high}, got {text!r}")
+        return v
+
+    return parse
+
+
+def default_concurrency(device: torch.device) -> int:
+    return CONCURRENCY_PER_GPU if device.type == "cuda" else 1
 
 
 def default_workers(device: torch.device) -> int:
@@ -168,11 +186,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--workers",
-        type=_workers,
+        type=_auto_or(64),
         default="auto",
         help=f"trial processes on this machine (default auto: 1 on a CPU, "
         f"{WORKERS_PER_GPU} per GPU). On a CPU the cores are shared out among them, and "
         "results depend on the thread count: compare trials run with the same --workers",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=_auto_or(32),
+        default="auto",
+        metavar="K",
+        help=f"trials at once in each worker process, each in its own thread and CUDA "
+        f"stream, so that small networks fill a large GPU (default auto: "
+        f"{CONCURRENCY_PER_GPU} on a GPU, 1 on a CPU). A trial's accuracy does not depend "
+        "on K; its train seconds are its own wall time, shared with the trials beside it",
     )
     p.add_argument("--data-dir", help="folder of the Fashion-MNIST IDX .gz files")
     p.add_argument(
@@ -243,8 +271,9 @@ def parse_args(argv: list[str] | None) -> SearchArgs:
         device=a.device,
         data_dir=a.data_dir,
         max_mmacs=a.max_mmacs,
-        workers=0 if a.workers == "auto" else int(a.workers),
+        workers=a.workers,
         heartbeat=a.heartbeat,
+        concurrency=a.concurrency,
     )
     return SearchArgs(trials=a.trials, spec=spec)
 
@@ -313,7 +342,8 @@ def run_search(args: SearchArgs) -> optuna.Study:
     except ValueError as e:
         raise UsageError(str(e)) from None
     workers = spec.workers or default_workers(device)
-    spec = replace(spec, device=device.type, workers=workers)
+    k = spec.concurrency or default_concurrency(device)
+    spec = replace(spec, device=device.type, workers=workers, concurrency=k)
     try:
         data = load_fashion_mnist(spec.data_dir)  # checked here, loaded by each worker
     except DataError as e:
@@ -339,7 +369,7 @@ def run_search(args: SearchArgs) -> optuna.Study:
         f"study {spec.study!r} in {spec.storage} (trials so far: {before})\n"
         f"preset {spec.space.preset}, budget {b.name} ({b.steps * b.batch_size:,} train "
         f"images, {b.val_images:,} val), {precision(device)}, sampler {spec.sampler}, "
-        f"device {device}, workers {workers}, MAC budget "
+        f"device {device}, workers {workers} x {k} trials at once, MAC budget "
         + (f"{spec.max_mmacs:g} MMACs (fvcore)" if spec.max_mmacs is not None else "none"),
         flush=True,
     )
@@ -348,7 +378,7 @@ def run_search(args: SearchArgs) -> optuna.Study:
     # disable=None: a bar on a terminal, none in a log file (the per-trial lines remain).
     bar = tqdm(total=args.trials, unit="trial", dynamic_ncols=True, file=sys.stderr, disable=None)
     t0 = time.perf_counter()
-    counts = [0, 0, 0]  # this run's trials: done, failed, duplicates (others add theirs)
+    counts = [0, 0, 0, 0]  # this run's trials: done, failed, duplicates, trained
 
     def progress(now: list[int]) -> None:
         counts[:] = now
@@ -356,36 +386,44 @@ def run_search(args: SearchArgs) -> optuna.Study:
         bar.update(now[0] - bar.n)
 
     try:
-        if workers == 1:
-            left = args.trials
+        with GpuMonitor(device) as gpu:
+            if workers == 1:
+                left = args.trials
+                lock = threading.Lock()  # trial threads claim and report (--concurrency)
 
-            def claim() -> bool:
-                nonlocal left
-                left -= 1
-                return left >= 0
+                def claim() -> bool:
+                    nonlocal left
+                    with lock:
+                        left -= 1
+                        return left >= 0
 
-            def on_trial(_: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
-                bar.write(trial_line(t), file=sys.stdout)
-                now = list(counts)
-                tally_trial(now, t)
-                progress(now)
-                sys.stdout.flush()
+                def on_trial(_: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+                    with lock:
+                        bar.write(trial_line(t), file=sys.stdout)
+                        now = list(counts)
+                        tally_trial(now, t)
+                        progress(now)
+                        sys.stdout.flush()
 
-            trial_loop(spec, 0, claim, on_trial, data)
-        else:
-            del data  # each worker loads its own copy onto its device
-            codes = run_workers(spec, args.trials, progress)
-            if any(codes):
-                raise UsageError(f"a worker failed (exit codes {codes}); see its output above")
+                trial_loop(spec, 0, claim, on_trial, data)
+            else:
+                del data  # each worker loads its own copy onto its device
+                codes = run_workers(spec, args.trials, progress)
+                if any(codes):
+                    raise UsageError(f"a worker failed (exit codes {codes}); see its output above")
     finally:
         bar.close()
     elapsed = time.perf_counter() - t0
     front = pareto_front(study)
     numbers = ", ".join(str(t.number) for t in front)
+    images = counts[3] * b.steps * b.batch_size
+    use = f"{images / elapsed:,.0f} train images/s over the run, all trials together"
+    if gpu.mean() is not None:
+        use += f"; GPU busy {gpu.mean():.0f}% of the time (NVML, {len(gpu.samples)} samples)"
     print(
         f"{counts[0]} trials in {elapsed:.1f} s ({counts[1]} failed, {counts[2]} repeating a "
-        f"trained network, {workers} worker{'s' if workers > 1 else ''}); Pareto front: "
-        f"{len(front)} trial"
+        f"trained network, {workers} worker{'s' if workers > 1 else ''} x {k} at once); "
+        f"{use}\nPareto front: {len(front)} trial"
         f"{'s' if len(front) != 1 else ''} (trial numbers, fewest MACs first: {numbers or '-'})\n"
         f"next: python -m nas.report --study {spec.study}"
         + (f" --storage {spec.storage}" if spec.storage != default_storage_url(spec.study) else "")

@@ -2,8 +2,8 @@
 
 Small DenseNets are bound by kernel launches, not arithmetic: a step is hundreds of
 small kernels. On CUDA the whole step, batch gather and resize included, is captured
-once per trial in a CUDA graph (`torch.cuda.graph`, no torch.compile, so nothing is
-compiled per architecture) and replayed with one launch. What changes between steps
+once per trial in a CUDA graph (`CUDAGraph.capture_begin`, no torch.compile, so
+nothing is compiled per architecture) and replayed with one launch. What changes between steps
 lives in static device tensors: the batch indices and the learning rate. That is why
 the optimizer here is SGD written with foreach ops on a 0-d LR tensor: the same
 update as `torch.optim.SGD(nesterov=True)` (tests compare the two), but capturable.
@@ -11,6 +11,7 @@ update as `torch.optim.SGD(nesterov=True)` (tests compare the two), but capturab
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import torch
@@ -21,7 +22,9 @@ from nas.data import to_input
 
 __all__ = [
     "TensorLRSGD",
+    "CAPTURE_LOCK",
     "autocast",
+    "capture",
     "device_batch",
     "make_step",
     "memory_format",
@@ -131,7 +134,7 @@ def make_step(
 
         return eager, 0
 
-    graph = torch.cuda.CUDAGraph()
+    graph = torch.cuda.CUDAGraph()  # its own private memory pool
     side = torch.cuda.Stream(device)
     state: dict[str, torch.Tensor] = {}
     calls = 0
@@ -141,17 +144,43 @@ def make_step(
         static_idx.copy_(idx)
         opt.lr.fill_(lr)
         calls += 1
-        if calls <= WARMUP_STEPS:
-            side.wait_stream(torch.cuda.current_stream(device))
+        here = torch.cuda.current_stream(device)  # this trial's stream (nas.concurrent)
+        if calls <= WARMUP_STEPS or "loss" not in state:
+            side.wait_stream(here)
             with torch.cuda.stream(side):
-                loss = body()
-            torch.cuda.current_stream(device).wait_stream(side)
-            return loss
-        if "loss" not in state:
-            opt.zero_grad()  # grads are allocated inside the graph's private pool
-            with torch.cuda.graph(graph):
-                state["loss"] = body()
-        graph.replay()
+                if calls <= WARMUP_STEPS:
+                    loss = body()
+                else:
+                    state["loss"] = capture(graph, body, opt)
+            here.wait_stream(side)
+            if calls <= WARMUP_STEPS:
+                return loss
+        graph.replay()  # on this trial's stream; releases the GIL
         return state["loss"]
 
     return graphed, WARMUP_STEPS
+
+
+# One capture at a time in a process: a capture owns the allocator's routing to its pool
+# and the CUDA generator's capture state. Trials beside it (nas.search --concurrency) go
+# on replaying and allocating on their own streams, which "thread_local" capture mode
+# allows; what would break a capture (a device-wide synchronize, emptying the cache) is
+# never done by a trial, or only under this lock (see nas.concurrent.release_memory).
+CAPTURE_LOCK = threading.Lock()
+
+
+def capture(
+    graph: torch.cuda.CUDAGraph, body: Callable[[], torch.Tensor], opt: TensorLRSGD
+) -> torch.Tensor:
+    """Capture body() into `graph` on the current (side) stream, run it once, return its
+    output tensor. Unlike `torch.cuda.graph(...)` this neither synchronises the whole
+    device nor empties the cache first, either of which would stall or break trials
+    running beside this one. Capturing runs nothing: the caller replays the graph."""
+    with CAPTURE_LOCK:
+        opt.zero_grad()  # grads are allocated inside the graph's private pool
+        graph.capture_begin(capture_error_mode="thread_local")
+        try:
+            out = body()
+        finally:
+            graph.capture_end()  # after a failure in body() this raises, chained to it
+    return out

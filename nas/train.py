@@ -86,8 +86,7 @@ def _run(argv: list[str] | None) -> int:
     out = Path(a.out) if a.out else Path(a.config).with_suffix("")
     if not out.parent.is_dir():
         raise UsageError(f"--out {out}: folder {out.parent} does not exist")
-    torch.manual_seed(a.seed)
-    model = build_model(config)
+    model = build_model(config, a.seed)
     epochs = math.ceil(budget.steps / per_epoch)
     print(
         f"training {config.describe()} for {a.epochs:g} epochs ({budget.steps} steps, "

@@ -8,7 +8,8 @@ storage, e.g. PostgreSQL) each bring their own --trials. Several GPUs: worker i 
 i mod count. With --seed, every sampler is reseeded before each trial from the seed and
 the trial's number (unique in the study), so runs are reproducible and no two workers or
 hosts draw alike; without it, each worker's sampler is seeded from its host, process
-and index. TPE's constant liar keeps workers off each other's running trials.
+and index. TPE's constant liar keeps workers off each other's running trials. Each
+worker runs --concurrency trials at once in threads (nas.concurrent).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 
 from nas.budget import TrainBudget
 from nas.cli import Interrupted, interruption, stop_signals
+from nas.concurrent import StopFlag, run_concurrently
 from nas.config import ArchConfig
 from nas.data import FashionMNIST, load_fashion_mnist
 from nas.objective import CATCH, Objective
@@ -62,6 +64,7 @@ class WorkerSpec:
     max_mmacs: float | None
     workers: int  # how many workers share this machine
     heartbeat: int  # seconds between heartbeats of a running trial (nas.storage)
+    concurrency: int = 1  # trials at once in each worker, in threads (nas.concurrent)
 
 
 class _TrialSeeded:
@@ -73,13 +76,37 @@ class _TrialSeeded:
 
     nas_seed: int
 
-    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    _seeded_for: int | None = None  # the trial the streams were last reseeded for
+
+    def _reseed(self, trial: optuna.trial.FrozenTrial) -> None:
+        # At the trial's first draw, not in before_trial: trials running side by side in
+        # one process (--concurrency) sample one at a time, each from its own seed.
+        if self._seeded_for == trial.number:
+            return
+        self._seeded_for = trial.number
         seed = trial_seed(self.nas_seed, trial.number)
         self._rng.rng.seed(seed)  # type: ignore[attr-defined]
         inner = getattr(self, "_random_sampler", None)  # TPE's start-up, NSGA-II's mutation
         if inner is not None:
             inner._rng.rng.seed(seed)
-        super().before_trial(study, trial)  # type: ignore[misc]
+
+    def sample_relative(
+        self, study: optuna.Study, trial: optuna.trial.FrozenTrial, search_space: dict
+    ) -> dict[str, Any]:
+        self._reseed(trial)
+        return super().sample_relative(study, trial, search_space)  # type: ignore[misc]
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        param_name: str,
+        param_distribution: optuna.distributions.BaseDistribution,
+    ) -> Any:
+        self._reseed(trial)
+        return super().sample_independent(  # type: ignore[misc]
+            study, trial, param_name, param_distribution
+        )
 
 
 def trial_seed(seed: int, number: int) -> int:
@@ -157,7 +184,8 @@ def trial_loop(
     on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None],
     data: FashionMNIST | None = None,
 ) -> None:
-    """Run trials one at a time while claim() grants another (data: already loaded)."""
+    """Run trials while claim() grants another, spec.concurrency at a time (data: already
+    loaded). claim and on_trial are called from the trial threads."""
     # ERROR: a failed trial is reported in its own line, not with Optuna's traceback.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     device = worker_device(spec, index)
@@ -173,30 +201,38 @@ def trial_loop(
     else:  # reproducible, and distinct across workers and hosts: by trial number
         study.sampler = make_sampler(spec.sampler, spec.seed, per_trial=True)
     label = f"[w{index}] " if spec.workers > 1 else ""
-    objective = Objective(spec.space, spec.budget, data, spec.max_mmacs, label)
-    while claim():
-        try:
-            study.optimize(objective, n_trials=1, catch=CATCH, callbacks=[on_trial])
-        except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as e:
-            # Another worker finished this trial meanwhile (it judged the heartbeat stale):
-            # that is its business, not a reason for this worker to die.
-            if isinstance(e, ValueError) and not str(e).startswith("Cannot tell a"):
-                raise
-            print(
-                f"a trial this worker ran was finished by another one ({e}); its result "
-                "is dropped",
-                file=sys.stderr,
-                flush=True,
-            )
+    stop = StopFlag()
+    objective = Objective(spec.space, spec.budget, data, spec.max_mmacs, label, stop)
+
+    def one_slot(_slot: int) -> None:
+        while not stop.is_set() and claim():
+            try:
+                study.optimize(objective, n_trials=1, catch=CATCH, callbacks=[on_trial])
+            except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as e:
+                # Another worker finished this trial meanwhile (it judged the heartbeat
+                # stale): that is its business, not a reason for this worker to die.
+                if isinstance(e, ValueError) and not str(e).startswith("Cannot tell a"):
+                    raise
+                print(
+                    f"a trial this worker ran was finished by another one ({e}); its result "
+                    "is dropped",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    run_concurrently(spec.concurrency, device, one_slot, stop)
 
 
 def tally_trial(counts: list[int] | Any, t: optuna.trial.FrozenTrial) -> None:
-    """Count a finished trial into [done, failed, duplicates] (a list or a shared array)."""
+    """Count a finished trial into [done, failed, duplicates, trained] (a list or a shared
+    array)."""
     counts[0] += 1
     if t.state != optuna.trial.TrialState.COMPLETE:
         counts[1] += 1
     elif t.user_attrs.get("duplicate_of") is not None:
         counts[2] += 1
+    elif t.user_attrs.get("trained"):
+        counts[3] += 1
 
 
 def _child(spec: WorkerSpec, index: int, remaining, tally) -> None:  # noqa: ANN001
@@ -226,11 +262,11 @@ def run_workers(
 ) -> list[int]:
     """Start spec.workers processes for `trials` trials in all; wait; return exit codes.
 
-    progress([done, failed, duplicates]) is called about twice a second with this run's
+    progress([done, failed, duplicates, trained]) is called about twice a second with this run's
     trial counts.
     """
     ctx = mp.get_context("spawn")  # CUDA cannot be forked
-    remaining, tally = ctx.Value("i", trials), ctx.Array("i", 3)
+    remaining, tally = ctx.Value("i", trials), ctx.Array("i", 4)
     procs = [
         ctx.Process(target=_child, args=(spec, i, remaining, tally), name=f"nas-worker-{i}")
         for i in range(spec.workers)

@@ -21,6 +21,12 @@ from nas.data import DEFAULT_DATA_DIR, FILES, resolve_data_dir
 TINY = ["--preset", "cifar", "--growth-rate", "8:12:4", "--convs", "1:2", "--budget", "smoke"]
 
 
+def overlapped(trials) -> bool:  # noqa: ANN001 - optuna FrozenTrials
+    """True if some of these finished trials ran at the same time (--concurrency)."""
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in trials)
+    return any(b[0] < a[1] for a, b in zip(spans, spans[1:]))
+
+
 def argv_with(base: dict[str, str], changes: list[str]) -> list[str]:
     """Command-line options `base` ({"--flag": value}) with `changes` ([flag, value, ...])
     replacing or adding options: one bad input at a time on an otherwise good command."""

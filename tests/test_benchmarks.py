@@ -17,9 +17,10 @@ def load(name: str):
     return module
 
 
-def test_throughput_tiny(tmp_path: Path, real_data_dir) -> None:
-    out = tmp_path / "t.json"
-    assert load("throughput").main(["--tiny", "--device", "cpu", "--out", str(out)]) == 0
+def test_throughput_tiny(tmp_path: Path, real_data_dir, capsys) -> None:
+    out, results = tmp_path / "t.json", tmp_path / "t.jsonl"
+    argv = ["--tiny", "--device", "cpu", "--results", str(results)]
+    assert load("throughput").main([*argv, "--out", str(out)]) == 0
     r = json.loads(out.read_text())
     loops = r["a_b_loops"]
     assert set(loops) == {"d2l_style_loop", "ours_eager"}  # no CUDA graph on the CPU
@@ -28,11 +29,19 @@ def test_throughput_tiny(tmp_path: Path, real_data_dir) -> None:
             run["images"] == 128 and run["reps"] == 3 and len(run["images_per_second_runs"]) == 3
         )
         assert run["images_per_second"] == sorted(run["images_per_second_runs"])[1]  # median
-    assert [c["workers"] for c in r["c_search"]] == [1]
-    assert all(c["trials"] == 2 for c in r["c_search"])
+    assert [(c["preset"], c["concurrency"]) for c in r["c_search"]] == [("cifar", 1), ("cifar", 2)]
+    assert all(c["trials"] == 3 and c["failed"] == 0 for c in r["c_search"])
     parts = r["c_search"][0]["median_parts_seconds"]
     assert {"sample", "cost_and_attrs", "warmup", "steady_train", "eval"} <= set(parts)
+    [compare] = r["c_compare"].values()  # the same architectures, alone and two at once
+    assert compare["architectures"] >= 2 and compare["identical"] == compare["architectures"]
     assert r["d_cpu_side"]["median_seconds"]["fvcore"] > 0
+    # resumable: the finished searches are read back, not run again
+    lines = results.read_text().splitlines()
+    capsys.readouterr()
+    assert load("throughput").main([*argv, "--parts", "c"]) == 0
+    assert results.read_text().splitlines() == lines
+    assert "study 'bench'" not in capsys.readouterr().out  # no search started
 
 
 def test_fidelity_tiny_resumes_and_analyses(tmp_path: Path, real_data_dir, capsys) -> None:

@@ -216,6 +216,8 @@ def test_max_mflops_is_refused_with_its_new_name(capsys) -> None:
         (["--budget", "huge"], "--budget: invalid choice"),
         (["--device", "tpu"], "--device: invalid choice"),
         (["--seed", "-1"], "--seed: expected an integer >= 0"),
+        (["--concurrency", "0"], "--concurrency: expected auto or 1..32"),
+        (["--concurrency", "many"], "--concurrency: expected auto or 1..32"),
         (["--max-mmacs", "-5"], "--max-mmacs: expected a positive number"),
         (["--max-mmacs", "nan"], "--max-mmacs: expected a positive number"),
         (["--study", "../etc/passwd"], "study name '../etc/passwd' must be"),
@@ -311,5 +313,5 @@ def test_a_network_already_trained_is_not_trained_again(tmp_path: Path, capsys) 
         assert "train_seconds" not in t.user_attrs  # nothing was trained
     out = capsys.readouterr().out
     assert out.count("the network of trial 0: its values, not trained again") == 2
-    assert "(0 failed, 2 repeating a trained network, 1 worker)" in out
+    assert "(0 failed, 2 repeating a trained network, 1 worker x 1 at once)" in out
     assert "Pareto front: 1 trial (" in out

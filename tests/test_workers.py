@@ -88,3 +88,11 @@ def test_seeded_draws_follow_the_trial_number(sampler: str) -> None:
     )
     together = draws([first, second], 6)  # two "hosts", one seed, alternating
     assert together == one  # trial numbers decide, not which process drew
+
+    # Two trials in flight in one process (--concurrency): trial 1 is asked, and drawn,
+    # between trial 0's ask and trial 0's draw; trial 0 still draws from its own seed.
+    study = fresh("k", optuna.storages.InMemoryStorage())
+    t0, t1 = study.ask(), study.ask()
+    sample(t1, space)
+    sample(t0, space)
+    assert [t0.params, t1.params] == one[:2]

@@ -1,0 +1,99 @@
+"""Several trials at once in one process (nas.concurrent, nas.search --concurrency).
+
+The results of a search must not depend on what runs beside a trial: the same seed gives
+the same architectures the same numbers with K=1 and K=2, exactly on the CPU. Faults with
+K running are in test_faults.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from conftest import TINY, overlapped
+from nas.cli import Interrupted
+from nas.concurrent import GpuMonitor, StopFlag, run_concurrently
+from nas.search import main
+
+STATE = optuna.trial.TrialState
+
+
+def _run(tmp_path: Path, k: int, extra: list[str]) -> dict[int, optuna.trial.FrozenTrial]:
+    url = f"sqlite:///{tmp_path}/k{k}.db"
+    argv = [*TINY, *extra, "--sampler", "random", "--seed", "0", "--trials", "4"]
+    assert main([*argv, "--concurrency", str(k), "--study", "s", "--storage", url]) == 0
+    return {t.number: t for t in optuna.load_study(study_name="s", storage=url).trials}
+
+
+def _same_results(tmp_path: Path, extra: list[str], device: str) -> None:
+    one, two = _run(tmp_path, 1, extra), _run(tmp_path, 2, extra)
+    assert sorted(one) == sorted(two) == list(range(4))
+    for n in one:
+        a, b = one[n], two[n]
+        assert a.state == b.state == STATE.COMPLETE
+        assert a.params == b.params  # trial n draws from (seed, n) whatever runs beside it
+        assert a.values == b.values, (n, a.values, b.values)  # exactly
+        if a.user_attrs["trained"] and b.user_attrs["trained"]:
+            assert a.user_attrs["final_loss"] == b.user_attrs["final_loss"]
+            assert device in b.user_attrs["device"].lower()
+    assert not overlapped(list(one.values()))
+    assert overlapped(list(two.values()))  # K=2 really ran trials side by side
+
+
+def test_same_architectures_same_numbers_with_one_or_two_at_once(
+    tmp_path: Path, real_data_dir
+) -> None:
+    _same_results(tmp_path, ["--device", "cpu"], "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_same_numbers_on_the_gpu_with_graphs_captured_beside_replays(
+    tmp_path: Path, real_data_dir
+) -> None:
+    _same_results(tmp_path, ["--device", "cuda"], "")
+
+
+def test_a_failing_body_stops_the_others_and_its_error_is_raised() -> None:
+    stop = StopFlag()
+    stopped = []
+
+    def body(slot: int) -> None:
+        if slot == 0:
+            time.sleep(0.05)
+            raise ValueError("a bug in trial code")
+        while True:  # a trial in training: checks the flag at every step
+            try:
+                stop.check()
+            except KeyboardInterrupt:
+                stopped.append(slot)
+                raise
+            time.sleep(0.01)
+
+    with pytest.raises(ValueError, match="a bug in trial code"):
+        run_concurrently(3, torch.device("cpu"), body, stop)
+    assert sorted(stopped) == [1, 2]
+    assert not [t for t in threading.enumerate() if t.name.startswith("nas-trial-")]
+
+
+def test_stop_flag_raises_what_the_main_thread_received() -> None:
+    stop = StopFlag()
+    stop.check()  # not set: nothing
+    stop.set(Interrupted(15))
+    with pytest.raises(Interrupted) as e:
+        stop.check()
+    assert e.value.signum == 15
+    stop.set(KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt) as e2:
+        stop.check()
+    assert not isinstance(e2.value, Interrupted)
+
+
+def test_gpu_monitor_reports_nothing_on_a_cpu() -> None:
+    with GpuMonitor(torch.device("cpu"), every=0.01) as gpu:
+        time.sleep(0.05)
+    assert gpu.mean() is None and gpu.samples == []

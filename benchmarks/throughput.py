@@ -368,9 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     data = load_fashion_mnist(a.data_dir).to(device)
     if a.tiny:
         budget = replace(
-            get_budget("smoke"), name="tiny", train_images=128, batch_size=32, val_images=100
+            get_budget("smoke"), name="tiny", train_images=64, batch_size=32, val_images=100
         )
-        search_budget, extra, trials = "smoke", ["--growth-rate", "8:12:4", "--convs", "1:2"], 3
+        search_budget, extra, trials = "smoke", ["--growth-rate", "8:12:4", "--convs", "1:2"], 2
         presets, default_k = ["cifar"], 2
     else:
         budget, search_budget, extra, trials = get_budget("short"), "short", [], a.trials

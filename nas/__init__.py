@@ -1,7 +1,8 @@
 """nas: a neural-architecture-search explorer for DenseNet on Fashion-MNIST.
 
-The pipeline, one module each: space (sample) -> config -> model -> cost -> budget/train
--> objective (trial) -> storage -> search (CLI) -> export.
+The pipeline, one module each: space (sample) -> config -> model -> cost, measure (costs)
+-> metrics (objectives, budgets) -> budget/step/fit (training) -> objective (trial) ->
+concurrent, workers, storage -> search (CLI) -> front -> refine, report, export, train.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 
 from nas.cli import Interrupted
+from nas.measure import pin_threads
 from nas.step import CAPTURE_LOCK
 
 __all__ = ["GpuMonitor", "StopFlag", "release_memory", "run_concurrently"]
@@ -65,7 +66,9 @@ def release_memory() -> None:
 
 
 def _trial_context(device: torch.device) -> AbstractContextManager[object]:
-    """A thread's own CUDA stream on `device` (the thread's current device set too)."""
+    """A thread's own CUDA stream on `device` (the thread's current device set too), and
+    its CPU thread count fixed now, outside any CPU latency measurement (nas.measure)."""
+    pin_threads()
     if device.type != "cuda":
         return nullcontext()
     torch.cuda.set_device(device)  # per thread: a new thread starts on GPU 0

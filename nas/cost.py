@@ -1,4 +1,5 @@
 """What an architecture costs: parameters and multiply-adds, measured and in closed form.
+(What it costs to run, latency and memory, is nas.measure's; `nas.cost` prints both.)
 
 fvcore's FlopCountAnalysis traces the eval-mode model at batch 1 and counts one fused
 multiply-add as one "flop"; every number from it is labelled "MACs (fvcore)". It counts
@@ -138,7 +139,7 @@ def load_config_file(path: str | Path) -> ArchConfig:
         raise UsageError(f"{p}: {e}") from None
 
 
-def _report(config: ArchConfig, cost: Cost, closed: dict[str, int]) -> str:
+def _report(config: ArchConfig, cost: Cost, closed: dict[str, int], latency: dict) -> str:
     lines = [
         f"architecture   {config.describe()}  stem={config.stem}({config.stem_channels}) "
         f"input={config.in_channels}x{config.image_size}x{config.image_size}",
@@ -148,6 +149,9 @@ def _report(config: ArchConfig, cost: Cost, closed: dict[str, int]) -> str:
         + ")",
         f"MACs (closed)  {sum(closed.values()):,}  (closed form from the config)",
         f"fvcore time    {cost.fvcore_seconds * 1000:.0f} ms (build + trace)",
+        f"CPU latency    {latency['value']:.3f} ms per image at batch 1, fp32, eval mode "
+        f"(median of {latency['runs']} runs, quartiles {latency['spread']:.0%} apart; "
+        f"{latency['device']})",
         "",
         "block  size   convs  channels in -> out  transition to",
     ]
@@ -163,8 +167,10 @@ def _report(config: ArchConfig, cost: Cost, closed: dict[str, int]) -> str:
 def _run(argv: list[str] | None) -> int:
     parser = make_parser(
         "nas.cost",
-        "Parameters and multiply-adds of a DenseNet architecture. fvcore counts one fused "
-        "multiply-add as one flop, so its numbers are shown as MACs (fvcore).",
+        "Parameters, multiply-adds and CPU latency (batch 1, one thread) of a DenseNet "
+        "architecture. fvcore counts one fused multiply-add as one flop, so its numbers are "
+        "shown as MACs (fvcore). GPU latency and training memory are measured by nas.search "
+        "on the GPU it trains on.",
     )
     parser.add_argument("config", help="architecture JSON (or a nas.export file)")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
@@ -172,17 +178,21 @@ def _run(argv: list[str] | None) -> int:
     config = load_config_file(args.config)
     cost = measure_cost(config)
     closed = closed_form_macs(config)
+    from nas.measure import cpu_latency
+
+    latency = cpu_latency(config).to_dict()
     if args.json:
         out = {
             "config": config.to_dict(),
             **asdict(cost),
             "closed_form_macs": sum(closed.values()),
             "closed_form_by_operator": closed,
+            "latency_cpu": latency,
             "plan": [asdict(b) for b in config.plan()],
         }
         print(json.dumps(out, indent=2))
     else:
-        print(_report(config, cost, closed))
+        print(_report(config, cost, closed, latency))
     return 0
 
 

@@ -2,9 +2,9 @@
 
 The same as `optuna-dashboard STORAGE --artifact-dir studies/STUDY-artifacts`, after
 checking that the study exists. Objective names come from the study's metric names;
-infeasible (over the MAC budget) trials carry the constraint format optuna-dashboard
-0.21 reads (see nas.objective); `python -m nas.report` stores the report page and the
-Pareto trials' architecture JSON as artifacts.
+infeasible (over a budget: MACs, parameters, latency, memory) trials carry the constraint
+format optuna-dashboard 0.21 reads (see nas.objective); `python -m nas.report` stores the
+report page and the Pareto trials' architecture JSON as artifacts.
 """
 
 from __future__ import annotations

@@ -1,13 +1,17 @@
 """`python -m nas.export`: pick one architecture from a study and write it as JSON.
 
 Picks, among complete, trained, feasible trials:
-  accuracy       the highest validation accuracy (ties: fewer MACs); in a study that knows
-                 its seed noise (nas.refine --seeds N), the cheapest trial whose accuracy
-                 is within that noise of the best (nas.front.within_noise)
+  accuracy       the highest validation accuracy (ties: the lower first cost objective,
+                 MACs by default); in a study that knows its seed noise (nas.refine
+                 --seeds N), the cheapest such trial whose accuracy is within that noise
+                 of the best (nas.front.within_noise)
   knee           the Pareto-front trial farthest above the chord joining the front's two
-                 ends, in accuracy vs log10 MACs (nas.front); the most accurate if none is
+                 ends, in accuracy vs log10 of the first cost objective (MACs by default;
+                 nas.front); the most accurate if none is
   max-mmacs=N   the highest accuracy with at most N million MACs (fvcore)
 
+The file carries every cost the trial measured (`costs`: MACs, parameters, CPU latency,
+and on a GPU its latency, throughput and training memory, each with unit and device).
 The file's "config" member is exactly the architecture JSON of nas.config, so
 `python -m nas.cost best.json` and the model builder accept the file as it is.
 """
@@ -26,7 +30,8 @@ import optuna
 from sqlalchemy.engine import make_url
 
 from nas.cli import UsageError, make_parser, run_cli
-from nas.front import knee_index, pareto_front, usable_trials, within_noise
+from nas.front import knee_index, mmacs, pareto_front, usable_trials, within_noise
+from nas.metrics import DEFAULT_OBJECTIVES
 from nas.storage import default_storage_url, load_study, open_storage
 
 __all__ = ["SCHEMA", "export_record", "main", "pick_trial"]
@@ -55,14 +60,14 @@ def pick_trial(study: optuna.Study, pick: str) -> optuna.trial.FrozenTrial:
             limit = float(pick.split("=", 1)[1])
         except ValueError:
             raise UsageError(f"--pick max-mmacs=N needs a number, got {pick!r}") from None
-        within = [t for t in trials if t.values[1] <= limit]
+        within = [t for t in trials if mmacs(t) <= limit]
         if not within:
-            least = min(t.values[1] for t in trials)
+            least = min(mmacs(t) for t in trials)
             raise UsageError(
                 f"no trained trial has at most {limit:g} MMACs (fvcore); the smallest has "
                 f"{least:.6f} (exact: MACs are whole numbers)"
             )
-        return max(within, key=lambda t: (t.values[0], -t.values[1]))
+        return max(within, key=lambda t: (t.values[0], -mmacs(t)))
     raise UsageError(f"unknown --pick {pick!r}; use accuracy, knee or max-mmacs=N")
 
 
@@ -85,11 +90,14 @@ def export_record(
         "config": a["config"],
         "metrics": {
             "val_accuracy": trial.values[0],
-            "mmacs_fvcore": trial.values[1],
+            "mmacs_fvcore": mmacs(trial),
             "params": a.get("params"),
             "train_seconds": a.get("train_seconds"),
             "images_per_second": a.get("images_per_second"),
         },
+        # every measured cost with its unit, device and runs (nas.measure)
+        "costs": a.get("costs") or {},
+        "objectives": study.user_attrs.get("objectives", list(DEFAULT_OBJECTIVES)),
         "trial": trial.number,
         "study": study.study_name,
         "pick": pick,

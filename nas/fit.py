@@ -21,6 +21,7 @@ from torch import nn
 
 from nas.budget import TrainBudget
 from nas.config import ArchConfig
+from nas.measure import graph_pool_bytes
 from nas.model import build_model
 from nas.step import TensorLRSGD, autocast, device_batch, make_step, memory_format
 
@@ -53,6 +54,9 @@ class TrainResult:
     eval_seconds: float  # BN re-estimate (if any) and scoring
     device: str
     cuda_graph: bool
+    # GPU memory of a training step: weights, momentum and the step graph's memory pool
+    # (nas.measure); None when not replayed as a CUDA graph
+    step_memory_bytes: int | None = None
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -112,7 +116,7 @@ def train_and_evaluate(
     n, bs, steps = len(train_x), budget.batch_size, budget.steps
     if n < bs:
         raise ValueError(f"only {n} training images for a batch of {bs}")
-    step_fn, eager_steps = make_step(
+    stepper = make_step(
         model, opt, train_x, train_y, config.image_size, bs, budget.label_smoothing, cuda_graph
     )
     per_epoch = n // bs
@@ -127,10 +131,10 @@ def train_and_evaluate(
         if step % per_epoch == 0:
             order = torch.randperm(n, device=device, generator=gen)
         i = step % per_epoch
-        loss = step_fn(order[i * bs : (i + 1) * bs], budget.lr_at(step))
+        loss = stepper.run(order[i * bs : (i + 1) * bs], budget.lr_at(step))
         if step >= steps - tail:
             loss_sum += loss.float()
-        if step == eager_steps:  # warm-up (and capture) done: the rest is steady state
+        if step == stepper.eager_steps:  # warm-up (and capture) done: the rest is steady state
             _sync(device)
             warmup_seconds = time.perf_counter() - t0
         if step % 100 == 99 and not torch.isfinite(loss):
@@ -143,6 +147,10 @@ def train_and_evaluate(
     if not math.isfinite(final_loss):
         raise Diverged(f"training loss became {final_loss} by the end of training")
 
+    memory = None
+    if stepper.graph is not None:
+        kept = [*opt.params, *opt.bufs]
+        memory = sum(p.numel() * p.element_size() for p in kept) + graph_pool_bytes(stepper.graph)
     t1 = time.perf_counter()
     if budget.bn_recalibration:
         recalibrate_bn(model, config, train_x[: budget.bn_recalibration], bs)
@@ -161,6 +169,7 @@ def train_and_evaluate(
         eval_seconds=time.perf_counter() - t1,
         device=_device_name(device),
         cuda_graph=cuda_graph,
+        step_memory_bytes=memory,
     )
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "hypervolume_reference",
     "kendall_tau",
     "knee_index",
+    "mmacs",
     "most_promising",
     "nondominated_fronts",
     "pareto_front",
@@ -53,6 +54,11 @@ REF_ACCURACY = 0.1  # chance on 10 classes: the hypervolume's reference accuracy
 REF_MACS_FACTOR = 1.1  # the reference MACs: 1.1 x the largest network the study can train
 
 
+def mmacs(t: optuna.trial.FrozenTrial) -> float:
+    """A trial's MACs (fvcore) in millions, whatever the study's objectives."""
+    return t.user_attrs["macs_fvcore"] / 1e6
+
+
 def usable_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Complete, trained, feasible trials."""
     return [
@@ -63,7 +69,8 @@ def usable_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Trials no feasible trial beats on both accuracy and MACs, fewest MACs first."""
+    """Trained trials no feasible trial beats on every objective (accuracy and MACs by
+    default), cheapest in the first cost objective first."""
     front = [t for t in study.best_trials if t.user_attrs.get("trained") is True]
     return sorted(front, key=lambda t: (t.values[1], -t.values[0]))
 

@@ -1,14 +1,20 @@
-"""One Optuna trial: sample -> config -> cost -> (budget check) -> train -> stored trial.
+"""One Optuna trial: sample -> config -> costs -> (budget check) -> train -> stored trial.
 
-Two objectives: validation accuracy (maximise) and MACs (fvcore) in millions at batch 1
-(minimise). Everything else a user may want to browse is a user attribute of the trial:
-the architecture JSON, parameters, train time, throughput, device. With a MAC budget,
-an architecture over it is marked infeasible through `trial.set_constraint` and is not
-trained: its accuracy value is 0.0 and its `trained` attribute is false, and Optuna
-keeps infeasible trials off the Pareto front. A network the study has already trained
-(same config, same seed) is not trained again: the trial takes its twin's values and
-carries `duplicate_of` (its `trained` attribute is false, so the front counts the network
-once).
+Objectives (nas.metrics): validation accuracy (maximise) and one or two costs (minimise),
+by default MACs (fvcore) in millions at batch 1. Every trial measures all the costs it
+can, whatever the objectives: parameters, MACs, CPU latency, and on a GPU with the GPU
+to itself its latency and throughput, and after training its CPU latency (before, if a
+budget needs it) and the step's GPU memory (a trial over its MAC or parameter budget is
+not trained, and timed only where the time is an objective); they
+are stored in the `costs` user attribute with unit, device and runs. Everything else a
+user may want to browse is a user attribute too: the architecture JSON, train time,
+throughput, device. A budget (`--max-mmacs`, `--max-params`, `--max-latency-ms`,
+`--max-memory-mb`) is an Optuna constraint (`trial.set_constraint`); a trial over one
+whose cost is known before training is not trained: its accuracy value is 0.0, its
+`trained` attribute false and `over_budget` names the costs; Optuna keeps infeasible
+trials off the Pareto front. A network the study has already trained (same config, same
+seed) is not trained again: the trial takes its twin's values and carries
+`duplicate_of` (its `trained` attribute is false, so the front counts the network once).
 
 A trial that runs out of memory, diverges (NaN loss) or samples an architecture the
 builder rejects fails alone: its reason is stored as the `fail_reason` attribute, the
@@ -17,6 +23,7 @@ device memory is released, and the search goes on.
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 import time
@@ -33,6 +40,8 @@ from nas.config import ConfigError
 from nas.cost import measure_cost
 from nas.data import FashionMNIST
 from nas.fit import Diverged, train_and_evaluate
+from nas.measure import cpu_latency, gpu_latency_and_throughput
+from nas.metrics import DEFAULT_OBJECTIVES, METRICS, Limits
 from nas.space import SearchSpace, sample
 
 __all__ = ["CATCH", "Objective", "TrialFailed", "failure_reason", "trained_twin"]
@@ -113,11 +122,14 @@ class Objective:
     max_mmacs: float | None = None  # MACs (fvcore) budget in millions, or None
     label: str = ""  # prefix of this worker's progress lines ("[w1] " with several)
     stop: StopFlag | None = None  # set when trials run in threads (nas.concurrent)
+    objectives: tuple[str, ...] = DEFAULT_OBJECTIVES  # nas.metrics; accuracy first
+    limits: Limits = field(default_factory=Limits)  # budgets beside max_mmacs
+    gpu_timing: bool = False  # time GPU latency and throughput (the GPU to this trial alone)
     # One trial samples at a time: the sampler's state is shared, and a --seed reseeds it
     # per trial (nas.workers), so draws of trials running side by side must not interleave.
     _sampling: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+    def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         reason = None
         try:
             return self._run(trial)
@@ -134,30 +146,53 @@ class Objective:
         trial.set_user_attr("fail_reason", reason)
         raise TrialFailed(reason)
 
-    def _run(self, trial: optuna.Trial) -> tuple[float, float]:
+    def _run(self, trial: optuna.Trial) -> tuple[float, ...]:
         t0 = time.perf_counter()
         with self._sampling:
             config = sample(trial, self.space)
         seed = trial.user_attrs.get("seed")  # nas.refine's trials name their seed
         twin = trained_twin(trial, config.to_dict(), seed)
         if twin is not None:  # TPE proposes what it has seen: never train it twice
-            for key in ("config", "params", "macs_fvcore"):
-                trial.set_user_attr(key, twin.user_attrs[key])
+            for key in ("config", "params", "macs_fvcore", "costs"):
+                if key in twin.user_attrs:
+                    trial.set_user_attr(key, twin.user_attrs[key])
             trial.set_user_attr("duplicate_of", twin.number)
             trial.set_user_attr("trained", False)  # its values are its twin's
-            self._constrain(trial, twin.values[1])
-            return twin.values[0], twin.values[1]
+            self._constrain(trial, twin.user_attrs.get("costs") or _costs_of_old(twin), {})
+            return tuple(twin.values)
         t1 = time.perf_counter()
         cost = measure_cost(config)
-        mmacs = cost.fvcore_macs / 1e6
+        costs: dict[str, dict] = {
+            "macs": {"value": cost.fvcore_macs / 1e6, "unit": "MMACs (fvcore)", "device": "-"},
+            "params": {"value": cost.params / 1e6, "unit": "M", "device": "-"},
+        }
         trial.set_user_attr("config", config.to_dict())
         trial.set_user_attr("params", cost.params)
         trial.set_user_attr("macs_fvcore", cost.fvcore_macs)
         trial.set_user_attr("fvcore_seconds", round(cost.fvcore_seconds, 4))
+        constraints: dict[str, float] = {}
+        # Over the MAC or parameter budget: infeasible, not trained, and timed only where
+        # the time is an objective (a value Optuna needs, finite for optuna-dashboard).
+        over = self._constrain(trial, costs, constraints)
+        wanted = {METRICS[n].key for n in self.objectives}
+        budgeted = self.limits.needs()
+        # CPU latency now if a budget needs it before training, or the objective needs it
+        # of a trial that will not be trained; else after training (a trial that fails,
+        # out of memory say, is never timed: large networks take seconds per run)
+        if (not over and "latency_cpu" in budgeted) or (over and "latency_cpu" in wanted):
+            costs["latency_cpu"] = cpu_latency(config).to_dict()
+        device = self.data.train_x.device
+        if self.gpu_timing and device.type == "cuda" and (not over or "latency_gpu" in wanted):
+            latency, throughput = gpu_latency_and_throughput(config, device)
+            costs["latency_gpu"] = latency.to_dict()
+            costs["throughput_gpu"] = throughput.to_dict()
+        over += self._constrain(trial, costs, constraints)
+        trial.set_user_attr("costs", costs)
         t2 = time.perf_counter()
-        if self._constrain(trial, mmacs):
+        if over:  # known before training: not trained
             trial.set_user_attr("trained", False)
-            return 0.0, mmacs
+            trial.set_user_attr("over_budget", over)
+            return self.values(0.0, costs)
         d = self.data
         b = self.budget if seed is None else self.budget.with_seed(seed)
         progress = TrialProgress(
@@ -167,6 +202,19 @@ class Objective:
             self.stop.check()
         r = train_and_evaluate(config, b, d.train_x, d.train_y, d.val_x, d.val_y, on_step=progress)
         t3 = time.perf_counter()
+        if "latency_cpu" not in costs:
+            costs["latency_cpu"] = cpu_latency(config).to_dict()
+        if r.step_memory_bytes is not None:
+            costs["memory"] = {
+                "value": r.step_memory_bytes / 1e6,
+                "unit": "MB",
+                "device": f"{r.device}, batch {b.batch_size}",
+            }
+            over = self._constrain(trial, costs, constraints)
+            if over:  # trained, but over a budget known only now
+                trial.set_user_attr("over_budget", over)
+        trial.set_user_attr("costs", costs)
+        t4 = time.perf_counter()
         trial.set_user_attr("trained", True)
         trial.set_user_attr("train_seconds", round(r.train_seconds, 3))
         trial.set_user_attr("images_per_second", round(r.images_per_second, 1))
@@ -175,25 +223,56 @@ class Objective:
         # Where the trial's time went (seconds), for the benchmark's overhead split.
         seconds = {
             "sample": t1 - t0,
-            "cost_and_attrs": t2 - t1,
+            "cost_and_attrs": t2 - t1,  # fvcore, GPU timing, storage writes
             "setup": t3 - t2 - r.train_seconds - r.eval_seconds,  # build, to(device)
             "warmup": r.warmup_seconds,  # first steps incl. CUDA graph capture
             "steady_train": r.train_seconds - r.warmup_seconds,
             "eval": r.eval_seconds,
-            "attrs": time.perf_counter() - t3,
+            "latency_cpu": t4 - t3,  # timed after training, one thread (nas.measure)
+            "attrs": time.perf_counter() - t4,
         }
         trial.set_user_attr("seconds", {k: round(v, 4) for k, v in seconds.items()})
-        return r.accuracy, mmacs
+        return self.values(r.accuracy, costs)
 
-    def _constrain(self, trial: optuna.Trial, mmacs: float) -> bool:
-        """Record the MAC constraint (if there is a budget); True if over it."""
-        if self.max_mmacs is None:
-            return False
-        over = mmacs - self.max_mmacs
-        trial.set_constraint("mmacs_over_budget", over)
-        # optuna-dashboard 0.21 reads constraints only from this older attribute.
-        trial.storage.set_trial_system_attr(trial._trial_id, "constraints", [over])
-        return over > 0
+    def values(self, accuracy: float, costs: dict[str, dict]) -> tuple[float, ...]:
+        """The study's objective values; a cost never measured (the training memory of a
+        trial over a budget known before training, which is not trained) is +inf, and such
+        a trial is infeasible anyway."""
+        out = [accuracy]
+        for name in self.objectives[1:]:
+            entry = costs.get(METRICS[name].key)
+            out.append(entry["value"] if entry else math.inf)
+        return tuple(out)
+
+    def _constrain(
+        self, trial: optuna.Trial, costs: dict[str, dict], done: dict[str, float]
+    ) -> list[str]:
+        """Record each budget's constraint (over > 0: infeasible) whose cost is measured and
+        not yet recorded in `done`; return the costs over their budget."""
+        checks = (
+            [] if self.max_mmacs is None else [("mmacs_over_budget", "macs", self.max_mmacs, 1.0)]
+        )
+        over = []
+        for name, key, limit, scale in [*checks, *self.limits.checks()]:
+            if key not in costs or name in done:
+                continue
+            done[name] = costs[key]["value"] * scale - limit
+            trial.set_constraint(name, done[name])
+            if done[name] > 0:
+                over.append(key)
+        if done:  # optuna-dashboard 0.21 reads constraints only from this older attribute
+            trial.storage.set_trial_system_attr(
+                trial._trial_id, "constraints", list(done.values())
+            )
+        return over
+
+
+def _costs_of_old(t: optuna.trial.FrozenTrial) -> dict[str, dict]:
+    """The costs of a trial stored before trials carried `costs` (MACs and parameters)."""
+    return {
+        "macs": {"value": t.user_attrs["macs_fvcore"] / 1e6},
+        "params": {"value": t.user_attrs["params"] / 1e6},
+    }
 
 
 def trained_twin(

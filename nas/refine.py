@@ -23,12 +23,14 @@ from nas.budget import BUDGETS, get_budget
 from nas.cli import UsageError, make_parser, run_cli
 from nas.front import (
     kendall_tau,
+    mmacs,
     most_promising,
     nondominated_fronts,
     pareto_front,
     usable_trials,
     within_noise,
 )
+from nas.metrics import DEFAULT_OBJECTIVES
 from nas.storage import default_storage_url, load_study, open_or_create_study, open_storage
 
 __all__ = ["linked_refinements", "main", "refined_name", "refined_runs"]
@@ -90,7 +92,7 @@ def _run(argv: list[str] | None) -> int:
     trials = usable_trials(source)
     if len(trials) < 2:
         raise UsageError(f"study {a.study!r} has {len(trials)} trained trial(s): nothing to rank")
-    points = [(t.values[0], t.values[1]) for t in trials]
+    points = [(t.values[0], mmacs(t)) for t in trials]
     chosen = [trials[i] for i in most_promising(points, a.top)]
 
     from nas.data import DataError, load_fashion_mnist
@@ -109,7 +111,9 @@ def _run(argv: list[str] | None) -> int:
     budget = get_budget(a.budget)
     experiment = {
         "space": attrs["space"],
+        "objectives": list(DEFAULT_OBJECTIVES),  # refining ranks accuracy; costs stay put
         "max_mmacs": attrs.get("max_mmacs"),
+        "limits": {},  # the source's budgets already held for every trial refined
         "precision": precision(device),
         "data": data.fingerprint,
         "budget": budget.to_dict(),
@@ -178,14 +182,14 @@ def summary(
     if pooled is not None:
         refined.set_user_attr("seed_stdev", {"stdev": pooled, "seeds": seeds, "of": len(sds)})
     old_front = {t.number for t in pareto_front(source)}
-    points = [(mean[t.number], t.values[1]) for t in done]
+    points = [(mean[t.number], mmacs(t)) for t in done]
     new_front = {done[i].number for i in nondominated_fronts(points)[0]}
     budget = refined.user_attrs["budget"]["name"]
     lines = [
         f"{'trial':>5}  {'MMACs':>9}  {source.user_attrs['budget']['name']:>8}  "
         f"{budget + ' (mean)':>12}  front"
     ]
-    for t in sorted(done, key=lambda t: t.values[1]):
+    for t in sorted(done, key=mmacs):
         where = (
             ("stays" if t.number in new_front else "drops off")
             if t.number in old_front
@@ -193,7 +197,7 @@ def summary(
         )
         spread = f" +-{statistics.stdev(runs[t.number]):.4f}" if len(runs[t.number]) > 1 else ""
         lines.append(
-            f"{t.number:>5}  {t.values[1]:>9.3f}  {t.values[0]:>8.4f}  "
+            f"{t.number:>5}  {mmacs(t):>9.3f}  {t.values[0]:>8.4f}  "
             f"{mean[t.number]:>12.4f}{spread}  {where}"
         )
     if len(done) >= 3:
@@ -205,7 +209,7 @@ def summary(
     else:  # over two architectures tau can only be +1 or -1
         lines.append(f"Kendall tau: needs at least 3 refined architectures ({len(done)} here)")
     if pooled is not None:
-        front = sorted((t for t in done if t.number in new_front), key=lambda t: t.values[1])
+        front = sorted((t for t in done if t.number in new_front), key=mmacs)
         ties = [
             f"{x.number}~{y.number}"
             for i, x in enumerate(front)

@@ -31,15 +31,42 @@ from nas.front import (
     REF_ACCURACY,
     hypervolume_history,
     hypervolume_reference,
+    kendall_tau,
     pareto_front,
+    spearman_rho,
     usable_trials,
 )
+from nas.metrics import DEFAULT_OBJECTIVES, METRICS, describe_limits
 from nas.refine import linked_refinements
 from nas.storage import default_storage_url, load_study, open_storage
 
 __all__ = ["main", "trials_frame", "write_report"]
 
 MACS = "MMACs (fvcore)"
+# measured costs (a trial's `costs` attribute, nas.measure) -> table columns, with units
+COST_COLUMNS = {
+    "latency_cpu": "CPU latency (ms)",
+    "latency_gpu": "GPU latency (ms)",
+    "throughput_gpu": "GPU throughput (img/s)",
+    "memory": "train memory (MB)",
+}
+# table column of each objective (accuracy and MACs have theirs)
+OBJECTIVE_COLUMNS = {
+    "accuracy": "val_accuracy",
+    "macs": MACS,
+    "params": "params",
+    "latency-cpu": "CPU latency (ms)",
+    "latency-gpu": "GPU latency (ms)",
+    "memory": "train memory (MB)",
+}
+OVER_OTHER = "not trained (over a budget)"
+AXIS_TITLES = {
+    MACS: "MACs (fvcore), millions, batch 1",
+    "params": "parameters",
+    "CPU latency (ms)": "CPU latency, ms per image, batch 1, one thread",
+    "GPU latency (ms)": "GPU latency, ms per image, batch 1",
+    "train memory (MB)": "GPU memory of a training step, MB",
+}
 MIN_TRUSTED_TRIALS = 20  # fewer trained trials: the page says its plots are rough
 STATES = optuna.trial.TrialState
 
@@ -58,20 +85,23 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         elif t.state == STATES.COMPLETE and a.get("duplicate_of") is not None:
             status = "duplicate (not trained again)"
         elif t.state == STATES.COMPLETE:
-            status = "not trained (over MAC budget)"
+            over = a.get("over_budget") or ["macs"]  # older trials: only a MAC budget
+            status = "not trained (over MAC budget)" if over == ["macs"] else OVER_OTHER
         else:
             status = t.state.name.lower()
+        costs = a.get("costs") or {}
         rows.append(
             {
                 "trial": t.number,
                 "status": status,
                 "val_accuracy": t.values[0] if t.values and t.number in usable else None,
-                MACS: t.values[1] if t.values else None,
+                MACS: a["macs_fvcore"] / 1e6 if "macs_fvcore" in a else None,
                 "growth_rate": cfg.get("growth_rate"),
                 "convs_per_block": "-".join(map(str, convs)) or None,
                 "total_convs": sum(convs) if convs else None,
                 "compression": cfg.get("compression"),
                 "params": a.get("params"),
+                **{col: costs.get(key, {}).get("value") for key, col in COST_COLUMNS.items()},
                 "train_seconds": a.get("train_seconds"),
                 "images_per_second": a.get("images_per_second"),
                 "reference": bool(a.get("reference")),
@@ -131,11 +161,13 @@ def _hover(df: pd.DataFrame) -> list[str]:
     return out
 
 
-def _points(rows: pd.DataFrame, y: object, name: str, marker: dict, **kw: object) -> go.Scatter:
-    """One trace of the Pareto plot: MACs on x, with the trials' configs on hover."""
+def _points(
+    rows: pd.DataFrame, y: object, name: str, marker: dict, x: str = MACS, **kw: object
+) -> go.Scatter:
+    """One trace of the Pareto plot: a cost (MACs) on x, with the trials' configs on hover."""
     hover = kw.pop("hovertext", None) or _hover(rows)
     return go.Scatter(
-        x=rows[MACS],
+        x=rows[x],
         y=y,
         name=name,
         marker=marker,
@@ -163,12 +195,15 @@ def pareto_figure(
     df: pd.DataFrame,
     refined: dict[str, dict[int, list[float]]] | None = None,
     seed_stdev: float | None = None,
+    x: str = MACS,
 ) -> go.Figure:
-    """seed_stdev: the study's measured per-run noise (nas.refine --seeds), drawn as +-1
-    stdev error bars on every trained point."""
+    """Accuracy against the cost in column `x` (MACs, or another objective of the study);
+    the front is the study's, in all its objectives. seed_stdev: the study's measured
+    per-run noise (nas.refine --seeds), drawn as +-1 stdev error bars on every trained
+    point."""
     fig = go.Figure()
-    trained = df[df["val_accuracy"].notna()]
-    front = trained[trained["status"] == "pareto"].sort_values(MACS)
+    trained = df[df["val_accuracy"].notna() & df[x].notna()]
+    front = trained[trained["status"] == "pareto"].sort_values(x)
     dominated = trained[trained["status"] == "dominated"]
     bars = {"type": "constant", "value": seed_stdev or 0.0, "visible": seed_stdev is not None}
     fig.add_trace(
@@ -177,6 +212,7 @@ def pareto_figure(
             dominated["val_accuracy"],
             "dominated",
             {"color": "#9aa5b1", "size": 8},
+            x=x,
             error_y=bars,
         )
     )
@@ -186,20 +222,25 @@ def pareto_figure(
             front["val_accuracy"],
             "Pareto front" + (f" (bars: seed stdev {seed_stdev:.4f})" if seed_stdev else ""),
             {"color": "#d62728", "size": 11},
+            x=x,
             mode="lines+markers",
             line={"shape": "hv", "color": "#d62728"},
             error_y=bars,
         )
     )
-    over = df[df["status"] == "not trained (over MAC budget)"]
+    over = df[df["status"].isin(["not trained (over MAC budget)", OVER_OTHER]) & df[x].notna()]
     if not over.empty:
         floor = (trained["val_accuracy"].min() if not trained.empty else 0.5) - 0.01
+        only_macs = (over["status"] == "not trained (over MAC budget)").all()
         fig.add_trace(
             _points(
                 over,
                 [floor] * len(over),
-                "over the MAC budget (not trained)",
+                "over the MAC budget (not trained)"
+                if only_macs
+                else "over a budget (not trained)",
                 {"symbol": "x", "color": "#444", "size": 8},
+                x=x,
                 hovertext=[f"{h}<br>not trained" for h in _hover(over)],
             )
         )
@@ -210,7 +251,7 @@ def pareto_figure(
         seeds = max(len(v) for v in runs.values())
         xs, ys = [], []
         for (_, r), m in zip(rows.iterrows(), means):
-            xs += [r[MACS], r[MACS], None]
+            xs += [r[x], r[x], None]
             ys += [r["val_accuracy"], m, None]
         fig.add_trace(
             go.Scatter(
@@ -228,6 +269,7 @@ def pareto_figure(
                 means,
                 f"refined at {budget} (mean of {seeds} seed{'s' if seeds > 1 else ''})",
                 {"color": "#2ca02c", "size": 10, "symbol": "diamond"},
+                x=x,
                 error_y={"type": "data", "array": sds, "visible": seeds > 1},
                 hovertext=[
                     f"{h}<br>refined at {budget}: {m:.4f} (+-{sd:.4f}, {len(runs[n])} seeds)"
@@ -248,14 +290,15 @@ def pareto_figure(
                     "size": 18,
                     "line": {"color": "black", "width": 1},
                 },
+                x=x,
             )
         )
-    ticks = log_ticks(df[MACS].dropna())
+    ticks = log_ticks(df[x].dropna())
     fig.update_layout(
-        title="Validation accuracy vs MACs (fvcore)",
+        title=f"Validation accuracy vs {AXIS_TITLES.get(x, x).split(',')[0]}",
         xaxis={
             "type": "log",
-            "title": "MACs (fvcore), millions, batch 1 (log scale)",
+            "title": f"{AXIS_TITLES.get(x, x)} (log scale)",
             "tickvals": ticks,
             "ticktext": [f"{v:g}" for v in ticks],
         },
@@ -268,8 +311,80 @@ def pareto_figure(
     return fig
 
 
+def _dots(x: pd.Series, y: pd.Series, hover: list[str]) -> go.Scatter:
+    """Plain blue markers with a hover label each (the panels of many small plots)."""
+    return go.Scatter(
+        x=x,
+        y=y,
+        mode="markers",
+        showlegend=False,
+        marker={"color": "#1f77b4", "size": 7},
+        hovertext=hover,
+        hoverinfo="text",
+    )
+
+
+def rank_agreement(df: pd.DataFrame, col: str) -> tuple[int, float, float]:
+    """(networks, Spearman rho, Kendall tau) between MACs and the cost in `col`, over the
+    distinct networks measured (a repeated network counts once)."""
+    rows = df[
+        df[col].notna() & df[MACS].notna() & (df["status"] != "duplicate (not trained again)")
+    ]
+    if len(rows) < 3:
+        return len(rows), math.nan, math.nan
+    xs, ys = list(rows[MACS]), list(rows[col])
+    return len(rows), spearman_rho(xs, ys), kendall_tau(xs, ys)
+
+
+def costs_figure(df: pd.DataFrame) -> go.Figure:
+    """Where MACs mislead: each measured cost against MACs, log-log, with the rank
+    correlation between them (1: MACs order networks exactly as the cost does)."""
+    cols = [
+        c
+        for c in ("CPU latency (ms)", "GPU latency (ms)", "train memory (MB)")
+        if df[c].notna().any()
+    ]
+    if not cols:
+        fig = go.Figure()
+        fig.update_layout(title="Measured costs vs MACs", height=300)
+        return _empty(fig, "no trial has a measured latency or memory (a study of an older nas)")
+    titles = []
+    for c in cols:
+        n, rho, tau = rank_agreement(df, c)
+        titles.append(
+            f"{c}: Spearman rho {rho:.2f}, Kendall tau {tau:.2f} ({n} networks)"
+            if n >= 3
+            else f"{c}: {n} networks, too few for a rank correlation"
+        )
+    fig = make_subplots(rows=1, cols=len(cols), subplot_titles=titles)
+    for i, c in enumerate(cols, start=1):
+        rows = df[df[c].notna() & (df["status"] != "duplicate (not trained again)")]
+        fig.add_trace(
+            _dots(
+                rows[MACS], rows[c], [f"{h}<br>{c} {v:.3g}" for h, v in zip(_hover(rows), rows[c])]
+            ),
+            row=1,
+            col=i,
+        )
+        fig.update_xaxes(type="log", title_text=AXIS_TITLES[MACS], row=1, col=i)
+        fig.update_yaxes(type="log", title_text=AXIS_TITLES[c], row=1, col=i)
+    fig.update_layout(
+        title="Measured costs vs MACs: where MACs mislead (each network once, trained or not)",
+        height=420,
+    )
+    return fig
+
+
 def hypervolume_figure(df: pd.DataFrame, study: optuna.Study) -> go.Figure:
     a = study.user_attrs
+    objectives = a.get("objectives", list(DEFAULT_OBJECTIVES))
+    if list(objectives) != list(DEFAULT_OBJECTIVES):
+        fig = go.Figure()
+        fig.update_layout(title="Hypervolume", height=200)
+        return _empty(
+            fig,
+            f"drawn for accuracy and MACs only; this study optimises {', '.join(objectives)}",
+        )
     ref = hypervolume_reference(a["space"], a.get("max_mmacs"))
     ok = df[df["val_accuracy"].notna()].sort_values("trial")
     hv = hypervolume_history(zip(ok["val_accuracy"], ok[MACS]), ref)
@@ -291,16 +406,18 @@ def hypervolume_figure(df: pd.DataFrame, study: optuna.Study) -> go.Figure:
 
 def importance_figure(study: optuna.Study) -> go.Figure:
     usable = usable_trials(study)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("validation accuracy", MACS))
+    labels = study.metric_names or ["validation accuracy", MACS]
+    fig = make_subplots(rows=1, cols=len(labels), subplot_titles=labels)
     note = None
     if len(usable) < 3:
         note = f"needs at least 3 trained trials ({len(usable)} so far)"
         _empty(fig, note)
     else:
-        copy = optuna.create_study(directions=["maximize", "minimize"])
+        copy = optuna.create_study(directions=study.directions)
         copy.add_trials(usable)
         # PED-ANOVA (Optuna's default) rates what leads to LOW targets: negate accuracy.
-        targets = ((lambda t: -t.values[0]), (lambda t: t.values[1]))
+        targets = [lambda t: -t.values[0]]
+        targets += [(lambda t, i=i: t.values[i]) for i in range(1, len(labels))]
         for col, target in enumerate(targets, start=1):
             try:
                 with warnings.catch_warnings():
@@ -342,15 +459,7 @@ def dependence_figure(df: pd.DataFrame) -> go.Figure:
     for c, (col, _) in enumerate(cols, start=1):
         for r, y in ((1, "val_accuracy"), (2, MACS)):
             fig.add_trace(
-                go.Scatter(
-                    x=trained[col],
-                    y=trained[y],
-                    mode="markers",
-                    showlegend=False,
-                    marker={"color": "#1f77b4", "size": 7},
-                    hovertext=_hover(trained),
-                    hoverinfo="text",
-                ),
+                _dots(trained[col], trained[y], _hover(trained)),
                 row=r,
                 col=c,
             )
@@ -365,8 +474,11 @@ def dependence_figure(df: pd.DataFrame) -> go.Figure:
 def write_report(study: optuna.Study, out: Path, table_format: str | None = None) -> dict:
     """Write the HTML page, the Pareto CSV (and the full table); return what was written."""
     df = trials_frame(study)
+    a = study.user_attrs
+    objectives = list(a.get("objectives", DEFAULT_OBJECTIVES))
+    cost_cols = [OBJECTIVE_COLUMNS[n] for n in objectives[1:]]
     out.parent.mkdir(parents=True, exist_ok=True)
-    front = df[df["status"] == "pareto"].sort_values(MACS)
+    front = df[df["status"] == "pareto"].sort_values(cost_cols[0])
     pareto_csv = out.with_name(out.stem + "-pareto.csv")
     front.to_csv(pareto_csv, index=False)
     written = {"html": out, "pareto_csv": pareto_csv}
@@ -381,7 +493,6 @@ def write_report(study: optuna.Study, out: Path, table_format: str | None = None
             raise UsageError("--format parquet needs pyarrow: pip install pyarrow") from None
 
     counts = df["status"].value_counts().to_dict()
-    a = study.user_attrs
     budget = a.get("budget") or {}
     max_mmacs = a.get("max_mmacs")
     trained = int(df["val_accuracy"].notna().sum())
@@ -401,22 +512,27 @@ def write_report(study: optuna.Study, out: Path, table_format: str | None = None
     summary = (
         f"<p>{len(df)} trials: {counts.get('pareto', 0)} on the Pareto front, "
         f"{counts.get('dominated', 0)} dominated, "
-        f"{counts.get('not trained (over MAC budget)', 0)} over the MAC budget (not trained), "
+        f"{counts.get('not trained (over MAC budget)', 0) + counts.get(OVER_OTHER, 0)} over a "
+        "budget (not trained), "
         f"{counts.get('duplicate (not trained again)', 0)} repeating a trained network (its "
         f"values reused), {counts.get('fail', 0)} failed, {counts.get('running', 0)} "
         "running.<br>"
         f"{escape(describe_budget(budget))}<br>"
-        "MAC budget: "
-        + (f"{max_mmacs:g} MMACs (fvcore) per image" if max_mmacs is not None else "none")
+        "Budgets: "
+        + escape(describe_limits(max_mmacs, a.get("limits") or {}))
         + ".<br>Objectives: validation accuracy on "
         f"{budget.get('val_images', 10_000):,} images of a fixed 10k validation split of "
-        "the training set (the test set is not used), and MACs (fvcore): multiply-adds at "
-        "batch 1, in millions.</p>" + "".join(f'<p class="caution">{c}</p>' for c in cautions)
+        "the training set (the test set is not used; maximised), and "
+        + " and ".join(
+            f"{escape(METRICS[n].label)}: {escape(METRICS[n].how)}" for n in objectives[1:]
+        )
+        + " (minimised). Every trial also measures the other costs (table and plots below)."
+        "</p>" + "".join(f'<p class="caution">{c}</p>' for c in cautions)
     )
+    stdev = (a.get("seed_stdev") or {}).get("stdev")
     figures = [
-        pareto_figure(
-            df, linked_refinements(study), (study.user_attrs.get("seed_stdev") or {}).get("stdev")
-        ),
+        *(pareto_figure(df, linked_refinements(study), stdev, x=c) for c in cost_cols),
+        costs_figure(df),
         hypervolume_figure(df, study),
         importance_figure(study),
         dependence_figure(df),
@@ -442,12 +558,10 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 6px}}
 <h1>Study {escape(study.study_name)}</h1>
 <p>Written {stamp} by nas.report.</p>
 {summary}
-{parts[0]}
+{"".join(parts[: len(cost_cols)])}
 <h2>Pareto trials</h2>
 {table}
-{parts[1]}
-{parts[2]}
-{parts[3]}
+{"".join(parts[len(cost_cols) :])}
 {failed_html}
 </body></html>
 """

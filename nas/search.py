@@ -31,6 +31,7 @@ from nas.cost import closed_form_mmacs
 from nas.data import DataError, FashionMNIST, load_fashion_mnist
 from nas.fit import pick_device, train_and_evaluate
 from nas.front import pareto_front
+from nas.metrics import DEFAULT_OBJECTIVES, Limits, describe_limits, metric_names, parse_objectives
 from nas.space import PRESETS, load_space_file, parse_range, reference_params
 from nas.step import precision
 from nas.storage import check_study_name, default_storage_url, open_or_create_study, open_storage
@@ -58,9 +59,17 @@ WORKERS_PER_GPU = 1
 CONCURRENCY_PER_GPU = 4
 
 EPILOG = """\
-objectives: validation accuracy (maximise) on a fixed 10k split of the training set, and
-  MACs (fvcore) in millions at batch 1 (minimise); fvcore counts one multiply-add as one
-  flop, so --max-mmacs is in those units too (1 MAC = 2 FLOPs).
+objectives (--objectives, accuracy and one or two costs; every trial measures all costs):
+  accuracy     validation accuracy on a fixed 10k split of the training set (maximised)
+  macs         MACs (fvcore) in millions at batch 1; fvcore counts one multiply-add as one
+               flop, so --max-mmacs is in those units too (1 MAC = 2 FLOPs)
+  params       parameters, in millions
+  latency-cpu  ms per image at batch 1 on one CPU thread, fp32 (median of up to 21 runs)
+  latency-gpu  ms per image at batch 1 on the training GPU, bf16, CUDA graph (median of
+               50 replays; needs the GPU to one trial: --concurrency 1, --workers 1)
+  memory       MB of GPU memory of one training step at the budget's batch size
+budgets: one known before training (MACs, params, latencies) skips training when over;
+  memory is known after training (the trial is trained, then marked infeasible).
 presets:
   d2l    the d2l chapter's layout: 4 dense blocks, 7x7 stem, 96x96 input (default)
   cifar  DenseNet-BC: 3 dense blocks with bottlenecks, 3x3 stem, native 28x28 input
@@ -72,6 +81,7 @@ examples:
   python -m nas.search --trials 100
   python -m nas.search --trials 3 --budget smoke --preset tiny --study demo
   python -m nas.search --preset cifar --growth-rate 8:24:4 --convs 2:8 --max-mmacs 50
+  python -m nas.search --objectives accuracy,latency-cpu --max-params 500000
 """
 
 
@@ -212,6 +222,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-mflops", help=argparse.SUPPRESS)  # renamed: refused with a hint
     p.add_argument(
+        "--objectives",
+        default=",".join(DEFAULT_OBJECTIVES),
+        metavar="A,B[,C]",
+        help="what to optimise: accuracy and one or two of macs, params, latency-cpu, "
+        "latency-gpu, memory (default accuracy,macs; see objectives below)",
+    )
+    p.add_argument(
+        "--max-params",
+        type=_positive_float,
+        metavar="N",
+        help="budget in parameters (e.g. 500000); larger networks are infeasible, not trained",
+    )
+    p.add_argument(
+        "--max-latency-ms",
+        type=_positive_float,
+        metavar="MS",
+        help="budget in ms per image at batch 1, on the device --latency-device names; "
+        "slower networks are infeasible, not trained",
+    )
+    p.add_argument(
+        "--latency-device",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="where --max-latency-ms is measured: cpu (one thread, fp32; default) or gpu "
+        "(the training GPU, bf16, CUDA graph; needs --concurrency 1)",
+    )
+    p.add_argument(
+        "--max-memory-mb",
+        type=_positive_float,
+        metavar="MB",
+        help="budget in MB of GPU memory for one training step (GPU only); known after "
+        "training, so a network over it is trained, then marked infeasible",
+    )
+    p.add_argument(
         "--lr",
         type=_positive_float,
         help="peak learning rate, replacing the budget's (part of the stored budget)",
@@ -261,6 +305,11 @@ def parse_args(argv: list[str] | None) -> SearchArgs:
     budget = get_budget(a.budget)
     if a.lr is not None:
         budget = replace(budget, lr=a.lr)
+    try:
+        objectives = parse_objectives(a.objectives)
+    except ValueError as e:
+        raise UsageError(f"--objectives: {e}") from None
+    limits = Limits(a.max_params, a.max_latency_ms, a.latency_device, a.max_memory_mb)
     spec = WorkerSpec(
         storage=a.storage or default_storage_url(a.study),
         study=check_study_name(a.study),
@@ -274,8 +323,30 @@ def parse_args(argv: list[str] | None) -> SearchArgs:
         workers=a.workers,
         heartbeat=a.heartbeat,
         concurrency=a.concurrency,
+        objectives=objectives,
+        limits=limits,
     )
     return SearchArgs(trials=a.trials, spec=spec)
+
+
+def check_gpu_costs(spec: WorkerSpec, device: torch.device) -> None:
+    """GPU costs need a GPU, and GPU latency needs it to one trial at a time."""
+    limits = spec.limits
+    gpu_latency = "latency-gpu" in spec.objectives or (
+        limits.latency_ms is not None and limits.latency_device == "gpu"
+    )
+    memory = "memory" in spec.objectives or limits.memory_mb is not None
+    if device.type != "cuda" and (gpu_latency or memory):
+        what = "GPU latency" if gpu_latency else "training memory"
+        raise UsageError(
+            f"{what} is measured on a GPU, and trials here run on the CPU (use latency-cpu, "
+            "or run on a GPU)"
+        )
+    if gpu_latency and (spec.concurrency > 1 or spec.workers > 1):
+        raise UsageError(
+            "GPU latency is timed with the GPU to one trial: use --concurrency 1 and "
+            f"--workers 1 (here {spec.workers} x {spec.concurrency} at once)"
+        )
 
 
 FAR_MMACS = 20_000  # a space reaching past 20 GMACs per image is worth a word
@@ -302,6 +373,11 @@ def preflight(
     cores = os.cpu_count() or 1
     if device.type == "cpu" and spec.workers > cores:
         notes.append(f"{spec.workers} workers share {cores} CPU cores: trials will take turns")
+    if device.type == "cpu" and spec.workers * spec.concurrency > 1:
+        notes.append(
+            "trials run side by side on this CPU: each trial's CPU latency is timed while "
+            "others train on the same cores, so expect it higher and noisier than alone"
+        )
     if device.type == "cpu" and spec.budget.name != "smoke":
         ref = reference_params(spec.space)
         config = D2L_CHAPTER if ref is not None else spec.space.middle()
@@ -341,9 +417,14 @@ def run_search(args: SearchArgs) -> optuna.Study:
         device = pick_device(spec.device)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    gpu_latency = "latency-gpu" in spec.objectives or (
+        spec.limits.latency_ms is not None and spec.limits.latency_device == "gpu"
+    )
     workers = spec.workers or default_workers(device)
-    k = spec.concurrency or default_concurrency(device)
+    # auto: one trial at a time when GPU latency is an objective or a budget
+    k = spec.concurrency or (1 if gpu_latency else default_concurrency(device))
     spec = replace(spec, device=device.type, workers=workers, concurrency=k)
+    check_gpu_costs(spec, device)
     try:
         data = load_fashion_mnist(spec.data_dir)  # checked here, loaded by each worker
     except DataError as e:
@@ -352,7 +433,9 @@ def run_search(args: SearchArgs) -> optuna.Study:
     sampler = make_sampler(spec.sampler, spec.seed)
     experiment = {
         "space": spec.space.to_dict(),
+        "objectives": list(spec.objectives),
         "max_mmacs": spec.max_mmacs,
+        "limits": spec.limits.to_dict(),
         "precision": precision(device),
         "data": data.fingerprint,
         "budget": spec.budget.to_dict(),
@@ -369,8 +452,9 @@ def run_search(args: SearchArgs) -> optuna.Study:
         f"study {spec.study!r} in {spec.storage} (trials so far: {before})\n"
         f"preset {spec.space.preset}, budget {b.name} ({b.steps * b.batch_size:,} train "
         f"images, {b.val_images:,} val), {precision(device)}, sampler {spec.sampler}, "
-        f"device {device}, workers {workers} x {k} trials at once, MAC budget "
-        + (f"{spec.max_mmacs:g} MMACs (fvcore)" if spec.max_mmacs is not None else "none"),
+        f"device {device}, workers {workers} x {k} trials at once\n"
+        f"objectives {', '.join(metric_names(spec.objectives))}; budgets: "
+        + describe_limits(spec.max_mmacs, spec.limits.to_dict()),
         flush=True,
     )
     for line in preflight(spec, args.trials, device, data):
@@ -416,6 +500,7 @@ def run_search(args: SearchArgs) -> optuna.Study:
     elapsed = time.perf_counter() - t0
     front = pareto_front(study)
     numbers = ", ".join(str(t.number) for t in front)
+    first_cost = "fewest MACs" if spec.objectives[1] == "macs" else f"lowest {spec.objectives[1]}"
     images = counts[3] * b.steps * b.batch_size
     use = f"{images / elapsed:,.0f} train images/s over the run, all trials together"
     if gpu.mean() is not None:
@@ -424,7 +509,7 @@ def run_search(args: SearchArgs) -> optuna.Study:
         f"{counts[0]} trials in {elapsed:.1f} s ({counts[1]} failed, {counts[2]} repeating a "
         f"trained network, {workers} worker{'s' if workers > 1 else ''} x {k} at once); "
         f"{use}\nPareto front: {len(front)} trial"
-        f"{'s' if len(front) != 1 else ''} (trial numbers, fewest MACs first: {numbers or '-'})\n"
+        f"{'s' if len(front) != 1 else ''} (trial numbers, {first_cost} first: {numbers or '-'})\n"
         f"next: python -m nas.report --study {spec.study}"
         + (f" --storage {spec.storage}" if spec.storage != default_storage_url(spec.study) else "")
     )

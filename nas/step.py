@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -21,10 +22,12 @@ from torch import nn
 from nas.data import to_input
 
 __all__ = [
+    "Step",
     "TensorLRSGD",
     "CAPTURE_LOCK",
     "autocast",
     "capture",
+    "capture_forward",
     "device_batch",
     "make_step",
     "memory_format",
@@ -96,6 +99,13 @@ class TensorLRSGD:
         torch._foreach_sub_(self.params, torch._foreach_mul(grads, self.lr))
 
 
+@dataclass(frozen=True)
+class Step:
+    run: Callable[[torch.Tensor, float], torch.Tensor]  # (indices, lr) -> loss
+    eager_steps: int  # calls before the graph replays (0 when eager)
+    graph: torch.cuda.CUDAGraph | None  # captured at call eager_steps + 1 (CUDA only)
+
+
 def make_step(
     model: nn.Module,
     opt: TensorLRSGD,
@@ -105,12 +115,11 @@ def make_step(
     batch_size: int,
     label_smoothing: float,
     cuda_graph: bool,
-) -> tuple[Callable[[torch.Tensor, float], torch.Tensor], int]:
-    """A function step(indices, lr) -> loss (a device tensor, valid until the next call).
+) -> Step:
+    """A step: step.run(indices, lr) -> loss (a device tensor, valid until the next call).
 
     With cuda_graph, the first WARMUP_STEPS calls run eagerly on a side stream and the
-    next call captures the graph (and runs it); later calls replay it. Returns the step
-    and the number of eager steps it takes before replaying.
+    next call captures the graph (and runs it); later calls replay it.
     """
     device = train_x.device
     dtype = next(model.parameters()).dtype  # float32; float64 in the exactness tests
@@ -132,7 +141,7 @@ def make_step(
             opt.lr.fill_(lr)
             return body()
 
-        return eager, 0
+        return Step(eager, 0, None)
 
     graph = torch.cuda.CUDAGraph()  # its own private memory pool
     side = torch.cuda.Stream(device)
@@ -158,7 +167,7 @@ def make_step(
         graph.replay()  # on this trial's stream; releases the GIL
         return state["loss"]
 
-    return graphed, WARMUP_STEPS
+    return Step(graphed, WARMUP_STEPS, graph)
 
 
 # One capture at a time in a process: a capture owns the allocator's routing to its pool
@@ -184,3 +193,25 @@ def capture(
         finally:
             graph.capture_end()  # after a failure in body() this raises, chained to it
     return out
+
+
+def capture_forward(
+    forward: Callable[[], torch.Tensor], device: torch.device, warmup: int = 3
+) -> torch.cuda.CUDAGraph:
+    """forward() run eagerly `warmup` times on a side stream, then captured (under the
+    capture lock) into a graph of its own, ready to replay on any stream."""
+    graph = torch.cuda.CUDAGraph()
+    side = torch.cuda.Stream(device)
+    here = torch.cuda.current_stream(device)
+    side.wait_stream(here)
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            forward()
+        with CAPTURE_LOCK:
+            graph.capture_begin(capture_error_mode="thread_local")
+            try:
+                forward()
+            finally:
+                graph.capture_end()
+    here.wait_stream(side)
+    return graph

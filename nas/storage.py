@@ -22,9 +22,9 @@ import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 
 from nas.cli import UsageError
+from nas.metrics import DEFAULT_OBJECTIVES, directions, metric_names
 
 __all__ = [
-    "DIRECTIONS",
     "EXPERIMENT_KEYS",
     "METRIC_NAMES",
     "default_storage_url",
@@ -33,8 +33,7 @@ __all__ = [
     "open_storage",
 ]
 
-METRIC_NAMES = ["val_accuracy", "MMACs (fvcore)"]  # millions of multiply-adds, batch 1
-DIRECTIONS = ["maximize", "minimize"]
+METRIC_NAMES = metric_names(DEFAULT_OBJECTIVES)  # ["val_accuracy", "MMACs (fvcore)"]
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 SQLITE_TIMEOUT_S = 60
 # How to install a missing driver; plain postgresql:// uses psycopg 3, installed with nas.
@@ -168,11 +167,15 @@ def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
 # "budget" is written last, so its presence means the record is complete.
 EXPERIMENT_KEYS = {
     "space": "search space",
+    "objectives": "objectives",
     "max_mmacs": "MAC budget (MMACs, fvcore)",
+    "limits": "budgets (--max-params, --max-latency-ms, --max-memory-mb)",
     "precision": "training precision",
     "data": "data (Fashion-MNIST files or validation split)",
     "budget": "train budget",
 }
+# Keys added after studies were first written: a study without one has this value.
+LATER_KEYS = {"objectives": list(DEFAULT_OBJECTIVES), "limits": {}}
 
 
 def open_or_create_study(
@@ -191,29 +194,37 @@ def open_or_create_study(
     entry.
     """
     assert list(experiment) == list(EXPERIMENT_KEYS)
+    objectives = tuple(experiment["objectives"])
+    wanted = directions(objectives)
     try:
         study = optuna.create_study(
-            study_name=name, storage=storage, sampler=sampler, directions=DIRECTIONS
+            study_name=name, storage=storage, sampler=sampler, directions=wanted
         )
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
     else:
         with warnings.catch_warnings():  # set_metric_names is "experimental" since Optuna 3.2
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(METRIC_NAMES)
+            study.set_metric_names(metric_names(objectives))
         for key, value in experiment.items():
             study.set_user_attr(key, value)
         return study, True
-    directions = [d.name.lower() for d in study.directions]
-    if directions != DIRECTIONS:
-        raise UsageError(f"study {name!r} optimises {directions}, not this tool's {DIRECTIONS}")
+    have = [d.name.lower() for d in study.directions]
     stored = study.user_attrs
+    if len(have) != len(wanted) or (have != wanted and "objectives" not in stored):
+        there = ",".join(stored.get("objectives") or [f"{len(have)} objectives: {have}"])
+        raise UsageError(
+            f"study {name!r} optimises {there}, not {','.join(objectives)} (use another "
+            "--study, or the same --objectives)"
+        )
     for _ in range(100):  # another worker may have created it a moment ago
         if "budget" in stored:
             break
         time.sleep(0.1)
         stored = study.user_attrs
     for key, label in EXPERIMENT_KEYS.items():
+        if key not in stored and key in LATER_KEYS:
+            stored = {**stored, key: LATER_KEYS[key]}
         if key not in stored:
             raise UsageError(
                 f"study {name!r} has no {label} recorded (made by an older nas, or not by "

@@ -2,8 +2,11 @@
 
 Trains an architecture (a config JSON or a nas.export file) on all 60k training images
 with this project's recipe or the d2l chapter's, scores it on the 10k test set (the first
-and only place the test set is used), and writes a checkpoint and a result JSON. The
-training loop is a trial's (nas.fit), run for whole epochs.
+and only place the test set is used), and writes a checkpoint, a result JSON and the
+trained network as a `torch.export` program (OUT.pt2): fp32, on the CPU, taking the raw
+uint8 images (B, 28, 28) and returning (B, 10) logits, resizing included, so that it loads
+and runs with PyTorch alone (`torch.export.load(p).module()(images)`), without this
+package. The training loop is a trial's (nas.fit), run for whole epochs.
 """
 
 from __future__ import annotations
@@ -15,8 +18,11 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from nas.budget import TrainBudget
+from nas.config import ArchConfig
+from nas.data import to_input
 from nas.fit import pick_device, train_and_evaluate
 from nas.model import build_model
 
@@ -32,6 +38,33 @@ RECIPES = {
 }
 
 
+class Classifier(nn.Module):
+    """uint8 images (B, 28, 28) -> logits (B, 10): the input conversion the network was
+    trained with (nas.data.to_input), then the network."""
+
+    def __init__(self, net: nn.Module, image_size: int) -> None:
+        super().__init__()
+        self.net, self.image_size = net, image_size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(to_input(images, self.image_size, torch.float32))
+
+
+def export_program(model: nn.Module, config: ArchConfig, path: Path) -> None:
+    """Write the trained network (eval mode, fp32, CPU) as a torch.export program with a
+    dynamic batch dimension."""
+    import copy
+
+    net = copy.deepcopy(model).to(device="cpu", dtype=torch.float32)
+    net = net.to(memory_format=torch.contiguous_format).eval()
+    example = torch.zeros(2, 28, 28, dtype=torch.uint8)
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    program = torch.export.export(
+        Classifier(net, config.image_size).eval(), (example,), dynamic_shapes=({0: batch},)
+    )
+    torch.export.save(program, path)
+
+
 def _run(argv: list[str] | None) -> int:
     from tqdm import tqdm
 
@@ -42,7 +75,9 @@ def _run(argv: list[str] | None) -> int:
     p = make_parser(
         "nas.train",
         "Train an exported architecture on all 60k training images and report its accuracy "
-        "on the 10k test set. Writes OUT.pt (checkpoint) and OUT.result.json.",
+        "on the 10k test set. Writes OUT.pt (checkpoint), OUT.result.json and OUT.pt2 (the "
+        "trained network as a torch.export program, which loads without this package: "
+        "torch.export.load('OUT.pt2').module()(uint8 images of shape (B, 28, 28)) -> logits).",
     )
     p.add_argument("config", help="architecture JSON or nas.export file")
     p.add_argument("--epochs", type=float, default=10.0, help="epochs of 60k images (default 10)")
@@ -142,6 +177,8 @@ def _run(argv: list[str] | None) -> int:
     )
     res = out.with_name(out.name + ".result.json")
     res.write_text(json.dumps(result, indent=2) + "\n")
+    program = out.with_name(out.name + ".pt2")
+    export_program(model, config, program)
     print(
         f"test accuracy {r.accuracy:.4f} on {r.eval_images:,} test images"
         + (
@@ -152,7 +189,7 @@ def _run(argv: list[str] | None) -> int:
         )
         + "; "
         f"{r.train_seconds:.1f} s of training ({r.images_per_second:,.0f} img/s)\n"
-        f"wrote {ckpt} and {res}"
+        f"wrote {ckpt}, {res} and {program} (torch.export: loads without nas)"
     )
     return 0
 

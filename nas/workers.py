@@ -21,7 +21,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -32,6 +32,7 @@ from nas.cli import Interrupted, interruption, stop_signals
 from nas.concurrent import StopFlag, run_concurrently
 from nas.config import ArchConfig
 from nas.data import FashionMNIST, load_fashion_mnist
+from nas.metrics import DEFAULT_OBJECTIVES, Limits
 from nas.objective import CATCH, Objective
 from nas.space import SearchSpace
 from nas.storage import open_storage
@@ -65,6 +66,8 @@ class WorkerSpec:
     workers: int  # how many workers share this machine
     heartbeat: int  # seconds between heartbeats of a running trial (nas.storage)
     concurrency: int = 1  # trials at once in each worker, in threads (nas.concurrent)
+    objectives: tuple[str, ...] = DEFAULT_OBJECTIVES  # nas.metrics, accuracy first
+    limits: Limits = field(default_factory=Limits)  # budgets beside max_mmacs
 
 
 class _TrialSeeded:
@@ -142,25 +145,53 @@ def trial_line(t: optuna.trial.FrozenTrial) -> str:
     desc = ArchConfig.from_dict(cfg).describe() if cfg else "?"
     ref = " (d2l chapter)" if attrs.get("reference") else ""
     head = f"trial {t.number:>4}  {desc}{ref}"
-    if t.state == optuna.trial.TrialState.COMPLETE and attrs.get("duplicate_of") is not None:
-        acc, mmacs = t.values
+    if t.state != optuna.trial.TrialState.COMPLETE:
+        reason = attrs.get("fail_reason", "see log")
+        return f"{head}  {t.state.name.lower()}: {reason}"
+    acc = t.values[0]
+    if attrs.get("duplicate_of") is not None:
         return (
-            f"{head}  val acc {acc:.4f}  {mmacs:,.1f} MMACs (fvcore)  the network of trial "
+            f"{head}  val acc {acc:.4f}  {cost_words(attrs)}  the network of trial "
             f"{attrs['duplicate_of']}: its values, not trained again"
         )
-    if t.state == optuna.trial.TrialState.COMPLETE and attrs.get("trained") is False:
-        mmacs = t.values[1]
-        return f"{head}  {mmacs:.6f} MMACs (fvcore)  over the MAC budget, not trained"
-    if t.state == optuna.trial.TrialState.COMPLETE:
-        acc, mmacs = t.values
-        secs = (t.datetime_complete - t.datetime_start).total_seconds()
-        return (
-            f"{head}  val acc {acc:.4f}  {mmacs:,.1f} MMACs (fvcore)  "
-            f"train {attrs.get('train_seconds', 0):.1f} s at "
-            f"{attrs.get('images_per_second', 0):,.0f} img/s, whole trial {secs:.1f} s"
-        )
-    reason = attrs.get("fail_reason", "see log")
-    return f"{head}  {t.state.name.lower()}: {reason}"
+    over = attrs.get("over_budget") or ["macs"]  # older trials: only a MAC budget existed
+    budgets = " and ".join(BUDGET_WORDS[k] for k in over) + (" budgets" if over[1:] else " budget")
+    if attrs.get("trained") is False:
+        return f"{head}  {cost_words(attrs, exact=True)}  over the {budgets}, not trained"
+    secs = (t.datetime_complete - t.datetime_start).total_seconds()
+    tail = f"; over the {budgets}" if attrs.get("over_budget") else ""
+    return (
+        f"{head}  val acc {acc:.4f}  {cost_words(attrs)}  "
+        f"train {attrs.get('train_seconds', 0):.1f} s at "
+        f"{attrs.get('images_per_second', 0):,.0f} img/s, whole trial {secs:.1f} s{tail}"
+    )
+
+
+BUDGET_WORDS = {
+    "macs": "MAC",
+    "params": "parameter",
+    "latency_cpu": "CPU latency",
+    "latency_gpu": "GPU latency",
+    "memory": "memory",
+}
+
+
+def cost_words(attrs: dict[str, Any], exact: bool = False) -> str:
+    """'70.2 MMACs (fvcore), 0.41 M params, CPU 3.10 ms' and what else was measured;
+    exact: MACs to the last one (as compared with a budget)."""
+    m = attrs["macs_fvcore"] / 1e6
+    words = [f"{m:.6f} MMACs (fvcore)" if exact else f"{m:,.1f} MMACs (fvcore)"]
+    if "params" in attrs:
+        words.append(f"{attrs['params'] / 1e6:.2f} M params")
+    costs = attrs.get("costs") or {}
+    for key, label, fmt in (
+        ("latency_cpu", "CPU", "{:.2f} ms"),
+        ("latency_gpu", "GPU", "{:.3f} ms"),
+        ("memory", "train memory", "{:,.0f} MB"),
+    ):
+        if key in costs:
+            words.append(f"{label} {fmt.format(costs[key]['value'])}")
+    return ", ".join(words)
 
 
 def worker_seed(index: int, existing: int) -> int:
@@ -202,7 +233,19 @@ def trial_loop(
         study.sampler = make_sampler(spec.sampler, spec.seed, per_trial=True)
     label = f"[w{index}] " if spec.workers > 1 else ""
     stop = StopFlag()
-    objective = Objective(spec.space, spec.budget, data, spec.max_mmacs, label, stop)
+    # GPU latency and throughput are timed only with the GPU to one trial at a time
+    alone = device.type == "cuda" and spec.concurrency == 1 and spec.workers == 1
+    objective = Objective(
+        spec.space,
+        spec.budget,
+        data,
+        spec.max_mmacs,
+        label,
+        stop,
+        objectives=spec.objectives,
+        limits=spec.limits,
+        gpu_timing=alone,
+    )
 
     def one_slot(_slot: int) -> None:
         while not stop.is_set() and claim():

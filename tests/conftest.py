@@ -157,3 +157,23 @@ def postgres_url(postgres_server) -> str:
     ) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     return f"postgresql://nas@127.0.0.1:{port}/{name}"  # the README's form, as users write it
+
+
+# A study in another objective and under a parameter budget: random sampler, seed 1, 6
+# trials of a small cifar corner; 3 of them (89k to 101k params) are over 65,000.
+COST_STUDY_ARGS = [
+    *("--preset", "cifar", "--growth-rate", "8:16:4", "--convs", "1:3", "--budget", "smoke"),
+    *("--objectives", "accuracy,latency-cpu", "--max-params", "65000"),
+    *("--sampler", "random", "--seed", "1", "--trials", "6", "--device", "cpu"),
+]
+
+
+@pytest.fixture(scope="session")
+def cost_study(tmp_path_factory, real_data_dir) -> tuple[str, str]:
+    """(storage URL, study name) of a finished `--objectives accuracy,latency-cpu
+    --max-params 65000` search on real Fashion-MNIST, run through nas.search.main."""
+    from nas.search import main
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('costs')}/c.db"
+    assert main([*COST_STUDY_ARGS, "--study", "c", "--storage", url]) == 0
+    return url, "c"

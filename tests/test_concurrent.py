@@ -25,14 +25,14 @@ STATE = optuna.trial.TrialState
 
 def _run(tmp_path: Path, k: int, extra: list[str]) -> dict[int, optuna.trial.FrozenTrial]:
     url = f"sqlite:///{tmp_path}/k{k}.db"
-    argv = [*TINY, *extra, "--sampler", "random", "--seed", "0", "--trials", "4"]
+    argv = [*TINY, *extra, "--sampler", "random", "--seed", "0", "--trials", "3"]
     assert main([*argv, "--concurrency", str(k), "--study", "s", "--storage", url]) == 0
     return {t.number: t for t in optuna.load_study(study_name="s", storage=url).trials}
 
 
 def _same_results(tmp_path: Path, extra: list[str], device: str) -> None:
     one, two = _run(tmp_path, 1, extra), _run(tmp_path, 2, extra)
-    assert sorted(one) == sorted(two) == list(range(4))
+    assert sorted(one) == sorted(two) == list(range(3))
     for n in one:
         a, b = one[n], two[n]
         assert a.state == b.state == STATE.COMPLETE

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import optuna
@@ -74,8 +75,15 @@ def test_cli_text_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "params         758,226" in text
     assert "MACs (fvcore)  130,421,912" in text
     assert "    4    3x3      4       120 -> 248" in text
+    assert re.search(
+        r"CPU latency    \d+\.\d{3} ms per image at batch 1, fp32, eval mode \(median "
+        r"of (\d+) runs, quartiles \d+% apart; cpu, 1 thread",
+        text,
+    )
     assert main([str(f), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
+    lat = out["latency_cpu"]
+    assert lat["unit"] == "ms" and lat["value"] > 0 and 5 <= lat["runs"] <= 21
     assert out["params"] == 758_226
     assert out["fvcore_macs"] == out["closed_form_macs"] == 130_421_912
     assert [b["out_channels"] for b in out["plan"]] == [192, 224, 240, 248]

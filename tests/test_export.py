@@ -62,6 +62,8 @@ def test_export_rebuilds_the_recorded_network(study_url: str, tmp_path: Path, pi
     assert rebuilt.fvcore_macs / 1e6 == pytest.approx(trial.values[1])
     assert rec["provenance"]["budget"]["name"] == "smoke"
     assert rec["provenance"]["versions"]["optuna"].startswith("5.")
+    assert rec["costs"] == trial.user_attrs["costs"] and rec["objectives"] == ["accuracy", "macs"]
+    assert rec["costs"]["latency_cpu"]["unit"] == "ms"
     # nas.cost reads the export file as it is
     assert cost.main([str(tmp_path / f"{pick}.json"), "--json"]) == 0
 
@@ -142,3 +144,18 @@ def test_pick_accuracy_within_measured_noise(tmp_path: Path) -> None:
     assert pick_trial(study, "accuracy").values == [0.900, 100.0]
     study.set_user_attr("seed_stdev", {"stdev": 0.002, "seeds": 3, "of": 4})
     assert pick_trial(study, "accuracy").values == [0.896, 40.0]
+
+
+def test_export_of_a_latency_study_carries_its_costs(cost_study, tmp_path: Path) -> None:
+    """A study of accuracy vs CPU latency (conftest): --pick accuracy is the most accurate
+    feasible trial, its record carries every measured cost and the study's objectives."""
+    url, name = cost_study
+    out = tmp_path / "best.json"
+    assert main(["--study", name, "--storage", url, "--out", str(out), "--pick", "accuracy"]) == 0
+    rec = json.loads(out.read_text())
+    study = optuna.load_study(study_name=name, storage=url)
+    trial = study.trials[rec["trial"]]
+    assert trial.user_attrs["params"] <= 65000 and trial.user_attrs["trained"]
+    assert rec["objectives"] == ["accuracy", "latency-cpu"]
+    assert rec["costs"]["latency_cpu"]["value"] == trial.values[1]
+    assert rec["metrics"]["mmacs_fvcore"] == trial.user_attrs["macs_fvcore"] / 1e6

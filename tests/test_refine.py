@@ -126,13 +126,20 @@ def test_summary_of_two_architectures_prints_no_tau() -> None:
     source, refined = study("smoke"), study("smoke-long")
     for acc, mmacs in ((0.30, 10.0), (0.35, 20.0)):
         source.add_trial(
-            optuna.trial.create_trial(values=[acc, mmacs], user_attrs={"trained": True})
+            optuna.trial.create_trial(
+                values=[acc, mmacs], user_attrs={"trained": True, "macs_fvcore": mmacs * 1e6}
+            )
         )
     for n, acc in ((0, 0.70), (1, 0.66)):
         refined.add_trial(
             optuna.trial.create_trial(
                 values=[acc, source.trials[n].values[1]],
-                user_attrs={"trained": True, "source_trial": n, "seed": 0},
+                user_attrs={
+                    "trained": True,
+                    "source_trial": n,
+                    "seed": 0,
+                    "macs_fvcore": source.trials[n].values[1] * 1e6,
+                },
             )
         )
     text = summary(source, source.trials, refined, 1)

@@ -144,7 +144,7 @@ def test_small_and_all_infeasible_study_says_what_it_cannot_show(tmp_path: Path)
     html = out.read_text()
     figures = html[html.index("Plotly.newPlot") :]  # the page after plotly.js itself
     assert not re.search(r"\bnan\b", figures, re.IGNORECASE)
-    assert "MAC budget: 1 MMACs (fvcore) per image" in html
+    assert "Budgets: MACs &lt;= 1 MMACs (fvcore)." in html
     assert "Train budget smoke: 16 steps of 32 images (512)" in html
     assert "accuracies rank nothing" in html and "Only 0 trained trials" in html
     assert "validation accuracy on 500 images of a fixed 10k validation split" in html
@@ -163,3 +163,49 @@ def test_small_and_all_infeasible_study_says_what_it_cannot_show(tmp_path: Path)
     assert legend == ["over the MAC budget (not trained)"]  # empty traces keep out
     assert "no trained trial yet: nothing to rank" in notes
     assert "needs at least 3 trained trials (0 so far)" in notes
+
+
+def test_report_in_the_study_objectives_with_costs_against_macs(cost_study, tmp_path) -> None:
+    """A study of accuracy vs CPU latency under a parameter budget (conftest): the front is
+    drawn against latency, the costs-vs-MACs panel prints the rank correlation the trials
+    give, the Pareto CSV carries the measured costs, and the hypervolume says why not."""
+    from nas.front import kendall_tau, spearman_rho
+
+    url, name = cost_study
+    out = tmp_path / "c.html"
+    assert main(["--study", name, "--storage", url, "--out", str(out), "--no-artifacts"]) == 0
+    df = trials_frame(optuna.load_study(study_name=name, storage=url))
+    lat = "CPU latency (ms)"
+    pareto = pd.read_csv(tmp_path / "c-pareto.csv")
+    assert len(pareto) and pareto[lat].notna().all() and pareto[MACS].notna().all()
+    assert list(pareto[lat]) == sorted(pareto[lat])  # cheapest in the study's cost first
+    timed = df[df[lat].notna()]
+    assert len(timed) == 6  # every network: latency is the study's objective
+    rho, tau = (
+        spearman_rho(list(timed[MACS]), list(timed[lat])),
+        kendall_tau(list(timed[MACS]), list(timed[lat])),
+    )
+    driver = chromium()
+    try:
+        driver.get(out.as_uri())
+        xtitle = driver.execute_script(
+            "return document.getElementById('fig0')._fullLayout.xaxis.title.text"
+        )
+        front = driver.execute_script(  # the x of each drawn front point
+            "return document.getElementById('fig0').calcdata"
+            ".find(c => c[0].trace.name === 'Pareto front').map(p => p.x)"
+        )
+        text = "[...document.querySelectorAll('#fig{} .annotation-text')].map(e => e.textContent)"
+        titles = driver.execute_script(f"return {text.format(1)}")
+        points = driver.execute_script(
+            "return document.querySelectorAll('#fig1 .scatterlayer .point').length"
+        )
+        notes = driver.execute_script(f"return {text.format(2)}")
+        screenshot(driver, "report-latency-objective")
+    finally:
+        driver.quit()
+    assert xtitle.startswith("CPU latency, ms per image, batch 1, one thread")
+    assert sorted(front) == pytest.approx(sorted(pareto[lat]), rel=1e-12)
+    assert f"{lat}: Spearman rho {rho:.2f}, Kendall tau {tau:.2f} (6 networks)" in titles
+    assert points == 6
+    assert any("drawn for accuracy and MACs only" in n for n in notes)

@@ -8,7 +8,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from conftest import TINY
+from conftest import COST_STUDY_ARGS, TINY
 from nas.config import ArchConfig
 from nas.cost import measure_cost
 from nas.search import main
@@ -151,7 +151,8 @@ def test_mac_budget_marks_infeasible_and_skips_training(tmp_path: Path, real_dat
         assert "train_seconds" not in t.user_attrs
     for t in under:
         assert t.user_attrs["trained"] is True and t.constraints["mmacs_over_budget"] <= 0
-    assert "MMACs (fvcore)  over the MAC budget, not trained" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert re.search(r"\d\.\d{6} MMACs \(fvcore\), [^\n]*  over the MAC budget, not trained", out)
     study = load(url, "s")
     assert {t.number for t in study.best_trials} <= {t.number for t in under}
 
@@ -217,6 +218,22 @@ def test_max_mflops_is_refused_with_its_new_name(capsys) -> None:
         (["--device", "tpu"], "--device: invalid choice"),
         (["--seed", "-1"], "--seed: expected an integer >= 0"),
         (["--concurrency", "0"], "--concurrency: expected auto or 1..32"),
+        (["--max-latency-ms", "-1"], "--max-latency-ms: expected a positive number"),
+        (["--max-params", "0"], "--max-params: expected a positive number"),
+        (["--latency-device", "tpu"], "--latency-device: invalid choice"),
+        (["--objectives", "accuracy,flops"], "unknown objective 'flops'; choose from accuracy"),
+        (["--objectives", "accuracy,macs,params,latency-cpu"], "two or three objectives, not 4"),
+        (["--objectives", "macs,params"], "must include accuracy"),
+        (["--objectives", "accuracy,accuracy"], "an objective is named twice"),
+        (
+            ["--objectives", "accuracy,latency-gpu", "--device", "cpu"],
+            "GPU latency is measured on a GPU",
+        ),
+        (["--max-memory-mb", "900", "--device", "cpu"], "training memory is measured on a GPU"),
+        (
+            ["--max-latency-ms", "5", "--latency-device", "gpu", "--device", "cpu"],
+            "GPU latency is measured on a GPU",
+        ),
         (["--concurrency", "many"], "--concurrency: expected auto or 1..32"),
         (["--max-mmacs", "-5"], "--max-mmacs: expected a positive number"),
         (["--max-mmacs", "nan"], "--max-mmacs: expected a positive number"),
@@ -315,3 +332,52 @@ def test_a_network_already_trained_is_not_trained_again(tmp_path: Path, capsys) 
     assert out.count("the network of trial 0: its values, not trained again") == 2
     assert "(0 failed, 2 repeating a trained network, 1 worker x 1 at once)" in out
     assert "Pareto front: 1 trial (" in out
+
+
+def test_latency_objective_and_params_budget_end_to_end(cost_study, capsys) -> None:
+    """--objectives accuracy,latency-cpu --max-params 65000 (conftest): the study optimises
+    CPU latency, networks over the budget are not trained (but timed: latency is an
+    objective), the front is the
+    non-dominated trained set in accuracy and latency, and the study keeps its objectives
+    and budgets."""
+    from nas.front import pareto_front
+
+    url, name = cost_study
+    study = load(url, name)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert study.metric_names == ["val_accuracy", "CPU latency (ms)"]
+    assert study.user_attrs["objectives"] == ["accuracy", "latency-cpu"]
+    assert study.user_attrs["limits"] == {"params": 65000.0}
+    trials = complete(study)
+    assert len(trials) == 6
+    over = [t for t in trials if t.user_attrs["params"] > 65000]
+    under = [t for t in trials if t.user_attrs["params"] <= 65000]
+    assert len(over) == 3 and len(under) == 3
+    for t in over:  # not trained; timed all the same: latency is an objective
+        assert t.user_attrs["trained"] is False and t.user_attrs["over_budget"] == ["params"]
+        assert t.values[0] == 0.0 and t.constraints["params_over_budget"] > 0
+        assert "train_seconds" not in t.user_attrs
+    for t in under:
+        assert t.user_attrs["trained"] is True and t.constraints["params_over_budget"] <= 0
+    for t in trials:
+        lat = t.user_attrs["costs"]["latency_cpu"]
+        assert t.values[1] == lat["value"] > 0 and lat["unit"] == "ms"
+        assert 5 <= lat["runs"] <= 21 and "1 thread" in lat["device"]
+        assert t.user_attrs["costs"]["params"]["value"] == t.user_attrs["params"] / 1e6
+    # the front: trained trials no other beats on both accuracy and latency
+    by_hand = {
+        t.number
+        for t in under
+        if not any(
+            o.values[0] >= t.values[0] and o.values[1] <= t.values[1] and o.values != t.values
+            for o in under
+        )
+    }
+    assert {t.number for t in pareto_front(study)} == by_hand
+    # the same study with other objectives or budgets is refused, untouched
+    base = [*COST_STUDY_ARGS, "--study", name, "--storage", url, "--trials", "1"]
+    assert main([*base, "--objectives", "accuracy,macs"]) == 2
+    assert "objectives" in capsys.readouterr().err
+    assert main([*base, "--max-params", "70000"]) == 2
+    assert "budgets (--max-params" in capsys.readouterr().err
+    assert len(load(url, name).trials) == 6

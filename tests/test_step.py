@@ -65,7 +65,7 @@ def our_run():
     x, y, order = batches(96, 16)
     model = fresh_model(dtype=torch.float64)
     opt = TensorLRSGD(list(model.parameters()), momentum=MOMENTUM, weight_decay=WD, nesterov=True)
-    step, _ = make_step(model, opt, x, y, 32, 16, 0.0, cuda_graph=False)
+    step = make_step(model, opt, x, y, 32, 16, 0.0, cuda_graph=False).run
     return [step(idx, lr).item() for idx, lr in zip(order, LRS)], model
 
 
@@ -151,7 +151,7 @@ def test_cuda_graph_step_matches_eager() -> None:
     for graph in (False, True):
         model = fresh_model("cuda").to(memory_format=torch.channels_last)
         opt = TensorLRSGD(list(model.parameters()), MOMENTUM, WD, True)
-        step, _ = make_step(model, opt, x, y, 32, 16, 0.0, cuda_graph=graph)
+        step = make_step(model, opt, x, y, 32, 16, 0.0, cuda_graph=graph).run
         losses[graph] = [step(idx, lr).item() for idx, lr in zip(order, LRS)]
     assert len(LRS) > WARMUP_STEPS + 1  # some steps were replays
     assert losses[True] == losses[False]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import subprocess
+import sys
 
 import torch
 
@@ -37,6 +39,48 @@ def test_train_cli_on_real_data(tmp_path, real_data_dir, capsys) -> None:
     assert epoch_line and 0 < float(epoch_line[1]) < math.log(10) + 0.5, out
     assert f"{result['epoch_train_losses'][0]:.4f}" == epoch_line[1]
     assert f"test accuracy {result['test_accuracy']:.4f} on 10,000 test images" in out
+    assert "best.pt2 (torch.export: loads without nas)" in out
+    assert (
+        _fresh_process_test_accuracy(tmp_path / "best.pt2", real_data_dir, tmp_path)
+        == (result["test_accuracy"])
+    )
+
+
+# Run by a fresh `python -I` (isolated: no PYTHONPATH, no current folder on sys.path), with
+# any import of nas made to fail: the program loads and scores with PyTorch alone.
+LOAD_ALONE = """
+import gzip, sys
+sys.modules["nas"] = None  # nas is installed (editable) here: make any import of it fail
+import numpy as np, torch
+program, data = sys.argv[1], sys.argv[2]
+def idx(name):
+    raw = gzip.open(f"{data}/{name}", "rb").read()
+    dims = raw[3]
+    shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
+    flat = np.frombuffer(raw, np.uint8, offset=4 + 4 * dims)
+    return torch.from_numpy(flat.reshape(shape).copy())
+x, y = idx("t10k-images-idx3-ubyte.gz"), idx("t10k-labels-idx1-ubyte.gz").long()
+model = torch.export.load(program).module()
+with torch.no_grad():
+    correct = sum(
+        int((model(x[i : i + 50]).argmax(1) == y[i : i + 50]).sum()) for i in range(0, len(x), 50)
+    )
+print(correct / len(x))
+"""
+
+
+def _fresh_process_test_accuracy(program, data_dir, folder) -> float:
+    script = folder / "load_alone.py"
+    script.write_text(LOAD_ALONE)
+    done = subprocess.run(
+        [sys.executable, "-I", str(script), str(program), str(data_dir)],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return float(done.stdout.strip())
 
 
 def test_train_cli_bad_input(tmp_path, capsys) -> None:

@@ -6,7 +6,8 @@ import sys
 
 OVERVIEW = """\
 nas: which DenseNet for your compute? An Optuna search over DenseNet shapes on
-Fashion-MNIST, accuracy against MACs (fvcore). Each command has --help.
+Fashion-MNIST, accuracy against MACs (fvcore), or against parameters, CPU or GPU
+latency or training memory (--objectives). Each command has --help.
 
   python -m nas.search   run or continue a study (start here; --budget smoke
                          --preset tiny for a quick look on a CPU)
@@ -16,9 +17,9 @@ Fashion-MNIST, accuracy against MACs (fvcore). Each command has --help.
                          budget (and several seeds): does the ranking hold?
   python -m nas.dashboard  optuna-dashboard on a study
   python -m nas.export   write one architecture of a study as JSON (--pick knee, ...)
-  python -m nas.cost     parameters and MACs (fvcore) of an architecture JSON
-  python -m nas.train    train an exported architecture on all 60k training images
-                         and score it on the test set
+  python -m nas.cost     parameters, MACs (fvcore) and CPU latency of an architecture
+  python -m nas.train    train an exported architecture on all 60k training images,
+                         score it on the test set, write it as a torch.export program
 
 The same commands are installed as nas-search, nas-report, nas-refine, nas-dashboard,
 nas-export, nas-cost and nas-train.

@@ -25,9 +25,7 @@ def test_throughput_tiny(tmp_path: Path, real_data_dir, capsys) -> None:
     loops = r["a_b_loops"]
     assert set(loops) == {"d2l_style_loop", "ours_eager"}  # no CUDA graph on the CPU
     for run in loops.values():
-        assert (
-            run["images"] == 64 and run["reps"] == 3 and len(run["images_per_second_runs"]) == 3
-        )
+        assert run["images"] == 64 and run["reps"] == 3 and len(run["images_per_second_runs"]) == 3
         assert run["images_per_second"] == sorted(run["images_per_second_runs"])[1]  # median
     assert [(c["preset"], c["concurrency"]) for c in r["c_search"]] == [("cifar", 1), ("cifar", 2)]
     assert all(c["trials"] == 2 and c["failed"] == 0 for c in r["c_search"])

@@ -44,3 +44,18 @@ def test_capture_errors_without_oom_and_other_bugs_stop_the_search() -> None:
 @pytest.mark.parametrize("e", [Diverged("training loss became nan at step 100")])
 def test_diverged_is_its_own_reason(e: BaseException) -> None:
     assert failure_reason(e) == f"diverged: {e}"
+
+
+def test_cpu_latency_beside_gpu_training_is_timed_in_a_thread_of_its_own() -> None:
+    """On a GPU run the CPU latency is timed on one core while the trial trains: the
+    trial's thread keeps its thread count, and the result is the same kind of figure."""
+    import torch
+
+    from conftest import small_config
+    from nas.objective import _time_cpu_latency
+
+    before = torch.get_num_threads()
+    wait = _time_cpu_latency(small_config(), torch.device("cuda"))  # only .type is read
+    got = wait()
+    assert torch.get_num_threads() == before
+    assert got["unit"] == "ms" and got["value"] > 0 and "1 thread" in got["device"]

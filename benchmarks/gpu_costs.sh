@@ -6,7 +6,7 @@
 #   2. a `short` cifar search of accuracy vs GPU latency and training memory, one trial
 #      at a time (GPU latency is timed with the GPU to one trial), its report, and the
 #      rank correlation of GPU latency, training memory and CPU latency with MACs;
-#   3. (c) of benchmarks/throughput.py for the cifar preset: K=1 vs the default K.
+#   3. (c) of benchmarks/throughput.py for the cifar preset: K=1 vs K=4 (the candidate).
 # Usage: bash benchmarks/gpu_costs.sh OUTDIR   (TRIALS=20 by default)
 # On the lent machine: NAS_DATA_DIR=.data/fashion-mnist, PYTHONPATH as in
 # ../shared/device/README.md.

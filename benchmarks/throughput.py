@@ -8,11 +8,11 @@
       (a) and (b) each get the same untimed warm-up first, then run 3 times in
       alternating order (a b c, c b a, a b c); the median is reported;
   (c) `nas.search` of 40 `short` trials of the cifar and of the d2l preset, each with
-      --concurrency 1 and with the default K (nas.search.CONCURRENCY_PER_GPU), random
+      --concurrency 1 and with the candidate K (nas.search.CANDIDATE_CONCURRENCY), random
       sampler, seed 0, so both K train the same architectures: trials per minute, total
       images/s, achieved TFLOP/s, GPU utilisation (NVML), each trial's time split into
       parts, and every architecture's accuracy under both K side by side; --hundred adds
-      100 trials per preset at the default K (the wall-clock targets). One JSON line per
+      100 trials per preset at the candidate K (the wall-clock targets). One JSON line per
       finished search (--results): a run cut short resumes where it stopped;
   (d) the CPU side of a trial: sampling, building, fvcore counting and storage writes.
 
@@ -54,7 +54,7 @@ from nas.cost import closed_form_macs, measure_cost
 from nas.data import FashionMNIST, load_fashion_mnist, to_input
 from nas.fit import evaluate, pick_device, train_and_evaluate
 from nas.model import build_model
-from nas.search import default_concurrency
+from nas.search import CANDIDATE_CONCURRENCY
 from nas.search import main as search_main
 from nas.space import PRESETS, sample
 from nas.storage import open_storage
@@ -273,7 +273,7 @@ def compare_accuracies(one: dict[str, Any], many: dict[str, Any]) -> dict[str, A
     }
 
 
-# Issue 11's targets: trials/min of the default K over K=1, and 100 short trials' wall.
+# Issue 11's targets: trials/min of the candidate K over K=1, and 100 short trials' wall.
 SPEEDUP_TARGET = {"cifar": 3.0, "d2l": 2.0}
 HUNDRED_MINUTES_TARGET = {"cifar": 3.0, "d2l": 4.0}
 OVERHEAD_TARGET_SECONDS = 0.5
@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--presets", default="cifar,d2l", help="presets searched in (c)")
     p.add_argument(
-        "--hundred", action="store_true", help="also 100 short trials per preset at default K"
+        "--hundred", action="store_true", help="also 100 short trials per preset at candidate K"
     )
     p.add_argument("--parts", default="ab,c,d", help="which parts to run (default ab,c,d)")
     p.add_argument("--results", help="JSON lines of finished searches (c), resumed from")
@@ -371,10 +371,10 @@ def main(argv: list[str] | None = None) -> int:
             get_budget("smoke"), name="tiny", train_images=64, batch_size=32, val_images=100
         )
         search_budget, extra, trials = "smoke", ["--growth-rate", "8:12:4", "--convs", "1:2"], 2
-        presets, default_k = ["cifar"], 2
+        presets, candidate_k = ["cifar"], 2
     else:
         budget, search_budget, extra, trials = get_budget("short"), "short", [], a.trials
-        presets, default_k = a.presets.split(","), default_concurrency(device)
+        presets, candidate_k = a.presets.split(","), CANDIDATE_CONCURRENCY
     macs = sum(closed_form_macs(D2L_CHAPTER).values())
     res: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -420,14 +420,14 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     if "c" in parts:
-        ks = [int(x) for x in a.concurrency.split(",")] if a.concurrency else [1, default_k]
+        ks = [int(x) for x in a.concurrency.split(",")] if a.concurrency else [1, candidate_k]
         runs = search_runs(
             [(p, k) for p in presets for k in ks], trials, search_budget, extra, a, device
         )
         res["c_search"] = runs
         if a.hundred and not a.tiny:
             res["c_hundred"] = search_runs(
-                [(p, default_k) for p in presets], 100, "short", [], a, device
+                [(p, candidate_k) for p in presets], 100, "short", [], a, device
             )
         print(f"\n(c) nas.search, {search_budget} budget, random sampler seed 0, K at once:")
         for r in runs + res.get("c_hundred", []):

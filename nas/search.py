@@ -53,10 +53,12 @@ __all__ = ["SearchArgs", "main", "make_sampler"]
 # more than one buys nothing and adds ~6 s of CPU contention per trial.
 WORKERS_PER_GPU = 1
 # Trials at once per worker on a GPU for --concurrency auto (threads, nas.concurrent).
-# Not yet measured: one short cifar trial used ~3% of an H200's bf16 peak and spent 1.73 s
-# of each trial off the GPU, so 4 is a first choice; benchmarks/throughput.py --concurrency
-# measures K=1 against it, and this figure is to follow that measurement.
-CONCURRENCY_PER_GPU = 4
+# 1 until measured: K > 1 has not yet run on a GPU (none was lent since it was written),
+# and a default must be a path that has. benchmarks/throughput.py compares K=1 with
+# CANDIDATE_CONCURRENCY (one short cifar trial used ~3% of an H200's bf16 peak and spent
+# 1.73 s of each trial off the GPU, so 4 is the first candidate); this figure follows it.
+CONCURRENCY_PER_GPU = 1
+CANDIDATE_CONCURRENCY = 4
 
 EPILOG = """\
 objectives (--objectives, accuracy and one or two costs; every trial measures all costs):
@@ -209,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help=f"trials at once in each worker process, each in its own thread and CUDA "
         f"stream, so that small networks fill a large GPU (default auto: "
-        f"{CONCURRENCY_PER_GPU} on a GPU, 1 on a CPU). A trial's accuracy does not depend "
+        f"{CONCURRENCY_PER_GPU} on a GPU until K > 1 is measured there, 1 on a CPU; try "
+        f"{CANDIDATE_CONCURRENCY} on a large GPU). A trial's accuracy does not depend "
         "on K; its train seconds are its own wall time, shared with the trials beside it",
     )
     p.add_argument("--data-dir", help="folder of the Fashion-MNIST IDX .gz files")

@@ -381,3 +381,24 @@ def test_latency_objective_and_params_budget_end_to_end(cost_study, capsys) -> N
     assert main([*base, "--max-params", "70000"]) == 2
     assert "budgets (--max-params" in capsys.readouterr().err
     assert len(load(url, name).trials) == 6
+
+
+def test_a_study_from_before_objectives_continues_as_accuracy_and_macs(
+    tmp_path: Path, real_data_dir, capsys
+) -> None:
+    """A study written before objectives and budgets were recorded optimises accuracy and
+    MACs without budgets: it continues as such, and refuses other objectives."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert main([*TINY, "--trials", "1", "--study", "new", "--storage", url]) == 0
+    old = optuna.create_study(study_name="old", storage=url, directions=["maximize", "minimize"])
+    for key, value in load(url, "new").user_attrs.items():
+        if key not in ("objectives", "limits"):  # what an older nas wrote
+            old.set_user_attr(key, value)
+    assert main([*TINY, "--trials", "1", "--study", "old", "--storage", url]) == 0
+    assert len(complete(load(url, "old"))) == 1
+    capsys.readouterr()
+    argv = [*TINY, "--trials", "1", "--study", "old", "--storage", url]
+    assert main([*argv, "--objectives", "accuracy,params"]) == 2
+    assert "another objectives (['accuracy', 'macs'] there" in capsys.readouterr().err
+    assert main([*argv, "--objectives", "accuracy,params,macs"]) == 2
+    assert "optimises 2 objectives" in capsys.readouterr().err

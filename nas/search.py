@@ -332,13 +332,18 @@ def parse_args(argv: list[str] | None) -> SearchArgs:
     return SearchArgs(trials=a.trials, spec=spec)
 
 
-def check_gpu_costs(spec: WorkerSpec, device: torch.device) -> None:
-    """GPU costs need a GPU, and GPU latency needs it to one trial at a time."""
+def times_gpu_latency(spec: WorkerSpec) -> bool:
+    """GPU latency is an objective or a budget of this search."""
     limits = spec.limits
-    gpu_latency = "latency-gpu" in spec.objectives or (
+    return "latency-gpu" in spec.objectives or (
         limits.latency_ms is not None and limits.latency_device == "gpu"
     )
-    memory = "memory" in spec.objectives or limits.memory_mb is not None
+
+
+def check_gpu_costs(spec: WorkerSpec, device: torch.device) -> None:
+    """GPU costs need a GPU, and GPU latency needs it to one trial at a time."""
+    gpu_latency = times_gpu_latency(spec)
+    memory = "memory" in spec.objectives or spec.limits.memory_mb is not None
     if device.type != "cuda" and (gpu_latency or memory):
         what = "GPU latency" if gpu_latency else "training memory"
         raise UsageError(
@@ -420,12 +425,9 @@ def run_search(args: SearchArgs) -> optuna.Study:
         device = pick_device(spec.device)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    gpu_latency = "latency-gpu" in spec.objectives or (
-        spec.limits.latency_ms is not None and spec.limits.latency_device == "gpu"
-    )
     workers = spec.workers or default_workers(device)
     # auto: one trial at a time when GPU latency is an objective or a budget
-    k = spec.concurrency or (1 if gpu_latency else default_concurrency(device))
+    k = spec.concurrency or (1 if times_gpu_latency(spec) else default_concurrency(device))
     spec = replace(spec, device=device.type, workers=workers, concurrency=k)
     check_gpu_costs(spec, device)
     try:

@@ -45,20 +45,11 @@ __all__ = ["main", "trials_frame", "write_report"]
 MACS = "MMACs (fvcore)"
 # measured costs (a trial's `costs` attribute, nas.measure) -> table columns, with units
 COST_COLUMNS = {
-    "latency_cpu": "CPU latency (ms)",
-    "latency_gpu": "GPU latency (ms)",
-    "throughput_gpu": "GPU throughput (img/s)",
-    "memory": "train memory (MB)",
+    **{m.key: m.label for m in METRICS.values() if m.key not in ("", "macs", "params")},
+    "throughput_gpu": "GPU throughput (img/s)",  # measured beside GPU latency
 }
-# table column of each objective (accuracy and MACs have theirs)
-OBJECTIVE_COLUMNS = {
-    "accuracy": "val_accuracy",
-    "macs": MACS,
-    "params": "params",
-    "latency-cpu": "CPU latency (ms)",
-    "latency-gpu": "GPU latency (ms)",
-    "memory": "train memory (MB)",
-}
+# table column of each objective: its metric name, but parameters are counted, not in M
+OBJECTIVE_COLUMNS = {**{n: m.label for n, m in METRICS.items()}, "params": "params"}
 OVER_OTHER = "not trained (over a budget)"
 AXIS_TITLES = {
     MACS: "MACs (fvcore), millions, batch 1",

@@ -48,3 +48,29 @@ def test_gpu_latency_and_throughput() -> None:
     latency, throughput = gpu_latency_and_throughput(small_config(), torch.device("cuda"))
     assert latency.unit == "ms" and 0 < latency.value < 100 and latency.runs == 50
     assert throughput.unit == "images/s" and throughput.value > 1000
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_memory_lies_between_what_it_must_hold_and_what_was_reserved(
+    real_data,
+) -> None:
+    """A lone trial's step memory (weights + momentum + the graph's pool) holds at least
+    the weights, their momentum and their gradients (3 x the weights' bytes; gradients
+    live in the pool), and at most what the allocator reserved during the trial."""
+    from nas.budget import get_budget
+    from nas.fit import train_and_evaluate
+    from nas.model import build_model, count_params
+
+    device = torch.device("cuda")
+    data = real_data.to(device)
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()  # no free cached block to reuse: the trial reserves anew
+    torch.cuda.reset_peak_memory_stats()
+    reserved = torch.cuda.memory_reserved()
+    config = small_config()
+    r = train_and_evaluate(
+        config, get_budget("smoke"), data.train_x, data.train_y, data.val_x, data.val_y
+    )
+    weights = 4 * count_params(build_model(config))  # fp32
+    assert r.step_memory_bytes is not None
+    assert 3 * weights <= r.step_memory_bytes <= torch.cuda.max_memory_reserved() - reserved

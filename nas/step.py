@@ -160,7 +160,8 @@ def make_step(
                 if calls <= WARMUP_STEPS:
                     loss = body()
                 else:
-                    state["loss"] = capture(graph, body, opt)
+                    opt.zero_grad()  # grads are allocated inside the graph's private pool
+                    state["loss"] = capture(graph, body)
             here.wait_stream(side)
             if calls <= WARMUP_STEPS:
                 return loss
@@ -178,28 +179,24 @@ def make_step(
 CAPTURE_LOCK = threading.Lock()
 
 
-def capture(
-    graph: torch.cuda.CUDAGraph, body: Callable[[], torch.Tensor], opt: TensorLRSGD
-) -> torch.Tensor:
-    """Capture body() into `graph` on the current (side) stream, run it once, return its
-    output tensor. Unlike `torch.cuda.graph(...)` this neither synchronises the whole
-    device nor empties the cache first, either of which would stall or break trials
+def capture(graph: torch.cuda.CUDAGraph, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """Capture fn() into `graph` on the current (side) stream, under the capture lock, and
+    return its output tensor. Unlike `torch.cuda.graph(...)` this neither synchronises the
+    whole device nor empties the cache first, either of which would stall or break trials
     running beside this one. Capturing runs nothing: the caller replays the graph."""
     with CAPTURE_LOCK:
-        opt.zero_grad()  # grads are allocated inside the graph's private pool
         graph.capture_begin(capture_error_mode="thread_local")
         try:
-            out = body()
+            return fn()
         finally:
-            graph.capture_end()  # after a failure in body() this raises, chained to it
-    return out
+            graph.capture_end()  # after a failure in fn() this raises, chained to it
 
 
 def capture_forward(
     forward: Callable[[], torch.Tensor], device: torch.device, warmup: int = 3
 ) -> torch.cuda.CUDAGraph:
-    """forward() run eagerly `warmup` times on a side stream, then captured (under the
-    capture lock) into a graph of its own, ready to replay on any stream."""
+    """forward() run eagerly `warmup` times on a side stream, then captured into a graph
+    of its own, ready to replay on any stream."""
     graph = torch.cuda.CUDAGraph()
     side = torch.cuda.Stream(device)
     here = torch.cuda.current_stream(device)
@@ -207,11 +204,6 @@ def capture_forward(
     with torch.cuda.stream(side):
         for _ in range(warmup):
             forward()
-        with CAPTURE_LOCK:
-            graph.capture_begin(capture_error_mode="thread_local")
-            try:
-                forward()
-            finally:
-                graph.capture_end()
+        capture(graph, forward)
     here.wait_stream(side)
     return graph

@@ -5,7 +5,7 @@ on it. Threads of one process can share it: each trial runs in its own thread on
 CUDA stream with its own CUDA graph and graph memory pool (nas.step), and a graph replay
 releases the GIL, so replays of different trials overlap on the GPU while another
 thread samples, counts MACs with fvcore or writes to storage. What must not interleave
-is serialised: graph captures (nas.step.CAPTURE_LOCK), seeding and drawing initial
+is serialised: graph captures (nas.gpu.CAPTURE_LOCK), seeding and drawing initial
 weights (nas.model), fvcore tracing (nas.cost) and sampling (nas.objective). A trial
 synchronises its own stream, never the device.
 
@@ -20,20 +20,19 @@ K=1, so a trial's numbers do not depend on K (they do depend on the thread count
 
 from __future__ import annotations
 
-import gc
 import shutil
 import subprocess
 import threading
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
 from nas.cli import Interrupted
+from nas.gpu import slot_stream
 from nas.measure import pin_threads
-from nas.step import CAPTURE_LOCK
 
-__all__ = ["GpuMonitor", "StopFlag", "release_memory", "run_concurrently"]
+__all__ = ["GpuMonitor", "StopFlag", "run_concurrently"]
 
 
 class StopFlag:
@@ -56,23 +55,14 @@ class StopFlag:
             raise KeyboardInterrupt() if self._signum is None else Interrupted(self._signum)
 
 
-def release_memory() -> None:
-    """Give a failed trial's device memory back (under the capture lock: emptying the
-    cache while another thread captures a graph would break its capture)."""
-    gc.collect()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        with CAPTURE_LOCK:
-            torch.cuda.empty_cache()
-
-
-def _trial_context(device: torch.device) -> AbstractContextManager[object]:
-    """A thread's own CUDA stream on `device` (the thread's current device set too), and
-    its CPU thread count fixed now, outside any CPU latency measurement (nas.measure)."""
+@contextmanager
+def _trial_context(device: torch.device, slot: int) -> Iterator[None]:
+    """This thread as trial slot `slot`: on CUDA its own stream, made once per slot
+    (nas.gpu), and its CPU thread count fixed now, outside any CPU latency measurement
+    (nas.measure)."""
     pin_threads()
-    if device.type != "cuda":
-        return nullcontext()
-    torch.cuda.set_device(device)  # per thread: a new thread starts on GPU 0
-    return torch.cuda.stream(torch.cuda.Stream(device))
+    with slot_stream(device, slot):
+        yield
 
 
 def run_concurrently(
@@ -86,7 +76,7 @@ def run_concurrently(
     have been stopped.
     """
     if k == 1:
-        with _trial_context(device):
+        with _trial_context(device, 0):
             body(0)
         return
     errors: list[BaseException] = []
@@ -94,7 +84,7 @@ def run_concurrently(
 
     def run(slot: int) -> None:
         try:
-            with _trial_context(device):
+            with _trial_context(device, slot):
                 body(slot)
         except BaseException as e:  # noqa: BLE001 - handed to the main thread
             errors.append(e)

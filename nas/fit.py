@@ -21,9 +21,16 @@ from torch import nn
 
 from nas.budget import TrainBudget
 from nas.config import ArchConfig
-from nas.measure import graph_pool_bytes
 from nas.model import build_model
-from nas.step import TensorLRSGD, autocast, device_batch, make_step, memory_format
+from nas.step import (
+    GraphRunner,
+    Step,
+    TensorLRSGD,
+    autocast,
+    device_batch,
+    make_step,
+    memory_format,
+)
 
 __all__ = [
     "Diverged",
@@ -53,9 +60,10 @@ class TrainResult:
     warmup_seconds: float  # until steady state: warm-up + capture + 1st replay, or 1st eager step
     eval_seconds: float  # BN re-estimate (if any) and scoring
     device: str
-    cuda_graph: bool
+    cuda_graph: bool  # the steps after warm-up were replays of one CUDA graph
+    step_mode: str = "eager"  # "cuda-graph", "eager", or "eager: <why graphs were off>"
     # GPU memory of a training step: weights, momentum and the step graph's memory pool
-    # (nas.measure); None when not replayed as a CUDA graph
+    # in whole allocator segments (nas.gpu); None when not replayed as a CUDA graph
     step_memory_bytes: int | None = None
 
 
@@ -88,6 +96,8 @@ def train_and_evaluate(
     model: nn.Module | None = None,
     cuda_graph: bool | None = None,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
+    on_warm: Callable[[], None] | None = None,
+    runner: GraphRunner | None = None,
 ) -> TrainResult:
     """Train a fresh model (seeded by budget.seed) and score it on (eval_x, eval_y).
 
@@ -97,12 +107,14 @@ def train_and_evaluate(
     Only the first budget.val_images evaluation images are scored. cuda_graph (default:
     on CUDA) replays each step as one CUDA graph; False runs the same step eagerly.
     on_step(step, loss) is called after each step with the step's loss as a 0-dim device
-    tensor (reading it waits for the device; accumulate it there instead).
+    tensor (reading it waits for the device; accumulate it there instead). on_warm() is
+    called once, when warm-up and graph capture are over. `runner`: the CUDA graph's
+    stand-in in CPU tests of the graphed step (nas.step.GraphRunner).
     """
     device = train_x.device
     if cuda_graph is None:
         cuda_graph = device.type == "cuda"
-    if cuda_graph and device.type != "cuda":
+    if cuda_graph and device.type != "cuda" and runner is None:
         raise ValueError("cuda_graph needs the data on a CUDA device")
     if model is None:
         model = build_model(config, budget.seed)
@@ -113,12 +125,42 @@ def train_and_evaluate(
         weight_decay=budget.weight_decay,
         nesterov=budget.momentum > 0,
     )
-    n, bs, steps = len(train_x), budget.batch_size, budget.steps
+    n, bs = len(train_x), budget.batch_size
     if n < bs:
         raise ValueError(f"only {n} training images for a batch of {bs}")
     stepper = make_step(
-        model, opt, train_x, train_y, config.image_size, bs, budget.label_smoothing, cuda_graph
+        model,
+        opt,
+        train_x,
+        train_y,
+        config.image_size,
+        bs,
+        budget.label_smoothing,
+        cuda_graph,
+        runner,
     )
+    try:
+        return _train(
+            stepper, config, budget, model, train_x, train_y, eval_x, eval_y, on_step, on_warm
+        )
+    finally:
+        stepper.close()  # the graph's pool back to the allocator, whatever happened
+
+
+def _train(
+    stepper: Step,
+    config: ArchConfig,
+    budget: TrainBudget,
+    model: nn.Module,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    eval_x: torch.Tensor,
+    eval_y: torch.Tensor,
+    on_step: Callable[[int, torch.Tensor], None] | None,
+    on_warm: Callable[[], None] | None,
+) -> TrainResult:
+    device = train_x.device
+    n, bs, steps = len(train_x), budget.batch_size, budget.steps
     per_epoch = n // bs
     gen = torch.Generator(device=device).manual_seed(budget.seed)
     tail = max(1, steps // 10)
@@ -137,6 +179,8 @@ def train_and_evaluate(
         if step == stepper.eager_steps:  # warm-up (and capture) done: the rest is steady state
             _sync(device)
             warmup_seconds = time.perf_counter() - t0
+            if on_warm is not None:
+                on_warm()
         if step % 100 == 99 and not torch.isfinite(loss):
             raise Diverged(f"training loss became {loss.item()} at step {step + 1}")
         if on_step is not None:
@@ -147,10 +191,7 @@ def train_and_evaluate(
     if not math.isfinite(final_loss):
         raise Diverged(f"training loss became {final_loss} by the end of training")
 
-    memory = None
-    if stepper.graph is not None:
-        kept = [*opt.params, *opt.bufs]
-        memory = sum(p.numel() * p.element_size() for p in kept) + graph_pool_bytes(stepper.graph)
+    memory = stepper.memory_bytes()  # None unless a graph was captured (a run of <= 3 steps)
     t1 = time.perf_counter()
     if budget.bn_recalibration:
         recalibrate_bn(model, config, train_x[: budget.bn_recalibration], bs)
@@ -168,23 +209,31 @@ def train_and_evaluate(
         warmup_seconds=warmup_seconds,
         eval_seconds=time.perf_counter() - t1,
         device=_device_name(device),
-        cuda_graph=cuda_graph,
+        cuda_graph=stepper.mode == "cuda-graph",
+        step_mode=stepper.mode,
         step_memory_bytes=memory,
     )
 
 
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, config: ArchConfig, x: torch.Tensor, batch: int) -> None:
-    """Re-estimate every BN layer's running mean/var with the final weights (exact average)."""
+    """Re-estimate every BN layer's running mean/var with the final weights (exact average).
+
+    Batch j (from 0) enters with momentum 1/(j+1), a Python float: the cumulative average
+    BatchNorm computes with momentum=None, whose factor 1/num_batches_tracked it reads
+    from a device tensor, a host sync per layer per batch.
+    """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [bn.momentum for bn in bns]
     for bn in bns:
         bn.reset_running_stats()
-        bn.momentum = None  # cumulative average over the recalibration batches
     model.train()
-    for i in range(0, len(x), batch):
+    dtype = next(model.parameters()).dtype  # float32; float64 in the exactness test
+    for j, i in enumerate(range(0, len(x), batch)):
+        for bn in bns:
+            bn.momentum = 1.0 / (j + 1)
         with autocast(x.device):
-            model(device_batch(x[i : i + batch], config.image_size))
+            model(device_batch(x[i : i + batch], config.image_size, dtype))
     for bn, momentum in zip(bns, saved):
         bn.momentum = momentum
 

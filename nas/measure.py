@@ -11,15 +11,19 @@ per thread once a thread has started: other trial threads keep theirs; they fix 
 under the same lock when they start, `pin_threads`). Weights are the fresh
 initialisation: dense fp32 CPU kernels take the same time whatever the weights are.
 
-GPU latency: batch 1, bf16 autocast, channels_last, replayed as a CUDA graph (the launch
-cost of hundreds of small kernels is what a deployed small network pays without one
-too, but a graph is how one would deploy it), timed with CUDA events around each replay
-on the trial's own stream. Throughput: the same at a large batch. Both are only
-meaningful with the GPU to themselves (nas.search --concurrency 1).
+GPU latency: batch 1, a bf16 copy of the network (weights cast once, as one would deploy
+it; under autocast every replay would cast every weight again), channels_last, replayed
+as a CUDA graph (the launch cost of hundreds of small kernels is what a deployed small
+network pays without one too, but a graph is how one would deploy it), timed with CUDA
+events around each replay on the trial's own stream. Throughput: the same at a large
+batch. Both are only meaningful with the GPU to themselves (nas.search --concurrency 1).
 
 Training memory: the bytes of weights and momentum plus the step's CUDA-graph memory
-pool (activations, gradients, workspace), read from the allocator's segments of that
-pool, so that trials running beside it (--concurrency) do not count.
+pool (activations, gradients), read from the allocator's segments of that pool
+(nas.gpu), so that trials running beside it (--concurrency) do not count. Two limits:
+segments count whole (2 MB at the least, so a small network's figure is rounded up),
+and cuBLAS and cuBLASLt workspaces, which live outside the pool, are left out
+(MEMORY_NOTE, stored beside each figure).
 """
 
 from __future__ import annotations
@@ -39,10 +43,10 @@ from nas.model import build_model
 __all__ = [
     "CPU_RUNS",
     "GPU_RUNS",
+    "MEMORY_NOTE",
     "Measured",
     "cpu_latency",
     "gpu_latency_and_throughput",
-    "graph_pool_bytes",
     "pin_threads",
 ]
 
@@ -53,6 +57,10 @@ CPU_WARMUP, CPU_RUNS, CPU_SECONDS = 3, 21, 2.0
 # 0.25 s and their median ignores the odd slow replay; 10 untimed ones first (clocks up).
 GPU_WARMUP, GPU_RUNS = 10, 50
 THROUGHPUT_BATCH = 1024  # 10 replays at it, after 2 untimed
+MEMORY_NOTE = (
+    "weights + momentum + the step graph's memory pool, in whole allocator segments; "
+    "cuBLAS/cuBLASLt workspaces not included"
+)
 
 # Setting the thread count for one measurement and restoring it: one at a time.
 _THREADS_LOCK = threading.Lock()
@@ -136,17 +144,20 @@ def gpu_latency_and_throughput(
 ) -> tuple[Measured, Measured]:
     """(ms per image at batch 1, images/s at batch THROUGHPUT_BATCH) on `device`, as CUDA
     graphs replayed on the current stream (the caller's own)."""
-    from nas.step import autocast, capture_forward, memory_format
+    from nas.gpu import capture_forward
+    from nas.step import memory_format
 
-    model = build_model(config).to(device=device, memory_format=memory_format(device)).eval()
+    bf16 = torch.bfloat16
+    model = build_model(config).to(device=device, dtype=bf16, memory_format=memory_format(device))
+    model.eval()
     name = torch.cuda.get_device_name(device)
     out = []
     for batch, warm, runs in ((1, GPU_WARMUP, GPU_RUNS), (THROUGHPUT_BATCH, 2, 10)):
         x = torch.zeros(batch, config.in_channels, config.image_size, config.image_size)
-        x = x.to(device=device, memory_format=memory_format(device))
+        x = x.to(device=device, dtype=bf16, memory_format=memory_format(device))
 
         def forward(x: torch.Tensor = x) -> torch.Tensor:
-            with autocast(device), torch.no_grad():
+            with torch.no_grad():
                 return model(x)
 
         graph = capture_forward(forward, device)
@@ -162,21 +173,11 @@ def gpu_latency_and_throughput(
             end.synchronize()
             times.append(begin.elapsed_time(end) / 1000)  # seconds
         out.append((batch, times))
-        del graph
+        graph.reset()
     (_, lat), (batch, tput) = out
-    latency = _summary(lat, "ms", f"{name}, bf16, CUDA graph", 1000)
-    s = _summary(tput, "images/s", f"{name}, bf16, CUDA graph, batch {batch}", 1.0)
+    latency = _summary(lat, "ms", f"{name}, bf16 weights, CUDA graph", 1000)
+    s = _summary(tput, "images/s", f"{name}, bf16 weights, CUDA graph, batch {batch}", 1.0)
     throughput = Measured(
         batch / s.value, "images/s", s.device, s.runs, s.spread, batch / s.fastest
     )
     return latency, throughput
-
-
-def graph_pool_bytes(graph: torch.cuda.CUDAGraph) -> int:
-    """Bytes the allocator holds in this graph's private memory pool."""
-    pool = tuple(graph.pool())
-    return sum(
-        seg["total_size"]
-        for seg in torch.cuda.memory_snapshot()
-        if tuple(seg.get("segment_pool_id", ())) == pool
-    )

@@ -28,8 +28,7 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import optuna
@@ -38,12 +37,13 @@ from tqdm import tqdm
 
 from nas.budget import TrainBudget
 from nas.cli import exception_chain, interruption
-from nas.concurrent import StopFlag, release_memory
+from nas.concurrent import StopFlag
 from nas.config import ArchConfig, ConfigError
 from nas.cost import measure_cost
 from nas.data import FashionMNIST
 from nas.fit import Diverged, train_and_evaluate
-from nas.measure import cpu_latency, gpu_latency_and_throughput
+from nas.gpu import release_memory
+from nas.measure import MEMORY_NOTE, Measured, cpu_latency, gpu_latency_and_throughput
 from nas.metrics import DEFAULT_OBJECTIVES, METRICS, Limits
 from nas.space import SearchSpace, sample
 
@@ -135,7 +135,9 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         reason = None
         try:
-            return self._run(trial)
+            values = self._run(trial)
+            release_memory(collect=False)  # this trial's graph pools back to CUDA
+            return values
         except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP (nas.cli)
             trial.set_user_attr("fail_reason", f"interrupted ({interruption(e)[0]})")
             raise
@@ -203,16 +205,26 @@ class Objective:
         )
         if self.stop is not None:
             self.stop.check()
-        cpu_timing = None if "latency_cpu" in costs else _time_cpu_latency(config, device)
-        r = train_and_evaluate(config, b, d.train_x, d.train_y, d.val_x, d.val_y, on_step=progress)
+        cpu_timing = None if "latency_cpu" in costs else CpuLatencyTimer(config, device)
+        r = train_and_evaluate(
+            config,
+            b,
+            d.train_x,
+            d.train_y,
+            d.val_x,
+            d.val_y,
+            on_step=progress,
+            on_warm=None if cpu_timing is None else cpu_timing.start,
+        )
         t3 = time.perf_counter()
         if cpu_timing is not None:
-            costs["latency_cpu"] = cpu_timing()
+            costs["latency_cpu"] = cpu_timing.result()
         if r.step_memory_bytes is not None:
             costs["memory"] = {
                 "value": r.step_memory_bytes / 1e6,
                 "unit": "MB",
                 "device": f"{r.device}, batch {b.batch_size}",
+                "note": MEMORY_NOTE,
             }
             over = self._constrain(trial, costs, constraints)
             if over:  # trained, but over a budget known only now
@@ -224,6 +236,7 @@ class Objective:
         trial.set_user_attr("images_per_second", round(r.images_per_second, 1))
         trial.set_user_attr("final_loss", round(r.final_loss, 5))
         trial.set_user_attr("device", r.device)
+        trial.set_user_attr("step_mode", r.step_mode)
         # Where the trial's time went (seconds), for the benchmark's overhead split.
         seconds = {
             "sample": t1 - t0,
@@ -271,16 +284,27 @@ class Objective:
         return over
 
 
-def _time_cpu_latency(config: ArchConfig, device: torch.device) -> Callable[[], dict]:
-    """Start timing the CPU latency; the function returned waits for it. Training on a GPU
-    leaves the CPU nearly idle, so there it is timed on one core while the trial trains;
-    on the CPU, where training takes every core, it is timed when asked, after training."""
-    if device.type != "cuda":
-        return lambda: cpu_latency(config).to_dict()
-    pool = ThreadPoolExecutor(1, thread_name_prefix="nas-cpu-latency")
-    timing = pool.submit(cpu_latency, config)
-    pool.shutdown(wait=False)
-    return lambda: timing.result().to_dict()
+class CpuLatencyTimer:
+    """A trial's CPU latency. Training on a GPU leaves the CPU nearly idle, so there it is
+    timed on one core while the trial trains, from `start()`, which the training loop
+    calls once warm-up and graph capture are over (model build, warm-up and capture
+    would compete with it for the GIL); on the CPU, where training takes every core, it
+    is timed after training. `result()` waits for it (and starts it if never started)."""
+
+    def __init__(self, config: ArchConfig, device: torch.device) -> None:
+        self.config, self.beside = config, device.type == "cuda"
+        self._timing: Future[Measured] | None = None
+
+    def start(self) -> None:
+        if self.beside and self._timing is None:
+            pool = ThreadPoolExecutor(1, thread_name_prefix="nas-cpu-latency")
+            self._timing = pool.submit(cpu_latency, self.config)
+            pool.shutdown(wait=False)
+
+    def result(self) -> dict:
+        if self._timing is None:
+            return cpu_latency(self.config).to_dict()
+        return self._timing.result().to_dict()
 
 
 def _costs_of_old(t: optuna.trial.FrozenTrial) -> dict[str, dict]:

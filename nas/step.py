@@ -7,27 +7,27 @@ nothing is compiled per architecture) and replayed with one launch. What changes
 lives in static device tensors: the batch indices and the learning rate. That is why
 the optimizer here is SGD written with foreach ops on a 0-d LR tensor: the same
 update as `torch.optim.SGD(nesterov=True)` (tests compare the two), but capturable.
+Streams, the capture itself, graph memory pools and what happens when a capture fails
+are nas.gpu's.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from nas.data import to_input
+from nas.gpu import GRAPHS, CudaGraphRunner, is_out_of_memory, release_memory
 
 __all__ = [
+    "GraphRunner",
     "Step",
     "TensorLRSGD",
-    "CAPTURE_LOCK",
     "autocast",
-    "capture",
-    "capture_forward",
     "device_batch",
     "make_step",
     "memory_format",
@@ -35,6 +35,19 @@ __all__ = [
 ]
 
 WARMUP_STEPS = 3  # eager steps on a side stream before capture (cuDNN/cuBLAS pick kernels)
+T = TypeVar("T")
+
+
+class GraphRunner(Protocol):
+    """What the step needs of a CUDA graph (nas.gpu.CudaGraphRunner; a CPU stand-in in the
+    tests): run fn eagerly to warm up, capture it (running nothing), replay, its pool's
+    bytes (None before a capture), and reset (drop the graph and its pool)."""
+
+    def warmup(self, fn: Callable[[], T]) -> T: ...
+    def capture(self, fn: Callable[[], T]) -> T: ...
+    def replay(self) -> None: ...
+    def pool_bytes(self) -> int | None: ...
+    def reset(self) -> None: ...
 
 
 def memory_format(device: torch.device) -> torch.memory_format:
@@ -99,11 +112,93 @@ class TensorLRSGD:
         torch._foreach_sub_(self.params, torch._foreach_mul(grads, self.lr))
 
 
-@dataclass(frozen=True)
 class Step:
-    run: Callable[[torch.Tensor, float], torch.Tensor]  # (indices, lr) -> loss
-    eager_steps: int  # calls before the graph replays (0 when eager)
-    graph: torch.cuda.CUDAGraph | None  # captured at call eager_steps + 1 (CUDA only)
+    """step.run(indices, lr) -> loss (a device tensor, valid until the next call).
+
+    Eager, or with a graph runner (nas.gpu.CudaGraphRunner on CUDA): the first
+    WARMUP_STEPS calls run eagerly on the runner's side stream, the next call captures the
+    step (and replays it), later calls replay it. A capture that runs out of memory is
+    retried once after the cache is emptied (and raised the second time); one that fails
+    for another reason turns graphs off for this process (nas.gpu.GRAPHS) and the trial
+    goes on eagerly from the same state (a capture runs nothing). `mode` says which:
+    "cuda-graph", "eager" or "eager: <why>".
+    """
+
+    def __init__(
+        self,
+        body: Callable[[], torch.Tensor],
+        static_idx: torch.Tensor,
+        opt: TensorLRSGD,
+        runner: GraphRunner | None,
+        mode: str,
+    ) -> None:
+        self._body, self._idx, self._opt, self.runner = body, static_idx, opt, runner
+        self.mode = mode
+        self.eager_steps = WARMUP_STEPS if runner is not None else 0
+        self._calls = 0
+        self._loss: torch.Tensor | None = None  # the graph's static output, once captured
+
+    def run(self, idx: torch.Tensor, lr: float) -> torch.Tensor:
+        self._idx.copy_(idx)
+        self._opt.lr.fill_(lr)
+        self._calls += 1
+        if self.runner is None:
+            return self._body()
+        if self._calls <= WARMUP_STEPS:
+            return self.runner.warmup(self._body)
+        if self._loss is None:
+            self._loss = self._capture()
+            if self._loss is None:  # fell back to eager steps
+                return self._body()
+        self.runner.replay()  # on this trial's stream; releases the GIL
+        return self._loss
+
+    def _capture(self) -> torch.Tensor | None:
+        assert self.runner is not None
+
+        def step() -> torch.Tensor:
+            self._opt.zero_grad()  # grads are allocated inside the graph's private pool
+            return self._body()
+
+        for attempt in (1, 2):
+            try:
+                loss = self.runner.capture(step)
+                self.mode = "cuda-graph"
+                return loss
+            except Exception as e:
+                self.runner.reset()
+                if is_out_of_memory(e):
+                    if attempt == 1:
+                        release_memory()  # other pools' cached blocks back to CUDA; retry
+                        continue
+                    raise
+                reason = f"capture failed: {_first_line(e)}"
+                GRAPHS.turn_off(reason)
+                self.mode, self.runner = f"eager: {reason}", None
+                self._opt.zero_grad()
+                return None
+        raise AssertionError("unreachable")
+
+    def memory_bytes(self) -> int | None:
+        """GPU memory of the step: weights, momentum and the graph's pool (nas.gpu);
+        None unless a graph was captured."""
+        if self.runner is None or self._loss is None:  # no graph (and no pool) to read
+            return None
+        pool = self.runner.pool_bytes()
+        if pool is None:
+            return None
+        kept = [*self._opt.params, *self._opt.bufs]
+        return sum(p.numel() * p.element_size() for p in kept) + pool
+
+    def close(self) -> None:
+        """Drop the graph: its pool goes back to the allocator."""
+        if self.runner is not None:
+            self.runner.reset()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
 def make_step(
@@ -115,12 +210,11 @@ def make_step(
     batch_size: int,
     label_smoothing: float,
     cuda_graph: bool,
+    runner: GraphRunner | None = None,
 ) -> Step:
-    """A step: step.run(indices, lr) -> loss (a device tensor, valid until the next call).
-
-    With cuda_graph, the first WARMUP_STEPS calls run eagerly on a side stream and the
-    next call captures the graph (and runs it); later calls replay it.
-    """
+    """The training step. cuda_graph: replay it as a CUDA graph through `runner` (default
+    a nas.gpu.CudaGraphRunner on the data's device), unless this process has turned
+    graphs off (then eager, and `mode` says why)."""
     device = train_x.device
     dtype = next(model.parameters()).dtype  # float32; float64 in the exactness tests
     static_idx = torch.zeros(batch_size, dtype=torch.long, device=device)
@@ -135,75 +229,9 @@ def make_step(
         return loss.detach()
 
     if not cuda_graph:
-
-        def eager(idx: torch.Tensor, lr: float) -> torch.Tensor:
-            static_idx.copy_(idx)
-            opt.lr.fill_(lr)
-            return body()
-
-        return Step(eager, 0, None)
-
-    graph = torch.cuda.CUDAGraph()  # its own private memory pool
-    side = torch.cuda.Stream(device)
-    state: dict[str, torch.Tensor] = {}
-    calls = 0
-
-    def graphed(idx: torch.Tensor, lr: float) -> torch.Tensor:
-        nonlocal calls
-        static_idx.copy_(idx)
-        opt.lr.fill_(lr)
-        calls += 1
-        here = torch.cuda.current_stream(device)  # this trial's stream (nas.concurrent)
-        if calls <= WARMUP_STEPS or "loss" not in state:
-            side.wait_stream(here)
-            with torch.cuda.stream(side):
-                if calls <= WARMUP_STEPS:
-                    loss = body()
-                else:
-                    opt.zero_grad()  # grads are allocated inside the graph's private pool
-                    state["loss"] = capture(graph, body)
-            here.wait_stream(side)
-            if calls <= WARMUP_STEPS:
-                return loss
-        graph.replay()  # on this trial's stream; releases the GIL
-        return state["loss"]
-
-    return Step(graphed, WARMUP_STEPS, graph)
-
-
-# One capture at a time in a process: a capture owns the allocator's routing to its pool
-# and the CUDA generator's capture state. Trials beside it (nas.search --concurrency) go
-# on replaying and allocating on their own streams, which "thread_local" capture mode
-# allows; what would break a capture (a device-wide synchronize, emptying the cache) is
-# never done by a trial, or only under this lock (see nas.concurrent.release_memory).
-CAPTURE_LOCK = threading.Lock()
-
-
-def capture(graph: torch.cuda.CUDAGraph, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """Capture fn() into `graph` on the current (side) stream, under the capture lock, and
-    return its output tensor. Unlike `torch.cuda.graph(...)` this neither synchronises the
-    whole device nor empties the cache first, either of which would stall or break trials
-    running beside this one. Capturing runs nothing: the caller replays the graph."""
-    with CAPTURE_LOCK:
-        graph.capture_begin(capture_error_mode="thread_local")
-        try:
-            return fn()
-        finally:
-            graph.capture_end()  # after a failure in fn() this raises, chained to it
-
-
-def capture_forward(
-    forward: Callable[[], torch.Tensor], device: torch.device, warmup: int = 3
-) -> torch.cuda.CUDAGraph:
-    """forward() run eagerly `warmup` times on a side stream, then captured into a graph
-    of its own, ready to replay on any stream."""
-    graph = torch.cuda.CUDAGraph()
-    side = torch.cuda.Stream(device)
-    here = torch.cuda.current_stream(device)
-    side.wait_stream(here)
-    with torch.cuda.stream(side):
-        for _ in range(warmup):
-            forward()
-        capture(graph, forward)
-    here.wait_stream(side)
-    return graph
+        return Step(body, static_idx, opt, None, "eager")
+    if GRAPHS.off is not None:
+        return Step(body, static_idx, opt, None, f"eager: {GRAPHS.off}")
+    # "cuda-graph" from the capture on; a run of no more steps than the warm-up never gets there
+    warmup_only = f"eager: the run ended within the {WARMUP_STEPS} warm-up steps"
+    return Step(body, static_idx, opt, runner or CudaGraphRunner(device), warmup_only)

@@ -266,9 +266,10 @@ def trial_loop(
     run_concurrently(spec.concurrency, device, one_slot, stop)
 
 
-def tally_trial(counts: list[int] | Any, t: optuna.trial.FrozenTrial) -> None:
-    """Count a finished trial into [done, failed, duplicates, trained] (a list or a shared
-    array)."""
+def tally_trial(counts: list[int] | Any, t: optuna.trial.FrozenTrial) -> str | None:
+    """Count a finished trial into [done, failed, duplicates, trained, trained eagerly on
+    a GPU] (a list or a shared array). Returns a warning line for the run's first trial
+    trained eagerly because CUDA graphs were off (nas.gpu), else None."""
     counts[0] += 1
     if t.state != optuna.trial.TrialState.COMPLETE:
         counts[1] += 1
@@ -276,6 +277,15 @@ def tally_trial(counts: list[int] | Any, t: optuna.trial.FrozenTrial) -> None:
         counts[2] += 1
     elif t.user_attrs.get("trained"):
         counts[3] += 1
+        mode = t.user_attrs.get("step_mode", "")
+        if mode.startswith("eager: capture") or mode.startswith("eager: cannot"):
+            counts[4] += 1
+            if counts[4] == 1:
+                return (
+                    f"warning: trial {t.number} trained eagerly, CUDA graphs are off in this "
+                    f"process ({mode.removeprefix('eager: ')}); the search goes on, slower"
+                )
+    return None
 
 
 def _child(spec: WorkerSpec, index: int, remaining, tally) -> None:  # noqa: ANN001
@@ -288,8 +298,10 @@ def _child(spec: WorkerSpec, index: int, remaining, tally) -> None:  # noqa: ANN
 
     def on_trial(study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
         with tally.get_lock():
-            tally_trial(tally, t)
+            warning = tally_trial(tally, t)
         print(f"[w{index}] {trial_line(t)}", flush=True)
+        if warning:
+            print(f"[w{index}] {warning}", flush=True)
 
     try:
         with stop_signals():
@@ -305,11 +317,11 @@ def run_workers(
 ) -> list[int]:
     """Start spec.workers processes for `trials` trials in all; wait; return exit codes.
 
-    progress([done, failed, duplicates, trained]) is called about twice a second with this run's
-    trial counts.
+    progress([done, failed, duplicates, trained, eager]) is called about twice a second
+    with this run's trial counts.
     """
     ctx = mp.get_context("spawn")  # CUDA cannot be forked
-    remaining, tally = ctx.Value("i", trials), ctx.Array("i", 4)
+    remaining, tally = ctx.Value("i", trials), ctx.Array("i", 5)
     procs = [
         ctx.Process(target=_child, args=(spec, i, remaining, tally), name=f"nas-worker-{i}")
         for i in range(spec.workers)

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from conftest import TINY, overlapped
+from nas.budget import get_budget
 from nas.cli import Interrupted
 from nas.concurrent import GpuMonitor, StopFlag, run_concurrently
 from nas.search import main
@@ -31,8 +32,10 @@ def _run(tmp_path: Path, k: int, extra: list[str]) -> dict[int, optuna.trial.Fro
 
 
 def _same_results(tmp_path: Path, extra: list[str], device: str, exact: bool) -> None:
-    """exact: every value equal (the CPU); else accuracies equal to the printed digit
-    (the GPU, whose kernels may sum in another order)."""
+    """exact: every value equal (the CPU); else accuracies within 2 validation images
+    (the GPU: cuDNN's backward kernels may sum in another order from run to run, so the
+    weights differ in their last bf16 bits and an image near the decision boundary can
+    flip; 2 images allows one flip each way, a real difference moves many more)."""
     one, two = _run(tmp_path, 1, extra), _run(tmp_path, 2, extra)
     assert sorted(one) == sorted(two) == list(range(3))
     for n in one:
@@ -43,7 +46,8 @@ def _same_results(tmp_path: Path, extra: list[str], device: str, exact: bool) ->
         if exact:
             assert a.values == b.values, (n, a.values, b.values)
         else:
-            assert f"{a.values[0]:.4f}" == f"{b.values[0]:.4f}", (n, a.values, b.values)
+            images = get_budget("smoke").val_images
+            assert abs(a.values[0] - b.values[0]) * images <= 2 + 1e-9, (n, a.values, b.values)
         if exact and a.user_attrs["trained"] and b.user_attrs["trained"]:
             assert a.user_attrs["final_loss"] == b.user_attrs["final_loss"]
         if b.user_attrs["trained"]:
@@ -62,7 +66,7 @@ def test_same_architectures_same_numbers_with_one_or_two_at_once(
 def test_same_numbers_on_the_gpu_with_graphs_captured_beside_replays(
     tmp_path: Path, real_data_dir
 ) -> None:
-    _same_results(tmp_path, ["--device", "cuda"], "", exact=False)
+    _same_results(tmp_path, ["--device", "cuda"], torch.cuda.get_device_name().lower(), False)
 
 
 def test_a_failing_body_stops_the_others_and_its_error_is_raised() -> None:

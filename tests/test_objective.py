@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from nas.fit import Diverged
@@ -41,21 +40,38 @@ def test_capture_errors_without_oom_and_other_bugs_stop_the_search() -> None:
     assert failure_reason(KeyError("x")) is None
 
 
-@pytest.mark.parametrize("e", [Diverged("training loss became nan at step 100")])
-def test_diverged_is_its_own_reason(e: BaseException) -> None:
-    assert failure_reason(e) == f"diverged: {e}"
+def test_diverged_is_its_own_reason() -> None:
+    e = Diverged("training loss became nan at step 100")
+    assert failure_reason(e) == "diverged: training loss became nan at step 100"
 
 
 def test_cpu_latency_beside_gpu_training_is_timed_in_a_thread_of_its_own() -> None:
-    """On a GPU run the CPU latency is timed on one core while the trial trains: the
-    trial's thread keeps its thread count, and the result is the same kind of figure."""
-    import torch
+    """On a GPU run the CPU latency is timed on one core while the trial trains, from
+    start() on (after warm-up and capture: nothing runs before): the trial's thread keeps
+    its thread count, and the result is the same kind of figure."""
+    import threading
 
     from conftest import small_config
-    from nas.objective import _time_cpu_latency
+    from nas.objective import CpuLatencyTimer
+
+    def timing_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith("nas-cpu-latency")]
 
     before = torch.get_num_threads()
-    wait = _time_cpu_latency(small_config(), torch.device("cuda"))  # only .type is read
-    got = wait()
+    timer = CpuLatencyTimer(small_config(), torch.device("cuda"))  # only .type is read
+    assert not timing_threads()  # not started with the trial
+    timer.start()
+    assert timing_threads()  # beside the trial, on a thread of its own
+    got = timer.result()
     assert torch.get_num_threads() == before
     assert got["unit"] == "ms" and got["value"] > 0 and "1 thread" in got["device"]
+
+
+def test_cpu_latency_of_a_cpu_run_is_timed_when_asked() -> None:
+    from conftest import small_config
+    from nas.objective import CpuLatencyTimer
+
+    timer = CpuLatencyTimer(small_config(), torch.device("cpu"))
+    timer.start()  # nothing beside training on a CPU: training takes the cores
+    assert timer._timing is None
+    assert timer.result()["unit"] == "ms"

@@ -17,7 +17,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import small_config
+from conftest import EmulatedGraph, small_config
+from nas import gpu
 from nas.data import to_input
 from nas.model import build_model
 from nas.step import WARMUP_STEPS, TensorLRSGD, make_step
@@ -60,13 +61,17 @@ def torch_sgd_run(lrs: list[float], weight_decay: float = WD, nesterov: bool = T
     return losses, model
 
 
-def our_run():
-    """The same six steps through nas.step (eager on the CPU), in float64."""
+def our_run(runner: EmulatedGraph | None = None, mode: list[str] | None = None):
+    """The same six steps through nas.step in float64: eager on the CPU, or through the
+    graphed step's control flow with `runner` standing in for the CUDA graph."""
     x, y, order = batches(96, 16)
     model = fresh_model(dtype=torch.float64)
     opt = TensorLRSGD(list(model.parameters()), momentum=MOMENTUM, weight_decay=WD, nesterov=True)
-    step = make_step(model, opt, x, y, 32, 16, 0.0, cuda_graph=False).run
-    return [step(idx, lr).item() for idx, lr in zip(order, LRS)], model
+    step = make_step(model, opt, x, y, 32, 16, 0.0, runner is not None, runner)
+    losses = [step.run(idx, lr).item() for idx, lr in zip(order, LRS)]
+    if mode is not None:
+        mode.append(step.mode)
+    return losses, model
 
 
 def max_rel_difference(a, b) -> float:
@@ -99,6 +104,7 @@ def test_fast_step_matches_plain_torch_sgd_in_float64(ours) -> None:
     ids=["weight-decay-dropped", "nesterov-off", "lr-frozen-at-capture"],
 )
 def test_the_tolerance_catches_each_bug(ours, bug: dict) -> None:
+    bug = dict(bug)  # the parametrize table is shared: pop from a copy
     lrs = bug.pop("lrs", LRS)
     difference = max_rel_difference(ours, torch_sgd_run(lrs, **bug))
     assert difference > 1e3 * REL, difference  # each bug is far outside the tolerance
@@ -138,20 +144,69 @@ def test_other_sgd_variants_match(momentum: float, nesterov: bool) -> None:
     torch.testing.assert_close(w, v, rtol=1e-14, atol=1e-14)
 
 
+# -- the graphed step's control flow on the CPU (EmulatedGraph stands in for the graph) ------
+
+
+@pytest.fixture
+def graphs_on(monkeypatch):
+    """This process's graph policy as at start, whatever a test turns off."""
+    monkeypatch.setattr(gpu.GRAPHS, "off", None)
+    return gpu.GRAPHS
+
+
+def test_graphed_steps_equal_eager_steps_exactly(ours, graphs_on) -> None:
+    graph, mode = EmulatedGraph(), []
+    assert max_rel_difference(our_run(graph, mode), ours) == 0.0
+    assert mode == ["cuda-graph"]
+    replays = len(LRS) - WARMUP_STEPS  # the capturing call replays too
+    assert graph.events == ["warmup"] * WARMUP_STEPS + ["capture"] + ["replay"] * replays
+
+
+def test_a_failed_capture_goes_on_eagerly_from_the_same_state(ours, graphs_on) -> None:
+    """Not memory: the trial goes on eagerly with the same numbers, says why, and this
+    process makes no more graphs."""
+    error = RuntimeError("operation not permitted when stream is capturing")
+    graph, mode = EmulatedGraph(fail=[error]), []
+    assert max_rel_difference(our_run(graph, mode), ours) == 0.0
+    assert mode == [f"eager: capture failed: RuntimeError: {error}"]
+    assert "replay" not in graph.events
+    assert graphs_on.off == f"capture failed: RuntimeError: {error}"
+    later, mode = EmulatedGraph(), []
+    assert max_rel_difference(our_run(later, mode), ours) == 0.0
+    assert later.events == [] and mode == [f"eager: {graphs_on.off}"]
+
+
+def test_a_capture_out_of_memory_is_retried_once_then_raised(ours, graphs_on) -> None:
+    def oom() -> torch.OutOfMemoryError:
+        return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    graph, mode = EmulatedGraph(fail=[oom()]), []
+    assert max_rel_difference(our_run(graph, mode), ours) == 0.0
+    assert mode == ["cuda-graph"] and graph.events.count("capture") == 2
+    with pytest.raises(torch.OutOfMemoryError):
+        our_run(EmulatedGraph(fail=[oom(), oom()]))
+    assert graphs_on.off is None  # memory is the trial's failure, not the graphs'
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_graph_step_matches_eager() -> None:
-    """Replays run the captured kernels on the same inputs: the losses are bit-identical.
-
-    (On the H200 they were; an LR frozen at capture moves them by ~7e-3, Nesterov off by
-    ~1.3e-2.)
-    """
+    """With cuDNN's deterministic algorithms, replays run the same kernels on the same
+    inputs as the eager steps: the losses are bit-identical (the tolerance is 0 because
+    nothing is left to differ; without determinism, conv backward may sum in another
+    order). An LR frozen at capture moves them by ~7e-3, Nesterov off by ~1.3e-2."""
     x, y, order = batches(96, 16, "cuda")
     losses = {}
-    for graph in (False, True):
-        model = fresh_model("cuda").to(memory_format=torch.channels_last)
-        opt = TensorLRSGD(list(model.parameters()), MOMENTUM, WD, True)
-        step = make_step(model, opt, x, y, 32, 16, 0.0, cuda_graph=graph).run
-        losses[graph] = [step(idx, lr).item() for idx, lr in zip(order, LRS)]
+    saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        for graph in (False, True):
+            model = fresh_model("cuda").to(memory_format=torch.channels_last)
+            opt = TensorLRSGD(list(model.parameters()), MOMENTUM, WD, True)
+            step = make_step(model, opt, x, y, 32, 16, 0.0, cuda_graph=graph)
+            losses[graph] = [step.run(idx, lr).item() for idx, lr in zip(order, LRS)]
+            assert step.mode == ("cuda-graph" if graph else "eager")
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
     assert len(LRS) > WARMUP_STEPS + 1  # some steps were replays
     assert losses[True] == losses[False]

@@ -96,3 +96,24 @@ def test_seeded_draws_follow_the_trial_number(sampler: str) -> None:
     sample(t1, space)
     sample(t0, space)
     assert [t0.params, t1.params] == one[:2]
+
+
+def test_trials_trained_eagerly_on_a_gpu_are_counted_and_the_first_warned_of() -> None:
+    from nas.workers import tally_trial
+
+    def trial(number: int, mode: str) -> optuna.trial.FrozenTrial:
+        t = optuna.trial.create_trial(
+            values=[0.5, 10.0], user_attrs={"trained": True, "step_mode": mode}
+        )
+        t.number = number
+        return t
+
+    counts = [0, 0, 0, 0, 0]
+    off = "eager: capture failed: RuntimeError: operation not permitted when stream is capturing"
+    assert tally_trial(counts, trial(0, "cuda-graph")) is None
+    assert tally_trial(counts, trial(1, "eager")) is None  # a CPU run: nothing to warn of
+    warning = tally_trial(counts, trial(2, off))
+    assert warning is not None and warning.startswith("warning: trial 2 trained eagerly")
+    assert "operation not permitted" in warning
+    assert tally_trial(counts, trial(3, off)) is None  # one warning per run
+    assert counts == [4, 0, 0, 4, 2]

@@ -6,16 +6,21 @@ trained at each cheap budget (`short`, `long`) and at a `final` reference: the s
 schedule shape (warm-up, then linear decay) for 15 epochs of the 50k training split,
 scored on the 10k validation split. 15 epochs: the chapter's own run flattens by epoch
 10 (loss 0.150 -> 0.137 over the last two), and a decaying schedule converges sooner, so
-15 is past the point where ranks still move, at ~10x the `long` cost. The first few
-architectures also run at 3 seeds, for the seed noise.
+15 is past the point where ranks still move, at 3x the `long` cost (750k training images
+against 250k) and 15x the `short` one. The first few architectures also run at 3 seeds,
+for the seed noise.
 
 Every finished run is one JSON line (architecture, budget, seed, device, accuracy,
 seconds) appended to --results; a run already there is skipped, so the benchmark can be
 completed in pieces over several GPU sessions. The analysis (printed, and written as
-JSON and a plotly page) gives for each cheap budget, and for MACs, parameters and the
-cheap run's final training loss as zero-training proxies: Kendall tau and Spearman rho
-against `final`, each with a bootstrap 95% interval over architectures, the overlap of
-the top quarter, the GPU seconds per trial; and each architecture's seed stdev.
+JSON and a plotly page) gives for each cheap budget's accuracy and final training loss,
+and for MACs and parameters as zero-training proxies (both read "larger ranks higher"):
+Kendall tau and Spearman rho against `final`, each with a bootstrap 95% interval over
+architectures, the overlap of the top quarter, the GPU seconds per trial; and the seed
+noise per budget, pooled over the seeded architectures (sqrt of the dof-weighted mean
+variance; the median of per-architecture stdevs would read ~14 % low at 3 seeds).
+Results from different devices or torch versions are never mixed: the analysis takes
+the rows of one (`--on DEVICE`, or the device just run), and refuses a mixture.
 
     python benchmarks/fidelity.py --preset d2l --results benchmarks/results/fidelity.jsonl
     python benchmarks/fidelity.py --analyse-only --results benchmarks/results/fidelity.jsonl
@@ -42,7 +47,7 @@ from nas.config import D2L_CHAPTER, ArchConfig
 from nas.cost import closed_form_mmacs
 from nas.data import load_fashion_mnist
 from nas.fit import pick_device, train_and_evaluate
-from nas.front import kendall_tau, spearman_rho
+from nas.front import kendall_tau, pooled_stdev, spearman_rho
 from nas.model import build_model, count_params
 from nas.space import PRESETS, SearchSpace
 
@@ -119,6 +124,11 @@ def load_results(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def device_name(device: torch.device) -> str:
+    """The device as stored in each row (the GPU's name, or "cpu")."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
 def run(
     preset: str,
     archs: list[dict],
@@ -130,7 +140,7 @@ def run(
     """Train the chosen architectures (indices into archs) at every budget, the first
     SEEDED of them also at seeds 1 and 2; skip what `results` already holds."""
     data = load_fashion_mnist().to(device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    name = device_name(device)
     done = {
         (r["preset"], r["arch"], r["budget"], r["seed"], r["device"])
         for r in load_results(results)
@@ -186,8 +196,8 @@ def analyse(rows: list[dict], preset: str) -> dict[str, Any]:
             signals[f"{b} accuracy"] = (accs, secs)
             # lower training loss = better: negate so that larger ranks higher
             signals[f"{b} -final loss"] = ([-by[(a, b, 0)]["final_loss"] for a in archs], secs)
-    if archs:
-        signals["-MACs"] = ([-by[(a, "final", 0)]["mmacs"] for a in archs], 0.0)
+    if archs:  # zero-training proxies: a larger network ranks higher, for both
+        signals["MACs"] = ([by[(a, "final", 0)]["mmacs"] for a in archs], 0.0)
         signals["params"] = ([float(by[(a, "final", 0)]["params"]) for a in archs], 0.0)
     for name, (values, secs) in signals.items():
         if len(archs) < 3:
@@ -202,15 +212,34 @@ def analyse(rows: list[dict], preset: str) -> dict[str, Any]:
         }
     noise = {}
     for b in ("short", "final"):
-        spreads = []
-        for a in archs:
-            accs = [by[(a, b, s)]["val_accuracy"] for s in (0, 1, 2) if (a, b, s) in by]
-            if len(accs) == 3:
-                spreads.append(statistics.stdev(accs))
-        if spreads:
-            noise[b] = {"architectures": len(spreads), "seed_stdev": spreads}
+        groups = [
+            [by[(a, b, s)]["val_accuracy"] for s in (0, 1, 2) if (a, b, s) in by] for a in archs
+        ]
+        groups = [g for g in groups if len(g) >= 2]
+        pooled = pooled_stdev(groups)
+        if pooled is not None:
+            noise[b] = {
+                "architectures": len(groups),
+                "pooled_stdev": pooled[0],
+                "dof": pooled[1],
+                "seed_stdev": [statistics.stdev(g) for g in groups],
+            }
     out["seed_noise"] = noise
     return out
+
+
+def one_device(rows: list[dict], preset: str, on: str | None) -> list[dict]:
+    """The preset's rows of one device and torch version: `on` names the device; without
+    it, the rows must all come from one. Raises ValueError on a mixture."""
+    rows = [r for r in rows if r["preset"] == preset and (on is None or r["device"] == on)]
+    kinds = sorted({(r["device"], r.get("torch", "?")) for r in rows})
+    if len(kinds) > 1:
+        names = "; ".join(f"{d} (torch {t})" for d, t in kinds)
+        raise ValueError(
+            f"results from {len(kinds)} devices or torch versions ({names}): their numbers "
+            "are not comparable; analyse one with --on DEVICE"
+        )
+    return rows
 
 
 def write_page(rows: list[dict], analysis: dict[str, Any], path: Path) -> None:
@@ -272,10 +301,10 @@ def report(analysis: dict[str, Any]) -> str:
             f"{s['top_quarter_overlap']:.2f}  {s['seconds_per_trial']:.1f} s/trial"
         )
     for b, n in analysis["seed_noise"].items():
-        sd = n["seed_stdev"]
         lines.append(
-            f"  seed stdev at {b}: median {statistics.median(sd):.4f} over {len(sd)} "
-            f"architectures (3 seeds each; max {max(sd):.4f})"
+            f"  seed stdev at {b}: {n['pooled_stdev']:.4f} pooled over {n['architectures']} "
+            f"architectures ({n['dof']} degrees of freedom; per architecture up to "
+            f"{max(n['seed_stdev']):.4f})"
         )
     return "\n".join(lines)
 
@@ -284,9 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=("d2l", "cifar"), default="d2l")
     p.add_argument("--results", help="JSON-lines file: appended, then read (required)")
-    p.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny budgets, 4 archs")
+    p.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny budgets, 3 archs")
     p.add_argument("--analyse-only", action="store_true", help="no training; analyse --results")
     p.add_argument("--device", default="auto")
+    p.add_argument("--on", help="analyse the results of this device (a name as stored)")
     p.add_argument("--out", help="analysis JSON (and OUT.html, the plotly page)")
     p.add_argument("--make-list", action="store_true", help="(re)write fidelity-archs.json")
     a = p.parse_args(argv)
@@ -302,13 +332,20 @@ def main(argv: list[str] | None = None) -> int:
         macs = [closed_form_mmacs(ArchConfig.from_dict(c)) for c in archs]
         chosen = sorted(chosen, key=macs.__getitem__)[: TINY[0]]
     results = Path(a.results)
+    on = a.on
     if not a.analyse_only:
-        run(a.preset, archs, chosen, a.tiny, results, pick_device(a.device))
-    analysis = analyse(load_results(results), a.preset)
+        device = pick_device(a.device)
+        run(a.preset, archs, chosen, a.tiny, results, device)
+        on = on or device_name(device)
+    try:
+        rows = one_device(load_results(results), a.preset, on)
+    except ValueError as e:
+        p.error(str(e))
+    analysis = analyse(rows, a.preset)
     print(report(analysis))
     if a.out:
         Path(a.out).write_text(json.dumps(analysis, indent=2) + "\n")
-        write_page(load_results(results), analysis, Path(a.out).with_suffix(".html"))
+        write_page(rows, analysis, Path(a.out).with_suffix(".html"))
         print(f"wrote {a.out} and {Path(a.out).with_suffix('.html')}")
     return 0
 

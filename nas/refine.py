@@ -13,7 +13,6 @@ study exists; `nas.export` and `nas.dashboard` work on the linked study as on an
 
 from __future__ import annotations
 
-import math
 import statistics
 import sys
 
@@ -27,6 +26,7 @@ from nas.front import (
     most_promising,
     nondominated_fronts,
     pareto_front,
+    pooled_stdev,
     usable_trials,
     within_noise,
 )
@@ -177,10 +177,14 @@ def summary(
     if not done:
         return "no refined run finished yet"
     mean = {t.number: statistics.fmean(runs[t.number]) for t in done}
-    sds = [statistics.stdev(runs[t.number]) for t in done if len(runs[t.number]) >= 2]
-    pooled = math.sqrt(statistics.fmean(sd * sd for sd in sds)) if sds else None
+    n = {t.number: len(runs[t.number]) for t in done}  # the seeds actually run, not asked
+    noise = pooled_stdev([runs[t.number] for t in done])
+    pooled, dof = noise if noise is not None else (None, 0)
+    seeded = sum(1 for t in done if n[t.number] >= 2)
     if pooled is not None:
-        refined.set_user_attr("seed_stdev", {"stdev": pooled, "seeds": seeds, "of": len(sds)})
+        refined.set_user_attr(
+            "seed_stdev", {"stdev": pooled, "seeds": seeds, "of": seeded, "dof": dof}
+        )
     old_front = {t.number for t in pareto_front(source)}
     points = [(mean[t.number], mmacs(t)) for t in done]
     new_front = {done[i].number for i in nondominated_fronts(points)[0]}
@@ -214,12 +218,12 @@ def summary(
             f"{x.number}~{y.number}"
             for i, x in enumerate(front)
             for y in front[i + 1 :]
-            if within_noise(mean[x.number], mean[y.number], pooled, seeds)
+            if within_noise(mean[x.number], mean[y.number], pooled, n[x.number], n[y.number])
         ]
         lines.append(
-            f"seed noise at {budget}: stdev {pooled:.4f} per run (pooled over {len(sds)} "
-            f"architectures, {seeds} seeds each); refined front points within noise of "
-            f"each other: {', '.join(ties) or 'none'}"
+            f"seed noise at {budget}: stdev {pooled:.4f} per run (pooled over {seeded} "
+            f"architectures, {dof} degrees of freedom); refined front points within noise "
+            f"of each other: {', '.join(ties) or 'none'}"
         )
     return "\n".join(lines)
 

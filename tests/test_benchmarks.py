@@ -7,6 +7,8 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -58,14 +60,16 @@ def test_fidelity_tiny_resumes_and_analyses(tmp_path: Path, real_data_dir, capsy
     analysis = json.loads(out.read_text())
     assert analysis["architectures"] == 3
     signals = analysis["signals"]
-    assert {"short accuracy", "long accuracy", "-MACs", "params"} <= set(signals)
+    assert {"short accuracy", "long accuracy", "MACs", "params"} <= set(signals)
     for s in signals.values():
         # tau is undefined (nan) where one side is all ties: 3 tiny runs scored on 100
         # images can tie; otherwise it and its interval lie in [-1, 1]
         lo, hi = s["kendall_tau_95"]
         assert math.isnan(s["kendall_tau"]) or -1 <= s["kendall_tau"] <= 1
         assert (math.isnan(lo) and math.isnan(hi)) or -1 <= lo <= hi <= 1
-    assert len(analysis["seed_noise"]["final"]["seed_stdev"]) == 1
+    final_noise = analysis["seed_noise"]["final"]
+    assert len(final_noise["seed_stdev"]) == 1 and final_noise["dof"] == 2  # 1 arch, 3 seeds
+    assert final_noise["pooled_stdev"] == final_noise["seed_stdev"][0]
     assert out.with_suffix(".html").read_text().count("Plotly.newPlot") == 1
 
 
@@ -81,7 +85,67 @@ def test_rank_statistics_against_known_values() -> None:
     assert abs(fidelity.kendall_tau([1, 2, 3, 4], [1, 2, 3, 3]) - 5 / 30**0.5) < 1e-12
     assert fidelity.ranks([10, 30, 20, 20]) == [1.0, 4.0, 2.5, 2.5]
     assert abs(fidelity.spearman_rho([1, 2, 3, 4], [1, 2, 4, 3]) - 0.8) < 1e-12
-    assert load("fidelity").top_quarter_overlap([4, 3, 2, 1], [4, 3, 2, 1]) == 1.0
+    # Kendall tau-b with a pair tied in both lists: that pair counts for nothing at all
+    assert fidelity.kendall_tau([1, 2, 2, 3], [1, 2, 2, 3]) == 1.0
+    # C=3 (0-1, 0-2, 0-3), D=2 (1-3, 2-3), the 1-2 pair tied in both: 1 / sqrt(5 * 5)
+    assert abs(fidelity.kendall_tau([1, 2, 2, 3], [1, 3, 3, 2]) - 0.2) < 1e-12
+
+
+def test_top_quarter_overlap() -> None:
+    overlap = load("fidelity").top_quarter_overlap
+    x = [8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0]  # top quarter: indices 0 and 1
+    assert overlap(x, x) == 1.0
+    assert overlap(x, x[::-1]) == 0.0  # the bottom quarter is not the top
+    assert overlap(x, [8.0, 1.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0]) == 0.5  # indices 0 and 2
+
+
+def test_bootstrap_intervals_on_data_with_known_answers() -> None:
+    import nas.front as f
+
+    bootstrap = load("fidelity").bootstrap
+    x = [float(i) for i in range(12)]
+    # every resample of a concordant (discordant) pairing has tau +1 (-1), ties aside
+    assert bootstrap(f.kendall_tau, x, x) == (1.0, 1.0)
+    assert bootstrap(f.kendall_tau, x, x[::-1]) == (-1.0, -1.0)
+    # a statistic that is the same on every resample: the interval is that value
+    assert bootstrap(lambda a, b: sum(b) - sum(a), x, [v + 1 for v in x]) == (12.0, 12.0)
+    y = [0.0, 2.0, 1.0, 3.0, 5.0, 4.0, 7.0, 6.0, 8.0, 11.0, 9.0, 10.0]
+    lo, hi = bootstrap(f.kendall_tau, x, y)
+    assert lo < f.kendall_tau(x, y) < hi <= 1.0
+
+
+def test_analyse_on_fixed_results_with_known_answers() -> None:
+    """4 architectures: short ranks them as final does, long in reverse; seed noise pooled
+    over the seeds run (one architecture missing a seed)."""
+    fidelity = load("fidelity")
+    final = [0.90, 0.80, 0.70, 0.60]
+    rows = []
+    for a, acc in enumerate(final):
+        for budget, value in (("final", acc), ("short", acc - 0.1), ("long", 1.0 - acc)):
+            rows.append(
+                {
+                    "preset": "cifar", "arch": a, "budget": budget, "seed": 0,
+                    "device": "cpu", "torch": "x", "val_accuracy": value,
+                    "final_loss": 1.0 - value, "train_seconds": 1.0,
+                    "mmacs": 10.0 * (4 - a), "params": 100 * (4 - a),
+                }
+            )  # fmt: skip
+    for a, seeds in ((0, {1: 0.91, 2: 0.92}), (1, {1: 0.84})):  # arch 1: seed 2 missing
+        for seed, value in seeds.items():
+            rows.append({**rows[3 * a], "seed": seed, "val_accuracy": value})
+    r = fidelity.analyse(rows, "cifar")
+    s = r["signals"]
+    assert s["short accuracy"]["kendall_tau"] == 1.0 and s["long accuracy"]["kendall_tau"] == -1.0
+    assert s["short accuracy"]["top_quarter_overlap"] == 1.0
+    assert s["MACs"]["kendall_tau"] == 1.0 == s["params"]["kendall_tau"]  # same sign
+    noise = r["seed_noise"]["final"]
+    # arch 0: 0.90, 0.91, 0.92 (var 1e-4, 2 dof); arch 1: 0.80, 0.84 (var 8e-4, 1 dof)
+    assert noise["dof"] == 3
+    assert abs(noise["pooled_stdev"] - ((2 * 1e-4 + 1 * 8e-4) / 3) ** 0.5) < 1e-12
+    mixed = [*rows, {**rows[0], "device": "NVIDIA H200"}]
+    with pytest.raises(ValueError, match="2 devices or torch versions"):
+        fidelity.one_device(mixed, "cifar", None)
+    assert fidelity.one_device(mixed, "cifar", "cpu") == rows
 
 
 def test_latency_tiny(tmp_path: Path, real_data_dir) -> None:

@@ -17,7 +17,6 @@ from nas.dashboard import main
 from nas.report import main as report
 from nas.search import main as search
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--preset", "cifar", "--growth-rate", "8:16:4", "--convs", "1:3", "--budget", "smoke"]
 
 
@@ -25,6 +24,7 @@ TINY = ["--preset", "cifar", "--growth-rate", "8:16:4", "--convs", "1:3", "--bud
 def served(tmp_path_factory, real_data_dir):
     d = tmp_path_factory.mktemp("dash")
     url = f"sqlite:///{d}/studies/dash.db"
+    started_in = os.getcwd()  # where pytest started: given back, whatever it was
     os.chdir(d)
     try:
         assert (
@@ -49,7 +49,7 @@ def served(tmp_path_factory, real_data_dir):
         )
         assert report(["--study", "dash", "--storage", url]) == 0
     finally:
-        os.chdir(ROOT)
+        os.chdir(started_in)
     port = _free_port()
     proc = subprocess.Popen(
         [
@@ -82,14 +82,16 @@ def served(tmp_path_factory, real_data_dir):
     proc.wait(timeout=10)
 
 
-def wait_for(driver, script: str, timeout: float = 30):
+def wait_for(driver, script: str, timeout: float = 30, equals: object = None):
+    """Poll `script` until it returns something true (or, with `equals`, that value)."""
     deadline = time.monotonic() + timeout
+    value = None
     while time.monotonic() < deadline:
         value = driver.execute_script(script)
-        if value:
+        if (value == equals) if equals is not None else value:
             return value
         time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for: {script}")
+    raise AssertionError(f"timed out waiting for: {script} (last value {value!r})")
 
 
 def test_dashboard_shows_study_objectives_and_pareto_front(served: str) -> None:
@@ -102,12 +104,14 @@ def test_dashboard_shows_study_objectives_and_pareto_front(served: str) -> None:
         wait_for(driver, "return document.body.innerText.includes('val_accuracy')")
         text = driver.execute_script("return document.body.innerText")
         assert "MMACs (fvcore)" in text
-        points = wait_for(
+        # every complete trial, the infeasible ones drawn apart: waits for all 6, since the
+        # plot may draw its points in more than one pass
+        wait_for(
             driver,
             "const g = document.getElementById('graph-pareto-front');"
             "return g ? g.querySelectorAll('.scatterlayer .point').length : 0",
+            equals=6,
         )
-        assert points == 6  # every complete trial, the infeasible ones drawn apart
         assert "Infeasible" in driver.execute_script("return document.body.innerText")
         screenshot(driver, "dashboard-study")
     finally:

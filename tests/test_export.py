@@ -13,7 +13,7 @@ from conftest import TINY, argv_with
 from nas import cost
 from nas.config import ArchConfig
 from nas.export import SCHEMA, main
-from nas.front import pareto_front, usable_trials
+from nas.front import knee_index, pareto_front, usable_trials
 from nas.search import main as search
 from nas.storage import open_storage
 
@@ -78,9 +78,34 @@ def test_picks_mean_what_they_say(study_url: str, tmp_path: Path) -> None:
     assert small["metrics"]["mmacs_fvcore"] <= 7
     assert small["metrics"]["val_accuracy"] == max(t.values[0] for t in usable if t.values[1] <= 7)
     knee = export(study_url, tmp_path, "knee")
-    assert knee["trial"] in {t.number for t in pareto_front(study)}
-    # infeasible (over 15 MMACs) trials are never exported
-    assert all(t.values[1] <= 15 for t in usable)
+    front = pareto_front(study)
+    assert knee["trial"] == front[knee_index([(t.values[0], t.values[1]) for t in front])].number
+
+
+def test_a_trained_infeasible_trial_is_never_exported(study_url: str, tmp_path: Path) -> None:
+    """A network trained and then found over a budget (as one over --max-memory-mb is),
+    more accurate and cheaper than every other: no pick may return it."""
+    optuna.copy_study(
+        from_study_name="s", from_storage=study_url, to_storage=study_url, to_study_name="inf"
+    )
+    study = optuna.load_study(study_name="inf", storage=study_url)
+    model = usable_trials(study)[0]
+    smallest = min(t.values[1] for t in usable_trials(study))
+    study.add_trial(
+        optuna.trial.create_trial(
+            values=[1.0, smallest / 2],
+            params=model.params,
+            distributions=model.distributions,
+            user_attrs={**model.user_attrs, "trained": True, "over_budget": ["memory"]},
+            constraints={"memory_over_budget": 5.0},
+        )
+    )
+    infeasible = study.trials[-1].number
+    for pick in ("accuracy", "knee", "max-mmacs=7"):
+        out = tmp_path / f"{pick}.json"
+        argv = ["--study", "inf", "--storage", study_url, "--out", str(out), "--pick", pick]
+        assert main(argv) == 0
+        assert json.loads(out.read_text())["trial"] != infeasible, pick
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ import optuna
 
 from conftest import TINY, overlapped
 from nas.search import main
+from nas.storage import open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 # d2l-preset trials take a few seconds on a CPU: long enough to be caught mid-trial.
@@ -69,6 +70,17 @@ def wait_for_running_trials(
     raise AssertionError(f"{n} trials did not reach training together in time")
 
 
+def wait_until_stale(url: str, name: str, trial_ids: list[int], timeout: float = 60) -> None:
+    """Until the storage counts these trials stale (3 heartbeats of silence: whole seconds
+    in SQLite), as the next worker to start a trial will find them."""
+    storage = open_storage(url, heartbeat=1)
+    study_id = storage.get_study_id_from_name(name)
+    deadline = time.monotonic() + timeout
+    while not set(trial_ids) <= set(storage._get_stale_trial_ids(study_id)):
+        assert time.monotonic() < deadline, "the killed trials never went stale"
+        time.sleep(0.2)
+
+
 def wait_for_running_trial(url: str, name: str) -> optuna.trial.FrozenTrial:
     return wait_for_running_trials(url, name)[0]
 
@@ -88,7 +100,7 @@ def test_sigkill_with_two_trials_running_fails_both_by_heartbeat_and_retries_eac
     running = [t for t in before.values() if t.state == STATE.RUNNING]  # nobody noticed
     assert 1 <= len(running) <= 2
 
-    time.sleep(4.5)  # > 3 heartbeats of silence (SQLite keeps whole seconds)
+    wait_until_stale(url, "k", [t._trial_id for t in running])
     rescuer = start([*args, "--trials", str(len(running))])
     out = rescuer.communicate(timeout=300)[0]
     assert rescuer.returncode == 0, out

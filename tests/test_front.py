@@ -152,3 +152,18 @@ def test_the_noise_rule() -> None:
     # means of 4 seeds: the difference's stdev halves (0.002 * sqrt(2/4))
     assert not within_noise(0.890, 0.893, 0.002, seeds=4)
     assert within_noise(0.890, 0.892, 0.002, seeds=4)
+    # a mean of 4 against a single run: 2 * 0.002 * sqrt(1/4 + 1) = 0.00447
+    assert within_noise(0.890, 0.8944, 0.002, seeds=4, seeds_b=1)
+    assert not within_noise(0.890, 0.8946, 0.002, seeds=4, seeds_b=1)
+    assert not within_noise(0.890, 0.8944, 0.002, seeds=4)  # with the seeds asked, 4 each
+
+
+def test_pooled_stdev_weights_each_group_by_its_degrees_of_freedom() -> None:
+    from nas.front import pooled_stdev
+
+    # variances 1 (3 runs, 2 dof) and 2 (2 runs, 1 dof): (2 * 1 + 1 * 2) / 3
+    stdev, dof = pooled_stdev([[1.0, 2.0, 3.0], [2.0, 4.0], [7.0]])
+    assert dof == 3 and abs(stdev - (4 / 3) ** 0.5) < 1e-15
+    assert pooled_stdev([[1.0], [2.0]]) is None  # no group of 2 or more runs
+    # the plain mean of the variances, which ignores the missing run, is another figure
+    assert abs(stdev - ((1 + 2) / 2) ** 0.5) > 0.05

@@ -10,7 +10,7 @@ import pytest
 
 from browser import chromium, screenshot
 from conftest import argv_with
-from nas.front import usable_trials
+from nas.front import most_promising, usable_trials
 from nas.refine import main
 from nas.report import main as report
 from nas.search import main as search
@@ -95,9 +95,29 @@ def test_bad_refine_input(url: str, capsys, args: list[str], message: str) -> No
     assert err.startswith("nas.refine: error: ") and message in err and err.count("\n") == 1
 
 
-def test_usable_trials_of_the_source_are_the_candidates(url: str) -> None:
-    source = optuna.load_study(study_name="r", storage=url)
-    assert len(usable_trials(source)) >= 2
+def test_the_refined_are_exactly_the_most_promising_usable_trials(url: str) -> None:
+    """A copy of the study with a trained but infeasible network, the most accurate and
+    the cheapest (as one over a memory budget is): refine trains exactly the trials
+    most_promising picks among the usable ones, never that one."""
+    optuna.copy_study(from_study_name="r", from_storage=url, to_storage=url, to_study_name="ri")
+    source = optuna.load_study(study_name="ri", storage=url)
+    model = usable_trials(source)[0]
+    source.add_trial(
+        optuna.trial.create_trial(
+            values=[1.0, min(t.values[1] for t in source.trials) / 2],
+            params=model.params,
+            distributions=model.distributions,
+            user_attrs={**model.user_attrs, "trained": True, "over_budget": ["memory"]},
+            constraints={"memory_over_budget": 5.0},
+        )
+    )
+    usable = usable_trials(source)
+    points = [(t.values[0], t.user_attrs["macs_fvcore"] / 1e6) for t in usable]
+    chosen = {usable[i].number for i in most_promising(points, 2)}
+    assert main(["--study", "ri", "--storage", url, "--budget", "smoke-long", "--top", "2"]) == 0
+    refined = optuna.load_study(study_name="ri-refined-smoke-long", storage=url)
+    assert {t.user_attrs["source_trial"] for t in refined.trials} == chosen
+    assert source.trials[-1].number not in chosen
 
 
 def test_refined_study_reports_its_noise(url: str, tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nas.config import D2L_CHAPTER, ConfigError
+from nas.config import D2L_CHAPTER, ArchConfig, ConfigError
+from nas.cost import closed_form_mmacs
 from nas.space import PRESETS, load_space_file, params_of, parse_range, reference_params, sample
 
 
@@ -147,6 +148,12 @@ def test_override_accepts_or_rejects_cleanly(d: dict) -> None:
         space = PRESETS["cifar"].override(d, "hypothesis")
     except ConfigError:
         return
-    # Whatever is accepted samples valid architectures at both corners and in between.
+    # Whatever is accepted builds valid architectures at both corners and in between, and
+    # a sampled one lies between the corners in MACs.
+    small, large = space.corners()
+    for config in (small, space.middle(), large):
+        assert ArchConfig.from_dict(config.to_dict()) == config
+    lo, hi = closed_form_mmacs(small), closed_form_mmacs(large)
+    assert lo <= closed_form_mmacs(space.middle()) <= hi
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    sample(study.ask(), space)
+    assert lo <= closed_form_mmacs(sample(study.ask(), space)) <= hi

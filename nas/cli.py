@@ -13,16 +13,53 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import NoReturn
+from urllib.parse import unquote
 
 from nas.config import ConfigError
 
-__all__ = ["Interrupted", "UsageError", "make_parser", "run_cli", "stop_signals"]
+__all__ = [
+    "Interrupted",
+    "UsageError",
+    "hide_secrets",
+    "make_parser",
+    "public_url",
+    "run_cli",
+    "stop_signals",
+]
+
+# scheme://user:PASSWORD@rest: the password of a database URL, as typed (maybe %-encoded)
+_URL_PASSWORD = re.compile(
+    r"^(?P<head>[A-Za-z][\w+.-]*://[^:/@]*:)(?P<password>[^@]*)(?P<tail>@.*)$"
+)
+_SECRETS: set[str] = set()  # passwords seen in storage URLs: hidden in whatever nas prints
+
+
+def public_url(url: str) -> str:
+    """A storage URL as nas shows, stores and writes it: the password, if any, as ***
+    (SQLAlchemy's convention). The password is remembered, so that hide_secrets also
+    hides it where a database driver repeats it in a message."""
+    m = _URL_PASSWORD.match(url)
+    if m is None or not m["password"]:
+        return url
+    _SECRETS.update({m["password"], unquote(m["password"])} - {""})
+    return f"{m['head']}***{m['tail']}"
+
+
+def hide_secrets(text: str) -> str:
+    """`text` with every password nas has seen in a storage URL shown as ***: the one
+    place where nas hides them (public_url registers them), applied to every error line
+    a command prints."""
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
@@ -108,7 +145,7 @@ def run_cli(prog: str, body: Callable[[list[str] | None], int], argv: list[str] 
             sys.stdout.flush()  # a closed pipe shows here, not at exit as an ignored error
             return status
     except (UsageError, ConfigError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(hide_secrets(f"{prog}: error: {e}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         what, status = interruption(e)
@@ -122,5 +159,5 @@ def run_cli(prog: str, body: Callable[[list[str] | None], int], argv: list[str] 
         reason = storage_failure(e)
         if reason is None:
             raise
-        print(f"{prog}: error: storage failed: {reason}", file=sys.stderr)
+        print(hide_secrets(f"{prog}: error: storage failed: {reason}"), file=sys.stderr)
         return 2

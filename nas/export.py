@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from sqlalchemy.engine import make_url
 
-from nas.cli import UsageError, make_parser, run_cli
+from nas.cli import UsageError, make_parser, public_url, run_cli
 from nas.front import knee_index, mmacs, pareto_front, usable_trials, within_noise
 from nas.metrics import DEFAULT_OBJECTIVES
 from nas.storage import default_storage_url, load_study, open_storage
@@ -106,7 +105,7 @@ def export_record(
             "device": a.get("device"),
             "budget": study.user_attrs.get("budget"),
             "space": study.user_attrs.get("space"),
-            "storage": make_url(storage_url).render_as_string(hide_password=True),
+            "storage": public_url(storage_url),
             "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     }

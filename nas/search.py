@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from nas.budget import BUDGETS, get_budget
-from nas.cli import UsageError, make_parser, run_cli
+from nas.cli import UsageError, make_parser, public_url, run_cli
 from nas.concurrent import GpuMonitor
 from nas.config import D2L_CHAPTER
 from nas.cost import closed_form_mmacs
@@ -59,6 +59,7 @@ WORKERS_PER_GPU = 1
 # 1.73 s of each trial off the GPU, so 4 is the first candidate); this figure follows it.
 CONCURRENCY_PER_GPU = 1
 CANDIDATE_CONCURRENCY = 4
+MAX_CONCURRENCY = 16  # a trial slot holds 2 streams (nas.gpu) of PyTorch's pool of 32
 
 EPILOG = """\
 objectives (--objectives, accuracy and one or two costs; every trial measures all costs):
@@ -206,11 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--concurrency",
-        type=_auto_or(32),
+        type=_auto_or(MAX_CONCURRENCY),
         default="auto",
         metavar="K",
         help=f"trials at once in each worker process, each in its own thread and CUDA "
-        f"stream, so that small networks fill a large GPU (default auto: "
+        f"streams, so that small networks fill a large GPU (at most {MAX_CONCURRENCY}: each "
+        f"holds 2 of PyTorch's 32 pooled streams; default auto: "
         f"{CONCURRENCY_PER_GPU} on a GPU until K > 1 is measured there, 1 on a CPU; try "
         f"{CANDIDATE_CONCURRENCY} on a large GPU). A trial's accuracy does not depend "
         "on K; its train seconds are its own wall time, shared with the trials beside it",
@@ -454,7 +456,7 @@ def run_search(args: SearchArgs) -> optuna.Study:
     before = ", ".join(f"{n} {s.name.lower()}" for s, n in sorted(states.items())) or "none"
     b = spec.budget
     print(
-        f"study {spec.study!r} in {spec.storage} (trials so far: {before})\n"
+        f"study {spec.study!r} in {public_url(spec.storage)} (trials so far: {before})\n"
         f"preset {spec.space.preset}, budget {b.name} ({b.steps * b.batch_size:,} train "
         f"images, {b.val_images:,} val), {precision(device)}, sampler {spec.sampler}, "
         f"device {device}, workers {workers} x {k} trials at once\n"
@@ -467,7 +469,7 @@ def run_search(args: SearchArgs) -> optuna.Study:
     # disable=None: a bar on a terminal, none in a log file (the per-trial lines remain).
     bar = tqdm(total=args.trials, unit="trial", dynamic_ncols=True, file=sys.stderr, disable=None)
     t0 = time.perf_counter()
-    counts = [0, 0, 0, 0]  # this run's trials: done, failed, duplicates, trained
+    counts = [0, 0, 0, 0, 0]  # this run's trials: done, failed, duplicates, trained, eager
 
     def progress(now: list[int]) -> None:
         counts[:] = now
@@ -490,7 +492,9 @@ def run_search(args: SearchArgs) -> optuna.Study:
                     with lock:
                         bar.write(trial_line(t), file=sys.stdout)
                         now = list(counts)
-                        tally_trial(now, t)
+                        warning = tally_trial(now, t)
+                        if warning:
+                            bar.write(warning, file=sys.stdout)
                         progress(now)
                         sys.stdout.flush()
 
@@ -512,11 +516,17 @@ def run_search(args: SearchArgs) -> optuna.Study:
         use += f"; GPU busy {gpu.mean():.0f}% of the time (NVML, {len(gpu.samples)} samples)"
     print(
         f"{counts[0]} trials in {elapsed:.1f} s ({counts[1]} failed, {counts[2]} repeating a "
-        f"trained network, {workers} worker{'s' if workers > 1 else ''} x {k} at once); "
+        f"trained network, "
+        + (f"{counts[4]} trained eagerly with CUDA graphs off, " if counts[4] else "")
+        + f"{workers} worker{'s' if workers > 1 else ''} x {k} at once); "
         f"{use}\nPareto front: {len(front)} trial"
         f"{'s' if len(front) != 1 else ''} (trial numbers, {first_cost} first: {numbers or '-'})\n"
         f"next: python -m nas.report --study {spec.study}"
-        + (f" --storage {spec.storage}" if spec.storage != default_storage_url(spec.study) else "")
+        + (
+            f" --storage {public_url(spec.storage)}"
+            if spec.storage != default_storage_url(spec.study)
+            else ""
+        )
     )
     return study
 

@@ -21,7 +21,7 @@ import sqlalchemy.event
 import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 
-from nas.cli import UsageError
+from nas.cli import UsageError, public_url
 from nas.metrics import DEFAULT_OBJECTIVES, directions, metric_names
 
 __all__ = [
@@ -67,20 +67,21 @@ def open_storage(
     (no heartbeat for 3 intervals) is failed by the next worker that starts a trial, and
     its parameters are queued again, once.
     """
+    shown = public_url(url)  # every line below names the URL without its password
     try:
         parsed = make_url(url)
     except (sqlalchemy.exc.ArgumentError, ValueError) as e:
-        raise UsageError(f"malformed storage URL {url!r}: {e}") from None
+        raise UsageError(f"malformed storage URL {shown!r}: {e}") from None
     try:
         parsed.get_dialect().import_dbapi()  # the driver: a missing one is named here
     except sqlalchemy.exc.NoSuchModuleError:
         raise UsageError(
-            f"cannot open storage {url}: unknown database kind {parsed.drivername!r}"
+            f"cannot open storage {shown}: unknown database kind {parsed.drivername!r}"
         ) from None
     except ImportError as e:
         hint = DRIVER_HINTS.get(parsed.get_driver_name(), f"pip install {e.name or 'it'}")
         raise UsageError(
-            f"cannot open storage {url}: its database driver "
+            f"cannot open storage {shown}: its database driver "
             f"{parsed.get_driver_name()!r} is not installed ({hint})"
         ) from None
     kwargs: dict[str, Any] = {}
@@ -91,7 +92,7 @@ def open_storage(
         if db and db != ":memory:":
             path = Path(db)
             if must_exist and not path.exists():
-                raise UsageError(f"no study database at {path} (storage {url})")
+                raise UsageError(f"no study database at {path} (storage {shown})")
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
@@ -121,7 +122,7 @@ def open_storage(
             raise AssertionError("unreachable")
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"cannot open storage {url}: {reason}") from None
+        raise UsageError(f"cannot open storage {shown}: {reason}") from None
 
 
 def _immediate_transactions(engine: sqlalchemy.engine.Engine) -> None:

@@ -50,6 +50,50 @@ def small_config(image_size: int = 28):
     )
 
 
+class EmulatedGraph:
+    """A CUDA graph's stand-in on the CPU (nas.step.GraphRunner), so that the graphed step's
+    control flow runs in CPU tests: warmup runs fn; capture records fn and runs nothing,
+    returning a static output tensor; replay runs fn and copies its output there. Like
+    CUDAGraph.pool(), pool_bytes raises before a capture. `fail`: errors raised by
+    successive captures. `events` records the calls in order.
+
+    What it cannot show: that the real capture reads changing values (the LR, the batch
+    indices) from static tensors. The CUDA tests and nas.doctor check that on a GPU.
+    """
+
+    def __init__(self, fail: list[BaseException] | None = None) -> None:
+        self.fail = list(fail or [])
+        self.fn = None
+        self.out = None
+        self.events: list[str] = []
+
+    def warmup(self, fn):  # noqa: ANN001, ANN201
+        self.events.append("warmup")
+        return fn()
+
+    def capture(self, fn):  # noqa: ANN001, ANN201
+        import torch
+
+        self.events.append("capture")
+        if self.fail:
+            raise self.fail.pop(0)
+        self.fn, self.out = fn, torch.full((), float("nan"), dtype=torch.float64)
+        return self.out
+
+    def replay(self) -> None:
+        self.events.append("replay")
+        self.out.copy_(self.fn())
+
+    def pool_bytes(self) -> int:
+        if self.fn is None:
+            raise RuntimeError("Called CUDAGraph::pool() without a preceding successful capture.")
+        return 0
+
+    def reset(self) -> None:
+        self.events.append("reset")
+        self.fn = self.out = None
+
+
 def write_idx(path: Path, array: np.ndarray) -> None:
     """Write a gzipped IDX file of unsigned bytes (the format's own layout)."""
     header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(
@@ -143,6 +187,28 @@ def postgres_server():
             timeout=60,
         )
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_password(postgres_server) -> tuple[str, str, str]:
+    """A role of the throwaway server that must give a password (scram-sha-256 in
+    pg_hba.conf, ahead of the trust line the other tests use), and a database it owns:
+    (role, password, database)."""
+    import psycopg
+
+    bindir, port = postgres_server
+    role, password, db = "nas_pw", f"pw-{uuid.uuid4().hex[:10]}-x", "nas_pw_db"
+    with psycopg.connect(
+        host="127.0.0.1", port=port, user="nas", dbname="postgres", autocommit=True
+    ) as conn:
+        conn.execute("SET password_encryption = 'scram-sha-256'")
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+        conn.execute(f"CREATE DATABASE {db} OWNER {role}")
+        hba = Path(conn.execute("SHOW hba_file").fetchone()[0])
+        lines = hba.read_text()
+        hba.write_text(f"host all {role} 127.0.0.1/32 scram-sha-256\n{lines}")
+        conn.execute("SELECT pg_reload_conf()")
+    return role, password, db
 
 
 @pytest.fixture

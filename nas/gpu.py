@@ -8,12 +8,14 @@ non-default stream into a private memory pool, replay on any stream. Where this 
 departs from it, and why (trials run K at a time in threads of one process,
 nas.concurrent):
 
-1. No device-wide `torch.cuda.synchronize()` before a capture (`graph.__enter__` does
-   one): the warm-up stream is joined to the caller's stream instead, so trials beside
-   this one keep their pace. The cache is still emptied first, as `__enter__` does, under
-   the capture lock: during a capture the allocator cannot return cached blocks on an
-   out-of-memory (its retry is skipped while any capture is under way), so blocks other
-   pools keep would otherwise make a capture fail although the network fits.
+1. No device-wide `torch.cuda.synchronize()` and no emptying of the cache before a
+   capture (`graph.__enter__` does both): the warm-up stream is joined to the caller's
+   stream instead, so trials beside this one keep their pace (emptying the cache calls
+   cudaFree, which waits for the whole device). The cache is emptied, under the capture
+   lock, after every trial (nas.objective) and when a capture runs out of memory, which
+   is then retried once (nas.step): during a capture the allocator cannot return cached
+   blocks on an out-of-memory (its retry is skipped while any capture is under way), so
+   blocks other pools keep could make a capture fail although the network fits.
 2. `capture_error_mode="thread_local"` instead of "global": other threads go on
    replaying and allocating while one thread captures. Only one capture at a time in a
    process (CAPTURE_LOCK), as the notes require.
@@ -24,10 +26,13 @@ nas.concurrent):
    on; its capture would then record that trial's work. The book also checks every new
    stream against those it holds, and draws again on a repeat.
 4. Each capture gets its own pool from `graph_pool_handle()` (torch.cuda.graph would make
-   one inside capture_begin): knowing the id lets `end_failed_capture` end the allocator's
-   routing to it when `capture_end` raises (CUDAGraph::capture_end throws on
-   cudaStreamEndCapture's error before its `endAllocateToPool`, which leaves the allocator
-   believing a capture is under way: emptying the cache would then trip its assert).
+   one inside capture_begin): knowing the id lets `_abandon` end the allocator's routing
+   to it when capture_begin or capture_end raises (CUDAGraph::capture_end throws on
+   cudaStreamEndCapture's error before its `endAllocateToPool`, which leaves the device
+   allocator believing a capture is under way: it would stop processing freed blocks'
+   events and skip its out-of-memory retry). The pinned host allocator's routing, which
+   newer PyTorch also begins in capture_begin, has no Python binding to end it: after
+   such a failure graphs are off for the process anyway (GRAPHS).
 
 A capture that fails for a reason other than memory switches this process to eager
 steps for good (`GRAPHS.off`, recorded on each trial as its `step_mode`): a search goes on
@@ -174,7 +179,8 @@ def release_memory(collect: bool = True) -> None:
             try:
                 torch.cuda.empty_cache()
             except RuntimeError as e:  # allocator left mid-capture by a broken capture_end
-                GRAPHS.turn_off(f"cannot empty the CUDA cache ({str(e).splitlines()[0]})")
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                GRAPHS.turn_off(f"cannot empty the CUDA cache ({first})")
 
 
 class CudaGraphRunner:
@@ -211,8 +217,8 @@ class CudaGraphRunner:
         graph, pool = torch.cuda.CUDAGraph(), torch.cuda.graph_pool_handle()
 
         def captured() -> T:
-            graph.capture_begin(pool=pool, capture_error_mode="thread_local")
             try:
+                graph.capture_begin(pool=pool, capture_error_mode="thread_local")
                 out = fn()
                 graph.capture_end()
             except BaseException:
@@ -220,8 +226,7 @@ class CudaGraphRunner:
                 raise
             return out
 
-        with CAPTURE_LOCK:
-            torch.cuda.empty_cache()  # as torch.cuda.graph's __enter__ (module docstring, 1)
+        with CAPTURE_LOCK:  # no emptying of the cache first (module docstring, 1)
             out = self._joined(captured)
         self.graph, self.pool = graph, tuple(pool)
         return out

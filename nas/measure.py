@@ -21,9 +21,10 @@ batch. Both are only meaningful with the GPU to themselves (nas.search --concurr
 Training memory: the bytes of weights and momentum plus the step's CUDA-graph memory
 pool (activations, gradients), read from the allocator's segments of that pool
 (nas.gpu), so that trials running beside it (--concurrency) do not count. Two limits:
-segments count whole (2 MB at the least, so a small network's figure is rounded up),
-and cuBLAS and cuBLASLt workspaces, which live outside the pool, are left out
-(MEMORY_NOTE, stored beside each figure).
+segments count whole (the allocator gives requests up to 1 MB 2 MB segments, and
+requests of 1 to 10 MB 20 MB segments: the figure moves in steps of up to 20 MB), and
+cuBLAS and cuBLASLt workspaces, which live outside the pool, are left out (MEMORY_NOTE,
+stored beside each figure).
 """
 
 from __future__ import annotations
@@ -58,8 +59,9 @@ CPU_WARMUP, CPU_RUNS, CPU_SECONDS = 3, 21, 2.0
 GPU_WARMUP, GPU_RUNS = 10, 50
 THROUGHPUT_BATCH = 1024  # 10 replays at it, after 2 untimed
 MEMORY_NOTE = (
-    "weights + momentum + the step graph's memory pool, in whole allocator segments; "
-    "cuBLAS/cuBLASLt workspaces not included"
+    "weights + momentum + the step graph's memory pool, in whole allocator segments (2 MB "
+    "for requests up to 1 MB, 20 MB for 1-10 MB: steps of up to 20 MB); cuBLAS/cuBLASLt "
+    "workspaces not included"
 )
 
 # Setting the thread count for one measurement and restoring it: one at a time.

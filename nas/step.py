@@ -167,16 +167,18 @@ class Step:
                 return loss
             except Exception as e:
                 self.runner.reset()
-                if is_out_of_memory(e):
-                    if attempt == 1:
-                        release_memory()  # other pools' cached blocks back to CUDA; retry
-                        continue
+                if not is_out_of_memory(e):
+                    reason = f"capture failed: {_first_line(e)}"
+                    GRAPHS.turn_off(reason)
+                    self.mode, self.runner = f"eager: {reason}", None
+                    self._opt.zero_grad()
+                    return None
+                if attempt == 2:
                     raise
-                reason = f"capture failed: {_first_line(e)}"
-                GRAPHS.turn_off(reason)
-                self.mode, self.runner = f"eager: {reason}", None
-                self._opt.zero_grad()
-                return None
+            # out of the except block: the failed capture's tensors, which the traceback
+            # holds, are gone; cached blocks go back to CUDA, and the capture is retried
+            self._opt.zero_grad()
+            release_memory()
         raise AssertionError("unreachable")
 
     def memory_bytes(self) -> int | None:

@@ -1,14 +1,21 @@
 """`python -m nas.export`: pick one architecture from a study and write it as JSON.
 
-Picks, among complete, trained, feasible trials:
-  accuracy       the highest validation accuracy (ties: the lower first cost objective,
-                 MACs by default); in a study that knows its seed noise (nas.refine
-                 --seeds N), the cheapest such trial whose accuracy is within that noise
-                 of the best (nas.front.within_noise)
-  knee           the Pareto-front trial farthest above the chord joining the front's two
-                 ends, in accuracy vs log10 of the first cost objective (MACs by default;
-                 nas.front); the most accurate if none is
-  max-mmacs=N   the highest accuracy with at most N million MACs (fvcore)
+Picks, among complete, trained trials within the study's current budgets:
+  accuracy        the highest mean accuracy, over the runs of the study's highest-budget
+                  refinement (nas.refine, a linked study in the same storage) where it
+                  has one, else one run each; where the seed noise is measured (pooled
+                  over the refined runs, or recorded on the study), the cheapest in the
+                  first cost objective whose mean the noise cannot tell from the best
+                  (nas.front.within_noise)
+  knee            (two objectives) the Pareto-front trial farthest above the chord
+                  joining the front's two ends, in accuracy vs log10 of the cost
+                  objective (nas.front); the most accurate if none is
+  max-mmacs=N     the highest accuracy with at most N million MACs (fvcore); likewise
+  max-params=N    (a count, as nas.search --max-params), max-latency-ms=N (the study's
+  ...             latency objective, else its latency budget's device, else CPU) and
+                  max-memory-mb=N
+Every pick prints and stores (`working`) its rule, the figures it used (mean, sigma, n)
+and the runner-up.
 
 The file carries every cost the trial measured (`costs`: MACs, parameters, CPU latency,
 and on a GPU its latency, throughput and training memory, each with unit and device).
@@ -20,7 +27,9 @@ from __future__ import annotations
 
 import json
 import platform
+import statistics
 import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -28,46 +37,185 @@ from typing import Any
 
 import optuna
 
+from nas.budget import get_budget
 from nas.cli import UsageError, make_parser, public_url, run_cli
-from nas.front import knee_index, mmacs, pareto_front, usable_trials, within_noise
-from nas.metrics import DEFAULT_OBJECTIVES
+from nas.front import (
+    knee_index,
+    mmacs,
+    pareto_front,
+    pooled_stdev,
+    trial_costs,
+    usable_trials,
+    within_noise,
+)
+from nas.metrics import DEFAULT_OBJECTIVES, METRICS
+from nas.refine import linked_refinements, refined_name
 from nas.storage import default_storage_url, load_study, open_storage
 
-__all__ = ["SCHEMA", "export_record", "main", "pick_trial"]
+__all__ = ["SCHEMA", "Pick", "describe_pick", "export_record", "main", "pick_trial"]
 
 SCHEMA = "nas.export/1"
 
 
-def pick_trial(study: optuna.Study, pick: str) -> optuna.trial.FrozenTrial:
+# --pick max-NAME=N: NAME -> (cost key, scale of the stored cost to N's unit, unit)
+PICK_BUDGETS = {
+    "mmacs": ("macs", 1.0, "MMACs (fvcore)"),
+    "params": ("params", 1e6, "parameters"),  # a count, as nas.search --max-params
+    "latency-ms": ("latency_cpu", 1.0, "ms"),  # the study's latency: see _latency_key
+    "memory-mb": ("memory", 1.0, "MB"),
+}
+
+
+@dataclass(frozen=True)
+class Pick:
+    trial: optuna.trial.FrozenTrial
+    working: dict[str, Any]  # how it was chosen: the rule, its figures, the runner-up
+
+
+def pick_trial(study: optuna.Study, pick: str) -> Pick:
+    """The trial `pick` names (module docstring), with its working."""
     trials = usable_trials(study)
     if not trials:
         raise UsageError(f"study {study.study_name!r} has no complete, trained, feasible trial")
     if pick == "accuracy":
-        best = max(trials, key=lambda t: (t.values[0], -t.values[1]))
-        noise = study.user_attrs.get("seed_stdev")  # measured by nas.refine --seeds N
-        if not noise:
-            return best
-        # a noisy maximum is no pick: the cheapest whose accuracy the noise cannot tell
-        # from the best's (each trial here is one run: nas.front.within_noise, seeds=1)
-        near = [t for t in trials if within_noise(t.values[0], best.values[0], noise["stdev"])]
-        return min(near, key=lambda t: (t.values[1], -t.values[0]))
+        return _most_accurate(study, trials)
     if pick == "knee":
-        front = pareto_front(study)
-        return front[knee_index([(t.values[0], t.values[1]) for t in front])]
-    if pick.startswith("max-mmacs="):
-        try:
-            limit = float(pick.split("=", 1)[1])
-        except ValueError:
-            raise UsageError(f"--pick max-mmacs=N needs a number, got {pick!r}") from None
-        within = [t for t in trials if mmacs(t) <= limit]
-        if not within:
-            least = min(mmacs(t) for t in trials)
-            raise UsageError(
-                f"no trained trial has at most {limit:g} MMACs (fvcore); the smallest has "
-                f"{least:.6f} (exact: MACs are whole numbers)"
-            )
-        return max(within, key=lambda t: (t.values[0], -mmacs(t)))
-    raise UsageError(f"unknown --pick {pick!r}; use accuracy, knee or max-mmacs=N")
+        return _knee(study)
+    return _within(study, trials, *parse_budget_pick(pick))
+
+
+PICK_HELP = "accuracy, knee, " + ", ".join(f"max-{n}=N" for n in PICK_BUDGETS)
+
+
+def parse_budget_pick(pick: str) -> tuple[str, float]:
+    """'max-latency-ms=3' -> ('latency-ms', 3.0); UsageError for anything else."""
+    name, _, value = pick.removeprefix("max-").partition("=")
+    if not (pick.startswith("max-") and name in PICK_BUDGETS and "=" in pick):
+        raise UsageError(f"unknown --pick {pick!r}; use {PICK_HELP}")
+    try:
+        return name, float(value)
+    except ValueError:
+        raise UsageError(f"--pick max-{name}=N needs a number, got {pick!r}") from None
+
+
+def _summary(t: optuna.trial.FrozenTrial, study: optuna.Study) -> dict[str, Any]:
+    names = study.user_attrs.get("objectives", list(DEFAULT_OBJECTIVES))
+    return {"trial": t.number, "values": dict(zip(names, t.values))}
+
+
+def _most_accurate(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> Pick:
+    """The most accurate, by its refined runs where the study has them (nas.refine) and
+    within the measured seed noise: the cheapest in the first cost whose mean the noise
+    cannot tell from the best mean."""
+    runs, origin = _runs(study, trials)
+    by = {t.number: t for t in trials if t.number in runs}
+    mean = {n: statistics.fmean(r) for n, r in runs.items()}
+    noise = pooled_stdev(list(runs.values()))
+    sigma = noise[0] if noise else (study.user_attrs.get("seed_stdev") or {}).get("stdev")
+    best = max(by, key=lambda n: (mean[n], -by[n].values[1]))
+    if sigma:
+        near = [
+            n
+            for n in by
+            if within_noise(mean[n], mean[best], sigma, len(runs[n]), len(runs[best]))
+        ]
+        order = sorted(near, key=lambda n: (by[n].values[1], -mean[n]))
+        rule = (
+            "the cheapest in the first cost among those whose mean accuracy is within the "
+            "seed noise of the best mean (2 sigma sqrt(1/n_a + 1/n_b))"
+        )
+    else:
+        order = [best]
+        rule = "the best mean accuracy (seed noise not measured: nas.refine --seeds 2 or more)"
+    chosen = order[0]
+    others = order[1:] or sorted((n for n in by if n != chosen), key=lambda n: -mean[n])
+
+    def entry(n: int) -> dict[str, Any]:
+        return {**_summary(by[n], study), "mean": mean[n], "n": len(runs[n])}
+
+    working = {"rule": rule, "runs": origin, "sigma": sigma, **entry(chosen)}
+    working["runner_up"] = entry(others[0]) if others else None
+    return Pick(by[chosen], working)
+
+
+def _runs(
+    study: optuna.Study, trials: list[optuna.trial.FrozenTrial]
+) -> tuple[dict[int, list[float]], str]:
+    """Accuracy runs per usable trial: those of the study's highest-budget refinement
+    (nas.refine, a linked study in the same storage) if it has one, else one run each."""
+    linked = linked_refinements(study)
+    if linked:
+        budget = max(linked, key=lambda b: _train_images(b))
+        runs = {t.number: linked[budget][t.number] for t in trials if t.number in linked[budget]}
+        if runs:
+            name = refined_name(study.study_name, budget)
+            return runs, f"refined runs at budget {budget!r} (study {name!r})"
+    return {t.number: [t.values[0]] for t in trials}, "one run each (this study's own)"
+
+
+def _train_images(budget: str) -> int:
+    try:
+        return get_budget(budget).train_images
+    except (KeyError, ValueError):
+        return 0
+
+
+def _knee(study: optuna.Study) -> Pick:
+    names = study.user_attrs.get("objectives", list(DEFAULT_OBJECTIVES))
+    if len(names) != 2:
+        raise UsageError(
+            f"--pick knee needs a study of two objectives; {study.study_name!r} has "
+            f"{', '.join(names)}: pick with accuracy or a budget (max-...=N)"
+        )
+    front = pareto_front(study)
+    i = knee_index([(t.values[0], t.values[1]) for t in front])
+    rule = (
+        f"the front point farthest above the chord joining the front's ends, in accuracy "
+        f"vs log10 {METRICS[names[1]].label} (the most accurate if none is above it)"
+    )
+    others = [t for j, t in enumerate(front) if j != i]
+    runner = max(others, key=lambda t: t.values[0]) if others else None
+    working = {"rule": rule, **_summary(front[i], study), "front": [t.number for t in front]}
+    working["runner_up"] = _summary(runner, study) if runner else None
+    return Pick(front[i], working)
+
+
+def _within(
+    study: optuna.Study, trials: list[optuna.trial.FrozenTrial], name: str, limit: float
+) -> Pick:
+    key, scale, unit = PICK_BUDGETS[name]
+    if name == "latency-ms":
+        key = _latency_key(study)
+    cost = {
+        t.number: trial_costs(t)[key]["value"] * scale for t in trials if key in trial_costs(t)
+    }
+    if not cost:
+        raise UsageError(f"no trained trial of {study.study_name!r} has a measured {key}")
+    within = sorted(
+        (t for t in trials if t.number in cost and cost[t.number] <= limit),
+        key=lambda t: (-t.values[0], cost[t.number]),
+    )
+    if not within:
+        raise UsageError(
+            f"no trained trial has at most {limit:g} {unit}; the smallest has "
+            f"{min(cost.values()):.6f} (exact: MACs are whole numbers)"
+            if name == "mmacs"
+            else f"no trained trial has at most {limit:g} {unit}; the smallest has "
+            f"{min(cost.values()):.6g}"
+        )
+    rule = f"the most accurate with {key} <= {limit:g} {unit}"
+    working = {"rule": rule, **_summary(within[0], study), key: cost[within[0].number]}
+    working["runner_up"] = _summary(within[1], study) if within[1:] else None
+    return Pick(within[0], working)
+
+
+def _latency_key(study: optuna.Study) -> str:
+    """The latency a study is about: its objective's, else its budget's device, else CPU."""
+    for n in study.user_attrs.get("objectives", []):
+        if n.startswith("latency-"):
+            return METRICS[n].key
+    device = (study.user_attrs.get("limits") or {}).get("latency_device", "cpu")
+    return f"latency_{device}"
 
 
 def _versions() -> dict[str, str]:
@@ -81,9 +229,9 @@ def _versions() -> dict[str, str]:
 
 
 def export_record(
-    study: optuna.Study, trial: optuna.trial.FrozenTrial, pick: str, storage_url: str
+    study: optuna.Study, chosen: Pick, pick: str, storage_url: str
 ) -> dict[str, Any]:
-    a = trial.user_attrs
+    trial, a = chosen.trial, chosen.trial.user_attrs
     return {
         "schema": SCHEMA,
         "config": a["config"],
@@ -100,6 +248,7 @@ def export_record(
         "trial": trial.number,
         "study": study.study_name,
         "pick": pick,
+        "working": chosen.working,
         "provenance": {
             "versions": _versions(),
             "device": a.get("device"),
@@ -111,6 +260,29 @@ def export_record(
     }
 
 
+def describe_pick(study: optuna.Study, chosen: Pick) -> str:
+    """The pick in the study's objectives, and its working, in two lines."""
+    w = chosen.working
+
+    def values(entry: dict[str, Any]) -> str:
+        parts = [
+            f"{METRICS[n].label} {v:.4f}" if n == "accuracy" else f"{METRICS[n].label} {v:.4g}"
+            for n, v in entry["values"].items()
+        ]
+        if "mean" in entry:
+            parts[0] = f"val_accuracy {entry['mean']:.4f} (mean of {entry['n']})"
+        return ", ".join(parts)
+
+    head = f"trial {w['trial']}: {values(w)}"
+    rule = f"rule: {w['rule']}"
+    if "runs" in w:
+        sigma = f"{w['sigma']:.4f}" if w.get("sigma") else "not measured"
+        rule += f"; accuracy from {w['runs']}, seed sigma {sigma}"
+    runner = w.get("runner_up")
+    rule += f"; runner-up: trial {runner['trial']}, {values(runner)}" if runner else ""
+    return f"{head}\n  {rule}"
+
+
 def _run(argv: list[str] | None) -> int:
     p = make_parser("nas.export", __doc__.split("\n\n")[0].split(": ", 1)[1])
     p.add_argument("--study", required=True, help="study name")
@@ -119,17 +291,21 @@ def _run(argv: list[str] | None) -> int:
     p.add_argument(
         "--pick",
         default="knee",
-        help="accuracy: the most accurate trial; knee (default): the front point farthest "
-        "above the chord joining the front's ends, in accuracy vs log10 MACs; max-mmacs=N: "
-        "the most accurate with at most N million multiply-adds (MACs, fvcore)",
+        help="accuracy: the most accurate trial, by its refined runs (nas.refine) where the "
+        "study has them, the cheapest within the measured seed noise of the best; knee "
+        "(default; studies of two objectives): the front point farthest above the chord "
+        "joining the front's ends, in accuracy vs log10 of the cost; max-mmacs=N, "
+        "max-params=N (a count), max-latency-ms=N (the study's latency), max-memory-mb=N: "
+        "the most accurate within that budget. The output and the file's 'working' say "
+        "how the trial was chosen and which came next",
     )
     args = p.parse_args(argv)
-    if args.pick not in ("accuracy", "knee") and not args.pick.startswith("max-mmacs="):
-        raise UsageError(f"unknown --pick {args.pick!r}; use accuracy, knee or max-mmacs=N")
+    if args.pick not in ("accuracy", "knee"):
+        parse_budget_pick(args.pick)  # a bad pick is refused before the study is opened
     url = args.storage or default_storage_url(args.study)
     study = load_study(open_storage(url, must_exist=True), args.study)
-    trial = pick_trial(study, args.pick)
-    record = export_record(study, trial, args.pick, url)
+    chosen = pick_trial(study, args.pick)
+    record = export_record(study, chosen, args.pick, url)
     out = Path(args.out)
     try:
         if not out.parent.is_dir():
@@ -137,11 +313,7 @@ def _run(argv: list[str] | None) -> int:
         out.write_text(json.dumps(record, indent=2) + "\n")
     except OSError as e:
         raise UsageError(f"cannot write {out}: {e.strerror or e}") from None
-    m = record["metrics"]
-    print(
-        f"wrote {out}: trial {trial.number} ({args.pick}), val accuracy {m['val_accuracy']:.4f}, "
-        f"{m['mmacs_fvcore']:,.1f} MMACs (fvcore), {m['params']:,} params"
-    )
+    print(f"wrote {out} ({args.pick}): {describe_pick(study, chosen)}")
     return 0
 
 

@@ -31,11 +31,14 @@ from typing import Any
 import optuna
 
 from nas.cost import closed_form_mmacs
+from nas.metrics import BUDGET_OPTIONS, Limits, budget_checks, budget_excess
 from nas.space import SearchSpace
 
 __all__ = [
     "REF_ACCURACY",
     "crowding_distance",
+    "dominates",
+    "over_budgets",
     "hypervolume_history",
     "hypervolume_reference",
     "kendall_tau",
@@ -47,7 +50,9 @@ __all__ = [
     "pooled_stdev",
     "ranks",
     "spearman_rho",
+    "trial_costs",
     "usable_trials",
+    "why_no_front",
     "within_noise",
 ]
 
@@ -60,19 +65,69 @@ def mmacs(t: optuna.trial.FrozenTrial) -> float:
     return t.user_attrs["macs_fvcore"] / 1e6
 
 
+def trial_costs(t: optuna.trial.FrozenTrial) -> dict[str, dict]:
+    """A trial's measured costs (nas.measure), or for a trial stored before trials carried
+    them, its MACs and parameters (in millions, as `costs` stores them)."""
+    a = t.user_attrs
+    if "costs" in a:
+        return a["costs"]
+    old = {"macs": a.get("macs_fvcore"), "params": a.get("params")}
+    return {k: {"value": v / 1e6} for k, v in old.items() if v is not None}
+
+
+def over_budgets(study: optuna.Study, t: optuna.trial.FrozenTrial) -> list[str]:
+    """The constraints `t` breaks under the study's budgets as they are now (they may have
+    changed since it ran: nas.storage.update_budgets), from its stored costs; a budget
+    whose cost `t` never measured keeps the constraint value stored with it. A study that
+    records no budgets (not made by nas.search) is judged by its stored constraints."""
+    a = study.user_attrs
+    if "max_mmacs" not in a and "limits" not in a:
+        return [name for name, v in t.constraints.items() if v > 0]
+    max_mmacs, limits = a.get("max_mmacs"), Limits.from_dict(a.get("limits"))
+    excess = {**t.constraints, **budget_excess(trial_costs(t), max_mmacs, limits)}
+    current = {name for name, *_ in budget_checks(max_mmacs, limits)}
+    return [name for name, v in excess.items() if v > 0 and name in current]
+
+
+def why_no_front(study: optuna.Study) -> str:
+    """Why a study has no usable trial: per budget, how many trials it excluded and the
+    cheapest network's cost in its unit (what the budget would have to allow)."""
+    a = study.user_attrs
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not done:
+        return "no complete trial yet"
+    words = []
+    for name, key, limit, scale in budget_checks(
+        a.get("max_mmacs"), Limits.from_dict(a.get("limits"))
+    ):
+        values = [trial_costs(t)[key]["value"] * scale for t in done if key in trial_costs(t)]
+        over = sum(v > limit for v in values)
+        if over:
+            words.append(
+                f"{BUDGET_OPTIONS[name]} {limit:g} excluded {over} of "
+                f"{len(values)} (the cheapest measured: {min(values):.4g})"
+            )
+    untrained = sum(t.user_attrs.get("trained") is not True for t in done)
+    return "no trial is within the budgets: " + (
+        "; ".join(words) or f"{untrained} of {len(done)} complete trials were not trained"
+    )
+
+
 def usable_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Complete, trained, feasible trials."""
+    """Complete, trained trials within the study's current budgets."""
     return [
         t
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if t.user_attrs.get("trained") is True and all(c <= 0 for c in t.constraints.values())
+        if t.user_attrs.get("trained") is True and not over_budgets(study, t)
     ]
 
 
 def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Trained trials no feasible trial beats on every objective (accuracy and MACs by
-    default), cheapest in the first cost objective first."""
-    front = [t for t in study.best_trials if t.user_attrs.get("trained") is True]
+    """Usable trials that no usable trial beats on every objective of the study (accuracy
+    and one or two costs), cheapest in the first cost objective first."""
+    usable = usable_trials(study)
+    first = nondominated_fronts([tuple(t.values) for t in usable])
+    front = [usable[i] for i in first[0]] if first else []
     return sorted(front, key=lambda t: (t.values[1], -t.values[0]))
 
 
@@ -137,12 +192,14 @@ def hypervolume_history(
     return out
 
 
-def nondominated_fronts(points: Sequence[tuple[float, float]]) -> list[list[int]]:
-    """Indices of (accuracy, MMACs) points sorted into fronts: the first front, then the
-    front of what is left, and so on (NSGA-II's non-dominated sorting)."""
+def dominates(p: Sequence[float], q: Sequence[float]) -> bool:
+    """p at least as accurate (p[0]) and at most as costly (p[1:]) as q, and not equal."""
+    return p[0] >= q[0] and all(a <= b for a, b in zip(p[1:], q[1:])) and tuple(p) != tuple(q)
 
-    def dominates(p: tuple[float, float], q: tuple[float, float]) -> bool:
-        return p[0] >= q[0] and p[1] <= q[1] and p != q
+
+def nondominated_fronts(points: Sequence[Sequence[float]]) -> list[list[int]]:
+    """Indices of (accuracy, cost, ...) points sorted into fronts: the first front, then
+    the front of what is left, and so on (NSGA-II's non-dominated sorting)."""
 
     left, fronts = list(range(len(points))), []
     while left:
@@ -152,11 +209,13 @@ def nondominated_fronts(points: Sequence[tuple[float, float]]) -> list[list[int]
     return fronts
 
 
-def crowding_distance(points: Sequence[tuple[float, float]]) -> list[float]:
-    """NSGA-II's crowding distance within one front, in accuracy and log10 MMACs: the
-    ends are infinitely far; inner points by the normalised gap between their neighbours."""
+def crowding_distance(points: Sequence[Sequence[float]]) -> list[float]:
+    """NSGA-II's crowding distance within one front, in accuracy and log10 of each cost:
+    the ends are infinitely far; inner points by the normalised gap between their
+    neighbours."""
     n, out = len(points), [0.0] * len(points)
-    axes = ([p[0] for p in points], [math.log10(p[1]) for p in points])
+    axes = [[p[0] for p in points]]
+    axes += [[math.log10(p[i]) for p in points] for i in range(1, len(points[0]))] if n else []
     for values in axes:
         order = sorted(range(n), key=values.__getitem__)
         span = values[order[-1]] - values[order[0]]
@@ -167,7 +226,7 @@ def crowding_distance(points: Sequence[tuple[float, float]]) -> list[float]:
     return out
 
 
-def most_promising(points: Sequence[tuple[float, float]], k: int) -> list[int]:
+def most_promising(points: Sequence[Sequence[float]], k: int) -> list[int]:
     """k indices: whole fronts in order while they fit, then the most spread-out members
     (largest crowding distance) of the first front that does not."""
     chosen: list[int] = []

@@ -14,10 +14,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 __all__ = [
+    "BUDGET_OPTIONS",
     "DEFAULT_OBJECTIVES",
     "METRICS",
     "Limits",
     "Metric",
+    "budget_checks",
+    "budget_excess",
     "describe_limits",
     "directions",
     "metric_names",
@@ -158,6 +161,40 @@ class Limits:
     def needs(self) -> set[str]:
         """Cost keys these budgets need measured."""
         return {key for _, key, _, _ in self.checks()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Limits:
+        return cls(**(d or {}))
+
+
+# each budget's constraint name -> the search option that sets it
+BUDGET_OPTIONS = {
+    "mmacs_over_budget": "--max-mmacs",
+    "params_over_budget": "--max-params",
+    "latency_cpu_ms_over_budget": "--max-latency-ms (CPU)",
+    "latency_gpu_ms_over_budget": "--max-latency-ms (GPU)",
+    "memory_mb_over_budget": "--max-memory-mb",
+}
+
+
+def budget_checks(max_mmacs: float | None, limits: Limits) -> list[tuple[str, str, float, float]]:
+    """Every budget of a study as (constraint name, cost key, limit, scale of the stored
+    cost to the limit's unit), the MAC budget first."""
+    macs = [] if max_mmacs is None else [("mmacs_over_budget", "macs", max_mmacs, 1.0)]
+    return [*macs, *limits.checks()]
+
+
+def budget_excess(
+    costs: dict[str, dict], max_mmacs: float | None, limits: Limits
+) -> dict[str, float]:
+    """Each budget's constraint value for these measured costs (> 0: over it), for the
+    budgets whose cost was measured: what a trial stores with trial.set_constraint, and
+    what report and export recompute when a study's budgets change."""
+    return {
+        name: costs[key]["value"] * scale - limit
+        for name, key, limit, scale in budget_checks(max_mmacs, limits)
+        if key in costs
+    }
 
 
 def describe_limits(max_mmacs: float | None, limits: dict[str, Any]) -> str:

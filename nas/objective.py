@@ -44,7 +44,7 @@ from nas.data import FashionMNIST
 from nas.fit import Diverged, train_and_evaluate
 from nas.gpu import release_memory
 from nas.measure import MEMORY_NOTE, Measured, cpu_latency, gpu_latency_and_throughput
-from nas.metrics import DEFAULT_OBJECTIVES, METRICS, Limits
+from nas.metrics import DEFAULT_OBJECTIVES, METRICS, Limits, budget_checks, budget_excess
 from nas.space import SearchSpace, sample
 
 __all__ = ["CATCH", "Objective", "TrialFailed", "failure_reason", "trained_twin"]
@@ -128,6 +128,9 @@ class Objective:
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES  # nas.metrics; accuracy first
     limits: Limits = field(default_factory=Limits)  # budgets beside max_mmacs
     gpu_timing: bool = False  # time GPU latency and throughput (the GPU to this trial alone)
+    # trials that may run at once on this host (workers x concurrency): above 1, a timed
+    # cost may include the others' load; stored on each trial, so the report can say so
+    beside: int = 1
     # One trial samples at a time: the sampler's state is shared, and a --seed reseeds it
     # per trial (nas.workers), so draws of trials running side by side must not interleave.
     _sampling: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -193,6 +196,7 @@ class Objective:
             costs["throughput_gpu"] = throughput.to_dict()
         over += self._constrain(trial, costs, constraints)
         trial.set_user_attr("costs", costs)
+        trial.set_user_attr("timed_beside", self.beside)
         t2 = time.perf_counter()
         if over:  # known before training: not trained
             trial.set_user_attr("trained", False)
@@ -266,17 +270,15 @@ class Objective:
     ) -> list[str]:
         """Record each budget's constraint (over > 0: infeasible) whose cost is measured and
         not yet recorded in `done`; return the costs over their budget."""
-        checks = (
-            [] if self.max_mmacs is None else [("mmacs_over_budget", "macs", self.max_mmacs, 1.0)]
-        )
+        keys = {name: key for name, key, _, _ in budget_checks(self.max_mmacs, self.limits)}
         over = []
-        for name, key, limit, scale in [*checks, *self.limits.checks()]:
-            if key not in costs or name in done:
+        for name, excess in budget_excess(costs, self.max_mmacs, self.limits).items():
+            if name in done:
                 continue
-            done[name] = costs[key]["value"] * scale - limit
-            trial.set_constraint(name, done[name])
-            if done[name] > 0:
-                over.append(key)
+            done[name] = excess
+            trial.set_constraint(name, excess)
+            if excess > 0:
+                over.append(keys[name])
         if done:  # optuna-dashboard 0.21 reads constraints only from this older attribute
             trial.storage.set_trial_system_attr(
                 trial._trial_id, "constraints", list(done.values())

@@ -22,7 +22,6 @@ from nas.budget import BUDGETS, get_budget
 from nas.cli import UsageError, make_parser, run_cli
 from nas.front import (
     kendall_tau,
-    mmacs,
     most_promising,
     nondominated_fronts,
     pareto_front,
@@ -30,7 +29,7 @@ from nas.front import (
     usable_trials,
     within_noise,
 )
-from nas.metrics import DEFAULT_OBJECTIVES
+from nas.metrics import DEFAULT_OBJECTIVES, METRICS
 from nas.storage import default_storage_url, load_study, open_or_create_study, open_storage
 
 __all__ = ["linked_refinements", "main", "refined_name", "refined_runs"]
@@ -53,9 +52,11 @@ def linked_refinements(study: optuna.Study) -> dict[str, dict[int, list[float]]]
 
 
 def refined_runs(refined: optuna.Study) -> dict[int, list[float]]:
-    """{source trial number: [accuracy of each finished seed]} of a linked study."""
+    """{source trial number: [accuracy of each finished seed]} of a linked study (every
+    trained run: the source's budgets already held for the networks refined)."""
     runs: dict[int, list[float]] = {}
-    for t in usable_trials(refined):
+    done = refined.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    for t in (t for t in done if t.user_attrs.get("trained") is True):
         runs.setdefault(t.user_attrs["source_trial"], []).append(t.values[0])
     return runs
 
@@ -92,8 +93,8 @@ def _run(argv: list[str] | None) -> int:
     trials = usable_trials(source)
     if len(trials) < 2:
         raise UsageError(f"study {a.study!r} has {len(trials)} trained trial(s): nothing to rank")
-    points = [(t.values[0], mmacs(t)) for t in trials]
-    chosen = [trials[i] for i in most_promising(points, a.top)]
+    # promise in the study's own objectives: accuracy and its one or two costs
+    chosen = [trials[i] for i in most_promising([tuple(t.values) for t in trials], a.top)]
 
     from nas.data import DataError, load_fashion_mnist
     from nas.fit import pick_device
@@ -109,11 +110,12 @@ def _run(argv: list[str] | None) -> int:
         raise UsageError(str(e)) from None
     space = SearchSpace.from_dict(attrs["space"])
     budget = get_budget(a.budget)
-    experiment = {
+    objectives = tuple(attrs.get("objectives", DEFAULT_OBJECTIVES))
+    experiment = {  # the source's objectives and budgets, recorded for the reader
         "space": attrs["space"],
-        "objectives": list(DEFAULT_OBJECTIVES),  # refining ranks accuracy; costs stay put
+        "objectives": list(objectives),
         "max_mmacs": attrs.get("max_mmacs"),
-        "limits": {},  # the source's budgets already held for every trial refined
+        "limits": attrs.get("limits", {}),
         "precision": precision(device),
         "data": data.fingerprint,
         "budget": budget.to_dict(),
@@ -151,7 +153,15 @@ def _run(argv: list[str] | None) -> int:
         )
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    objective = Objective(space, budget, data.to(device), attrs.get("max_mmacs"))
+    # No budgets here: every chosen network was within the source's, and a cost timed
+    # again (a latency) must not keep a network from its higher-budget training.
+    objective = Objective(
+        space,
+        budget,
+        data.to(device),
+        objectives=objectives,
+        gpu_timing="latency_gpu" in {METRICS[n].key for n in objectives},
+    )
 
     def queued_only(trial: optuna.Trial) -> tuple[float, float]:
         if "source_trial" not in trial.user_attrs:  # another process took the last one
@@ -186,14 +196,16 @@ def summary(
             "seed_stdev", {"stdev": pooled, "seeds": seeds, "of": seeded, "dof": dof}
         )
     old_front = {t.number for t in pareto_front(source)}
-    points = [(mean[t.number], mmacs(t)) for t in done]
+    # stays on / joins the front in the study's own objectives: refined mean, same costs
+    points = [(mean[t.number], *t.values[1:]) for t in done]
     new_front = {done[i].number for i in nondominated_fronts(points)[0]}
     budget = refined.user_attrs["budget"]["name"]
+    cost = METRICS[tuple(source.user_attrs.get("objectives", DEFAULT_OBJECTIVES))[1]]
     lines = [
-        f"{'trial':>5}  {'MMACs':>9}  {source.user_attrs['budget']['name']:>8}  "
+        f"{'trial':>5}  {cost.label:>16}  {source.user_attrs['budget']['name']:>8}  "
         f"{budget + ' (mean)':>12}  front"
     ]
-    for t in sorted(done, key=mmacs):
+    for t in sorted(done, key=lambda t: t.values[1]):
         where = (
             ("stays" if t.number in new_front else "drops off")
             if t.number in old_front
@@ -201,7 +213,7 @@ def summary(
         )
         spread = f" +-{statistics.stdev(runs[t.number]):.4f}" if len(runs[t.number]) > 1 else ""
         lines.append(
-            f"{t.number:>5}  {mmacs(t):>9.3f}  {t.values[0]:>8.4f}  "
+            f"{t.number:>5}  {t.values[1]:>16.4g}  {t.values[0]:>8.4f}  "
             f"{mean[t.number]:>12.4f}{spread}  {where}"
         )
     if len(done) >= 3:
@@ -213,7 +225,7 @@ def summary(
     else:  # over two architectures tau can only be +1 or -1
         lines.append(f"Kendall tau: needs at least 3 refined architectures ({len(done)} here)")
     if pooled is not None:
-        front = sorted((t for t in done if t.number in new_front), key=mmacs)
+        front = sorted((t for t in done if t.number in new_front), key=lambda t: t.values[1])
         ties = [
             f"{x.number}~{y.number}"
             for i, x in enumerate(front)

@@ -1,9 +1,14 @@
 """`python -m nas.report`: one self-contained HTML page of a study's results.
 
-From pandas data frames built from the study: the accuracy-vs-MACs Pareto front (front,
-dominated, not-trained-over-budget trials and the d2l reference told apart), the
-hypervolume after each trial, parameter importances per objective, how accuracy and
-MACs follow k, convs and theta, and the table of Pareto trials (also as CSV beside the
+From pandas data frames built from the study, in the study's own objectives (accuracy
+and one or two of MACs, parameters, CPU or GPU latency, training memory): accuracy
+against each cost objective (the front; dominated trials; networks not trained because
+over a budget on a strip below, at no accuracy; each budget a dashed line; the d2l
+reference; refined runs with their seed noise; with three objectives, the 3-D front
+marked on each 2-D view), each measured cost against MACs with their rank correlation
+(and a caution where costs were timed beside other trials), the hypervolume after each
+trial (two objectives), parameter importances per objective, how accuracy and MACs
+follow k, convs and theta, and the table of Pareto trials (also as CSV beside the
 page). Plotly's JavaScript is inlined: the page opens offline. The page and each Pareto
 trial's architecture JSON are also stored as Optuna artifacts, one click away in
 optuna-dashboard (`python -m nas.dashboard`).
@@ -35,6 +40,7 @@ from nas.front import (
     pareto_front,
     spearman_rho,
     usable_trials,
+    why_no_front,
 )
 from nas.metrics import DEFAULT_OBJECTIVES, METRICS, describe_limits
 from nas.refine import linked_refinements
@@ -99,6 +105,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
                 "duplicate_of": a.get("duplicate_of"),
                 "fail_reason": a.get("fail_reason"),
                 "device": a.get("device"),
+                "timed_beside": a.get("timed_beside", 1),
             }
         )
     return pd.DataFrame(rows)
@@ -169,17 +176,46 @@ def _points(
     )
 
 
-def log_ticks(values: pd.Series) -> list[float]:
-    """Round ticks for a log axis, written out in full: 10, 20, 50 (Plotly's own read 10, 2, 5).
+TICK_STEPS = ((1, 2, 5), (1, 2, 3, 5, 7), (1, 1.5, 2, 3, 4, 5, 6, 7, 8, 9))
 
-    1-2-3-5-7 per decade when the values span two decades or less, else 1-2-5.
-    """
+
+def log_ticks(values: pd.Series) -> list[float]:
+    """Round ticks for a log axis, each written out in full (10, 20, 50: Plotly's own read
+    10, 2, 5): 1-2-5 per decade (1 per decade past 15 ticks), finer where the values span
+    too little for three ticks (3.1 to 4.0 ms gets 3.1, 3.2, ...), with one tick at or
+    below the smallest value and one at or above the largest, so that no point lies
+    outside the ticks."""
+    values = values[values > 0]
     if values.empty:
         return []
-    lo, hi = math.floor(math.log10(values.min())), math.ceil(math.log10(values.max()))
-    steps = (1, 2, 3, 5, 7) if hi - lo <= 2 else (1, 2, 5)
-    ticks = [m * 10.0**e for e in range(lo, hi + 1) for m in steps]
-    return [v for v in ticks if values.min() / 2 <= v <= values.max() * 2]
+    lo, hi = float(values.min()), float(values.max())
+    decades = range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+
+    def bracketed(steps: tuple[float, ...]) -> list[float]:
+        ticks = sorted({round(m * 10.0**e, 12) for e in decades for m in steps})
+        below = max(t for t in ticks if t <= lo)
+        above = min(t for t in ticks if t >= hi)
+        return [t for t in ticks if below <= t <= above]
+
+    fine = tuple(round(1 + 0.1 * i, 1) for i in range(90))
+    for steps in (*TICK_STEPS, fine):
+        shown = bracketed(steps)
+        if len(shown) >= 3 or lo == hi:
+            break
+    return bracketed((1,)) if len(shown) > 15 else shown
+
+
+def log_axis(values: pd.Series, title: str) -> dict:
+    """A log axis with log_ticks, its range just wider than the ticks."""
+    ticks = log_ticks(values)
+    axis: dict = {"type": "log", "title": title}
+    if ticks:
+        axis.update(
+            tickvals=ticks,
+            ticktext=[f"{v:g}" for v in ticks],
+            range=[math.log10(ticks[0]) - 0.03, math.log10(ticks[-1]) + 0.03],
+        )
+    return axis
 
 
 def pareto_figure(
@@ -187,119 +223,143 @@ def pareto_figure(
     refined: dict[str, dict[int, list[float]]] | None = None,
     seed_stdev: float | None = None,
     x: str = MACS,
+    budget: float | None = None,
+    three: bool = False,
 ) -> go.Figure:
     """Accuracy against the cost in column `x` (MACs, or another objective of the study);
-    the front is the study's, in all its objectives. seed_stdev: the study's measured
-    per-run noise (nas.refine --seeds), drawn as +-1 stdev error bars on every trained
-    point."""
-    fig = go.Figure()
-    trained = df[df["val_accuracy"].notna() & df[x].notna()]
-    front = trained[trained["status"] == "pareto"].sort_values(x)
-    dominated = trained[trained["status"] == "dominated"]
-    bars = {"type": "constant", "value": seed_stdev or 0.0, "visible": seed_stdev is not None}
-    fig.add_trace(
-        _points(
-            dominated,
-            dominated["val_accuracy"],
-            "dominated",
-            {"color": "#9aa5b1", "size": 8},
-            x=x,
-            error_y=bars,
-        )
+    the front is the study's, in all its objectives: with three, the points of the 3-D
+    front are marked, not joined (a 2-D staircase would mislead). Networks not trained
+    (over a budget) sit on a strip of their own below the plot, at no accuracy; `budget`,
+    the study's budget on this cost, is a dashed line. seed_stdev: the study's measured
+    per-run noise (nas.refine --seeds), drawn as +-1 stdev error bars."""
+    over = df[df["status"].isin(["not trained (over MAC budget)", OVER_OTHER]) & df[x].notna()]
+    rows = 2 if len(over) else 1  # the strip only where there is something to put on it
+    fig = make_subplots(
+        rows=rows,
+        cols=1,
+        shared_xaxes=True,
+        row_heights=[0.87, 0.13] if rows == 2 else None,
+        vertical_spacing=0.04,
     )
+    trained = df[df["val_accuracy"].notna() & df[x].notna()]
+    _trained_traces(fig, trained, x, seed_stdev, three)
+    if len(over):
+        _over_budget_strip(fig, over, x)
+    for name, runs in (refined or {}).items():
+        _refined_traces(fig, trained, x, name, runs)
+    ref = trained[trained["reference"]]
+    if not ref.empty:
+        star = {"symbol": "star", "color": "#ffbf00", "size": 18, "line": {"width": 1}}
+        fig.add_trace(
+            _points(ref, ref["val_accuracy"], "d2l chapter's network (reference)", star, x=x),
+            row=1,
+            col=1,
+        )
+    if budget is not None:
+        # on a log axis an annotation takes log10 of the value, a shape the value itself
+        fig.add_vline(x=budget, line={"dash": "dash", "color": "#555"}, row="all", col=1)
+        fig.add_annotation(
+            x=math.log10(budget), y=1, yref="y domain", text=f"budget {budget:g}",
+            showarrow=False, xanchor="left", yanchor="top", row=1, col=1,
+        )  # fmt: skip
+    label = AXIS_TITLES.get(x, x)
+    values = pd.concat([df[x].dropna(), pd.Series([budget] if budget else [], dtype=float)])
+    fig.update_xaxes(type="log", row=1, col=1)
+    fig.update_xaxes(**log_axis(values, f"{label} (log scale)"), row=rows, col=1)
+    fig.update_yaxes(title_text="validation accuracy", row=1, col=1)
+    if rows == 2:
+        fig.update_yaxes(
+            title_text="not trained<br>(over budget)", showticklabels=False, range=[-1, 1],
+            title_font={"size": 10}, row=2, col=1,
+        )  # fmt: skip
+    fig.update_layout(
+        title=f"Validation accuracy vs {label.split(',')[0]}", height=560, showlegend=True
+    )
+    if trained.empty:
+        fig.update_yaxes(range=[0, 1], row=1, col=1)
+        _empty(fig, "no trained trial yet: nothing to rank")
+    return fig
+
+
+def _trained_traces(
+    fig: go.Figure, trained: pd.DataFrame, x: str, seed_stdev: float | None, three: bool
+) -> None:
+    bars = {"type": "constant", "value": seed_stdev or 0.0, "visible": seed_stdev is not None}
+    dominated = trained[trained["status"] == "dominated"]
+    front = trained[trained["status"] == "pareto"].sort_values(x)
+    grey = {"color": "#9aa5b1", "size": 8}
+    fig.add_trace(
+        _points(dominated, dominated["val_accuracy"], "dominated", grey, x=x, error_y=bars),
+        row=1,
+        col=1,
+    )
+    name = "on the 3-objective front (all three)" if three else "Pareto front"
+    shape = {"mode": "markers"} if three else {"mode": "lines+markers", "line": {"shape": "hv"}}
     fig.add_trace(
         _points(
             front,
             front["val_accuracy"],
-            "Pareto front" + (f" (bars: seed stdev {seed_stdev:.4f})" if seed_stdev else ""),
+            name + (f" (bars: seed stdev {seed_stdev:.4f})" if seed_stdev else ""),
             {"color": "#d62728", "size": 11},
             x=x,
-            mode="lines+markers",
-            line={"shape": "hv", "color": "#d62728"},
             error_y=bars,
-        )
+            **shape,
+        ),
+        row=1,
+        col=1,
     )
-    over = df[df["status"].isin(["not trained (over MAC budget)", OVER_OTHER]) & df[x].notna()]
-    if not over.empty:
-        floor = (trained["val_accuracy"].min() if not trained.empty else 0.5) - 0.01
-        only_macs = (over["status"] == "not trained (over MAC budget)").all()
-        fig.add_trace(
-            _points(
-                over,
-                [floor] * len(over),
-                "over the MAC budget (not trained)"
-                if only_macs
-                else "over a budget (not trained)",
-                {"symbol": "x", "color": "#444", "size": 8},
-                x=x,
-                hovertext=[f"{h}<br>not trained" for h in _hover(over)],
-            )
-        )
-    for budget, runs in (refined or {}).items():  # nas.refine: cheap -> refined, visibly
-        rows = trained[trained["trial"].isin(list(runs))]
-        means = [statistics.fmean(runs[n]) for n in rows["trial"]]
-        sds = [statistics.stdev(runs[n]) if len(runs[n]) > 1 else 0.0 for n in rows["trial"]]
-        seeds = max(len(v) for v in runs.values())
-        xs, ys = [], []
-        for (_, r), m in zip(rows.iterrows(), means):
-            xs += [r[x], r[x], None]
-            ys += [r["val_accuracy"], m, None]
-        fig.add_trace(
-            go.Scatter(
-                x=xs,
-                y=ys,
-                mode="lines",
-                line={"color": "#2ca02c", "width": 1, "dash": "dot"},
-                hoverinfo="skip",
-                showlegend=False,
-            )
-        )
-        fig.add_trace(
-            _points(
-                rows,
-                means,
-                f"refined at {budget} (mean of {seeds} seed{'s' if seeds > 1 else ''})",
-                {"color": "#2ca02c", "size": 10, "symbol": "diamond"},
-                x=x,
-                error_y={"type": "data", "array": sds, "visible": seeds > 1},
-                hovertext=[
-                    f"{h}<br>refined at {budget}: {m:.4f} (+-{sd:.4f}, {len(runs[n])} seeds)"
-                    for h, m, sd, n in zip(_hover(rows), means, sds, rows["trial"])
-                ],
-            )
-        )
-    ref = trained[trained["reference"]]
-    if not ref.empty:
-        fig.add_trace(
-            _points(
-                ref,
-                ref["val_accuracy"],
-                "d2l chapter's network (reference)",
-                {
-                    "symbol": "star",
-                    "color": "#ffbf00",
-                    "size": 18,
-                    "line": {"color": "black", "width": 1},
-                },
-                x=x,
-            )
-        )
-    ticks = log_ticks(df[x].dropna())
-    fig.update_layout(
-        title=f"Validation accuracy vs {AXIS_TITLES.get(x, x).split(',')[0]}",
-        xaxis={
-            "type": "log",
-            "title": f"{AXIS_TITLES.get(x, x)} (log scale)",
-            "tickvals": ticks,
-            "ticktext": [f"{v:g}" for v in ticks],
-        },
-        yaxis={"title": "validation accuracy"},
-        height=520,
-        showlegend=True,  # Plotly hides a lone trace's legend: the x marks need theirs
+
+
+def _over_budget_strip(fig: go.Figure, over: pd.DataFrame, x: str) -> None:
+    """Networks not trained because a budget excluded them: on the strip below, at y=0."""
+    fig.add_trace(
+        _points(
+            over,
+            [0.0] * len(over),
+            "not trained (over budget)",
+            {"symbol": "x", "color": "#444", "size": 8},
+            x=x,
+            hovertext=[f"{h}<br>not trained: over a budget" for h in _hover(over)],
+        ),
+        row=2,
+        col=1,
     )
-    if trained.empty:
-        _empty(fig, "no trained trial yet: nothing to rank")
-    return fig
+
+
+def _refined_traces(
+    fig: go.Figure, trained: pd.DataFrame, x: str, budget: str, runs: dict[int, list[float]]
+) -> None:
+    """nas.refine's runs at a higher budget: mean and seed stdev, dotted from the cheap value."""
+    rows = trained[trained["trial"].isin(list(runs))]
+    means = [statistics.fmean(runs[n]) for n in rows["trial"]]
+    sds = [statistics.stdev(runs[n]) if len(runs[n]) > 1 else 0.0 for n in rows["trial"]]
+    seeds = max(len(v) for v in runs.values())
+    xs, ys = [], []
+    for (_, r), m in zip(rows.iterrows(), means):
+        xs += [r[x], r[x], None]
+        ys += [r["val_accuracy"], m, None]
+    dotted = {"color": "#2ca02c", "width": 1, "dash": "dot"}
+    fig.add_trace(
+        go.Scatter(x=xs, y=ys, mode="lines", line=dotted, hoverinfo="skip", showlegend=False),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        _points(
+            rows,
+            means,
+            f"refined at {budget} (mean of {seeds} seed{'s' if seeds > 1 else ''})",
+            {"color": "#2ca02c", "size": 10, "symbol": "diamond"},
+            x=x,
+            error_y={"type": "data", "array": sds, "visible": seeds > 1},
+            hovertext=[
+                f"{h}<br>refined at {budget}: {m:.4f} (+-{sd:.4f}, {len(runs[n])} seeds)"
+                for h, m, sd, n in zip(_hover(rows), means, sds, rows["trial"])
+            ],
+        ),
+        row=1,
+        col=1,
+    )
 
 
 def _dots(x: pd.Series, y: pd.Series, hover: list[str]) -> go.Scatter:
@@ -327,9 +387,10 @@ def rank_agreement(df: pd.DataFrame, col: str) -> tuple[int, float, float]:
     return len(rows), spearman_rho(xs, ys), kendall_tau(xs, ys)
 
 
-def costs_figure(df: pd.DataFrame) -> go.Figure:
+def costs_figure(df: pd.DataFrame, contended: bool = False) -> go.Figure:
     """Where MACs mislead: each measured cost against MACs, log-log, with the rank
-    correlation between them (1: MACs order networks exactly as the cost does)."""
+    correlation between them (1: MACs order networks exactly as the cost does).
+    `contended`: some costs were timed with other trials running on the same host."""
     cols = [
         c
         for c in ("CPU latency (ms)", "GPU latency (ms)", "train memory (MB)")
@@ -343,53 +404,57 @@ def costs_figure(df: pd.DataFrame) -> go.Figure:
     for c in cols:
         n, rho, tau = rank_agreement(df, c)
         titles.append(
-            f"{c}: Spearman rho {rho:.2f}, Kendall tau {tau:.2f} ({n} networks)"
+            f"{c.split(' (')[0]}: rho {rho:.2f}, tau {tau:.2f} ({n} networks)"
             if n >= 3
-            else f"{c}: {n} networks, too few for a rank correlation"
+            else f"{c.split(' (')[0]}: {n} networks, too few to rank"
         )
-    fig = make_subplots(rows=1, cols=len(cols), subplot_titles=titles)
+    fig = make_subplots(rows=1, cols=len(cols), subplot_titles=titles, horizontal_spacing=0.1)
     for i, c in enumerate(cols, start=1):
         rows = df[df[c].notna() & (df["status"] != "duplicate (not trained again)")]
-        fig.add_trace(
-            _dots(
-                rows[MACS], rows[c], [f"{h}<br>{c} {v:.3g}" for h, v in zip(_hover(rows), rows[c])]
-            ),
-            row=1,
-            col=i,
-        )
-        fig.update_xaxes(type="log", title_text=AXIS_TITLES[MACS], row=1, col=i)
-        fig.update_yaxes(type="log", title_text=AXIS_TITLES[c], row=1, col=i)
-    fig.update_layout(
-        title="Measured costs vs MACs: where MACs mislead (each network once, trained or not)",
-        height=420,
-    )
+        hover = [f"{h}<br>{c} {v:.3g}" for h, v in zip(_hover(rows), rows[c])]
+        fig.add_trace(_dots(rows[MACS], rows[c], hover), row=1, col=i)
+        fig.update_xaxes(**log_axis(rows[MACS], "MMACs (fvcore)"), row=1, col=i)
+        fig.update_yaxes(**log_axis(rows[c], c), row=1, col=i)
+    title = "Measured costs vs MACs, each network once (Spearman rho, Kendall tau)"
+    if contended:
+        title += "<br><sup>CAUTION: timed while other trials ran on the same host</sup>"
+    fig.update_layout(title=title, height=440)
     return fig
 
 
-def hypervolume_figure(df: pd.DataFrame, study: optuna.Study) -> go.Figure:
+def hypervolume_reference_for(df: pd.DataFrame, study: optuna.Study, col: str) -> float:
+    """The reference cost of the hypervolume in column `col`: for MACs fixed by the study's
+    space and MAC budget (nas.front.hypervolume_reference); for a measured cost, 1.1 x
+    the largest measured (it grows with the study, and the page says so)."""
     a = study.user_attrs
-    objectives = a.get("objectives", list(DEFAULT_OBJECTIVES))
-    if list(objectives) != list(DEFAULT_OBJECTIVES):
-        fig = go.Figure()
-        fig.update_layout(title="Hypervolume", height=200)
-        return _empty(
-            fig,
-            f"drawn for accuracy and MACs only; this study optimises {', '.join(objectives)}",
-        )
-    ref = hypervolume_reference(a["space"], a.get("max_mmacs"))
-    ok = df[df["val_accuracy"].notna()].sort_values("trial")
-    hv = hypervolume_history(zip(ok["val_accuracy"], ok[MACS]), ref)
-    fig = go.Figure(go.Scatter(x=ok["trial"], y=hv, mode="lines+markers"))
+    if col == MACS and "space" in a:
+        return hypervolume_reference(a["space"], a.get("max_mmacs"))[1]
+    return 1.1 * float(df[col].max())
+
+
+def hypervolume_figure(df: pd.DataFrame, study: optuna.Study) -> go.Figure | None:
+    """The hypervolume after each trained trial, in accuracy x log10 of the study's cost;
+    None for a study of three objectives (the page says why in a line)."""
+    objectives = study.user_attrs.get("objectives", list(DEFAULT_OBJECTIVES))
+    if len(objectives) != 2:
+        return None
+    col = OBJECTIVE_COLUMNS[objectives[1]]
+    ok = df[df["val_accuracy"].notna() & df[col].notna()].sort_values("trial")
+    fig = go.Figure()
     if ok.empty:
-        _empty(fig, "no trained trial yet")
+        fig.update_layout(title="Hypervolume", height=220)
+        return _empty(fig, "no trained trial yet")
+    ref = hypervolume_reference_for(df, study, col)
+    hv = hypervolume_history(zip(ok["val_accuracy"], ok[col]), (REF_ACCURACY, ref))
+    fig.add_trace(go.Scatter(x=ok["trial"], y=hv, mode="lines+markers"))
+    how = "fixed for the study" if col == MACS else "1.1 x the largest measured so far"
     fig.update_layout(
         title=(
-            f"Hypervolume after each trained trial (reference fixed for the study: accuracy "
-            f"{REF_ACCURACY}, {ref[1]:,.1f} MMACs = 1.1 x its largest trainable network; "
-            "area in accuracy x log10 MMACs)"
+            f"Hypervolume after each trained trial<br><sup>area in accuracy x log10 "
+            f"{col} above accuracy {REF_ACCURACY} and below {ref:,.4g} ({how})</sup>"
         ),
-        xaxis={"title": "trial number", "tickformat": "d"},
-        yaxis={"title": "hypervolume"},
+        xaxis={"title": "trial number", "tickformat": "d", "dtick": max(1, len(ok) // 10)},
+        yaxis={"title": "hypervolume", "rangemode": "tozero"},
         height=380,
     )
     return fig
@@ -398,7 +463,7 @@ def hypervolume_figure(df: pd.DataFrame, study: optuna.Study) -> go.Figure:
 def importance_figure(study: optuna.Study) -> go.Figure:
     usable = usable_trials(study)
     labels = study.metric_names or ["validation accuracy", MACS]
-    fig = make_subplots(rows=1, cols=len(labels), subplot_titles=labels)
+    fig = make_subplots(rows=len(labels), cols=1, subplot_titles=labels, vertical_spacing=0.12)
     note = None
     if len(usable) < 3:
         note = f"needs at least 3 trained trials ({len(usable)} so far)"
@@ -420,8 +485,8 @@ def importance_figure(study: optuna.Study) -> go.Figure:
             names = list(imp)[::-1]
             fig.add_trace(
                 go.Bar(x=[imp[n] for n in names], y=names, orientation="h", showlegend=False),
-                row=1,
-                col=col,
+                row=col,
+                col=1,
             )
     title = "Parameter importances (PED-ANOVA) for each objective"
     if note is None and len(usable) < MIN_TRUSTED_TRIALS:
@@ -429,7 +494,9 @@ def importance_figure(study: optuna.Study) -> go.Figure:
             f"from {len(usable)} trained trials, whose top 10% is "
             f"{max(1, len(usable) // 10)}: a rough guide"
         )
-    fig.update_layout(title=f"{title}: {note}" if note else title, height=360)
+    fig.update_layout(
+        title=f"{title}<br><sup>{note}</sup>" if note else title, height=220 * len(labels) + 80
+    )
     return fig
 
 
@@ -455,11 +522,25 @@ def dependence_figure(df: pd.DataFrame) -> go.Figure:
                 col=c,
             )
     fig.update_yaxes(title_text="validation accuracy", row=1, col=1)
-    fig.update_yaxes(title_text=MACS, type="log", row=2)
+    for c in (1, 2, 3):
+        fig.update_yaxes(**log_axis(trained[MACS], MACS if c == 1 else ""), row=2, col=c)
     fig.update_layout(title="How accuracy and MACs follow each parameter", height=620)
     if trained.empty:
         _empty(fig, "no trained trial yet")
     return fig
+
+
+def axis_budget(attrs: dict, col: str) -> float | None:
+    """The study's budget on the cost in table column `col`, in that column's unit."""
+    limits = attrs.get("limits") or {}
+    device = limits.get("latency_device", "cpu")
+    return {
+        MACS: attrs.get("max_mmacs"),
+        "params": limits.get("params"),
+        "CPU latency (ms)": limits.get("latency_ms") if device == "cpu" else None,
+        "GPU latency (ms)": limits.get("latency_ms") if device == "gpu" else None,
+        "train memory (MB)": limits.get("memory_mb"),
+    }.get(col)
 
 
 def write_report(study: optuna.Study, out: Path, table_format: str | None = None) -> dict:
@@ -494,6 +575,19 @@ def write_report(study: optuna.Study, out: Path, table_format: str | None = None
             "accuracies rank nothing; search with <code>short</code> or <code>long</code> "
             "on a GPU to compare architectures."
         )
+    timed = df[df["CPU latency (ms)"].notna() | df["GPU latency (ms)"].notna()]
+    contended = bool((timed["timed_beside"] > 1).any())
+    if contended:
+        cautions.append(
+            "Latencies here were timed while other trials ran on the same host "
+            f"(up to {int(timed['timed_beside'].max())} at once: --workers x --concurrency): "
+            "they include the others' load, so they are higher and noisier than the "
+            "network's own, and their rank correlation with MACs is weaker. Time them with "
+            "one trial at a time (--workers 1 --concurrency 1) to compare latencies."
+        )
+    if not counts.get("pareto"):
+        why = why_no_front(study)
+        cautions.append(escape(why[0].upper() + why[1:]) + ".")
     if trained < MIN_TRUSTED_TRIALS:
         cautions.append(
             f"Only {trained} trained trial{'s' if trained != 1 else ''}: the front, the "
@@ -521,10 +615,13 @@ def write_report(study: optuna.Study, out: Path, table_format: str | None = None
         "</p>" + "".join(f'<p class="caution">{c}</p>' for c in cautions)
     )
     stdev = (a.get("seed_stdev") or {}).get("stdev")
+    refined = linked_refinements(study)
+    three = len(objectives) == 3
+    hypervolume = hypervolume_figure(df, study)
     figures = [
-        *(pareto_figure(df, linked_refinements(study), stdev, x=c) for c in cost_cols),
-        costs_figure(df),
-        hypervolume_figure(df, study),
+        *(pareto_figure(df, refined, stdev, c, axis_budget(a, c), three) for c in cost_cols),
+        costs_figure(df, contended),
+        *([hypervolume] if hypervolume is not None else []),
         importance_figure(study),
         dependence_figure(df),
     ]
@@ -532,8 +629,21 @@ def write_report(study: optuna.Study, out: Path, table_format: str | None = None
         fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=f"fig{i}")
         for i, fig in enumerate(figures)
     ]
-    table = front.drop(columns=["status", "fail_reason"]).to_html(
-        index=False, float_format=lambda v: f"{v:.4g}", na_rep="", classes="pareto"
+    if hypervolume is None:  # in place of the chart: why there is none
+        parts.insert(
+            len(cost_cols) + 1,
+            "<p>No hypervolume: drawn for studies of two objectives (accuracy and one cost); "
+            "this one has three.</p>",
+        )
+    shown = front.drop(columns=["status", "fail_reason", "timed_beside"]).dropna(
+        axis=1, how="all"
+    )  # a column no front trial has (GPU costs on a CPU) is left out
+    table = (
+        '<div class="wide">'
+        + shown.to_html(
+            index=False, float_format=lambda v: f"{v:.4g}", na_rep="", classes="pareto"
+        )
+        + "</div>"
     )
     failed = df[df["status"] == "fail"][["trial", "convs_per_block", "fail_reason"]]
     failed_html = (
@@ -543,7 +653,8 @@ def write_report(study: optuna.Study, out: Path, table_format: str | None = None
     html = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>nas: {escape(study.study_name)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 6px}}
+table{{border-collapse:collapse;font-size:90%}}td,th{{border:1px solid #ccc;padding:2px 6px}}
+.wide{{overflow-x:auto}}
 .caution{{background:#fff3cd;border-left:4px solid #e0a800;padding:6px 10px}}</style>
 </head><body>
 <h1>Study {escape(study.study_name)}</h1>

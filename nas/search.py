@@ -30,11 +30,17 @@ from nas.config import D2L_CHAPTER
 from nas.cost import closed_form_mmacs
 from nas.data import DataError, FashionMNIST, load_fashion_mnist
 from nas.fit import pick_device, train_and_evaluate
-from nas.front import pareto_front
+from nas.front import pareto_front, why_no_front
 from nas.metrics import DEFAULT_OBJECTIVES, Limits, describe_limits, metric_names, parse_objectives
 from nas.space import PRESETS, load_space_file, parse_range, reference_params
 from nas.step import precision
-from nas.storage import check_study_name, default_storage_url, open_or_create_study, open_storage
+from nas.storage import (
+    check_study_name,
+    default_storage_url,
+    open_or_create_study,
+    open_storage,
+    update_budgets,
+)
 from nas.workers import (
     SAMPLERS,
     WorkerSpec,
@@ -77,9 +83,14 @@ presets:
   d2l    the d2l chapter's layout: 4 dense blocks, 7x7 stem, 96x96 input (default)
   cifar  DenseNet-BC: 3 dense blocks with bottlenecks, 3x3 stem, native 28x28 input
   tiny   cifar cut down for a CPU (k 8..16, 1..4 convs per block): a smoke trial in ~1 s
-budgets: smoke (16 steps of 32 images: seconds per trial on a CPU, tests and demos;
-  its accuracies rank nothing), short (195 steps of 256, one epoch of the 50k split: for
-  a GPU; default), long (976 steps of 256, about five epochs).
+train budgets (--budget):
+  smoke       16 steps of 32 images: seconds per trial on a CPU (tests, demos); its
+              accuracies rank nothing
+  smoke-long  64 steps of 32 images: smoke four times over, for nas.refine on a CPU
+  short       195 steps of 256, one epoch of the 50k split: for a GPU (default)
+  long        976 steps of 256, about five epochs
+cost budgets (--max-*) may change on an existing study: every stored trial is judged
+  by the new ones from its stored costs; the train budget, space and data may not.
 examples:
   python -m nas.search --trials 100
   python -m nas.search --trials 3 --budget smoke --preset tiny --study demo
@@ -448,6 +459,7 @@ def run_search(args: SearchArgs) -> optuna.Study:
         "budget": spec.budget.to_dict(),
     }
     study, created = open_or_create_study(storage, spec.study, sampler, experiment)
+    changed = None if created else update_budgets(study, spec.max_mmacs, experiment["limits"])
     states = Counter(t.state for t in study.get_trials(deepcopy=False))
     ref = reference_params(spec.space)
     if ref is not None and (created or reference_interrupted(study)):
@@ -464,7 +476,7 @@ def run_search(args: SearchArgs) -> optuna.Study:
         + describe_limits(spec.max_mmacs, spec.limits.to_dict()),
         flush=True,
     )
-    for line in preflight(spec, args.trials, device, data):
+    for line in ([changed] if changed else []) + preflight(spec, args.trials, device, data):
         print(f"note: {line}", flush=True)
     # disable=None: a bar on a terminal, none in a log file (the per-trial lines remain).
     bar = tqdm(total=args.trials, unit="trial", dynamic_ncols=True, file=sys.stderr, disable=None)
@@ -521,7 +533,8 @@ def run_search(args: SearchArgs) -> optuna.Study:
         + f"{workers} worker{'s' if workers > 1 else ''} x {k} at once); "
         f"{use}\nPareto front: {len(front)} trial"
         f"{'s' if len(front) != 1 else ''} (trial numbers, {first_cost} first: {numbers or '-'})\n"
-        f"next: python -m nas.report --study {spec.study}"
+        + ("" if front else f"{why_no_front(study)}\n")
+        + f"next: python -m nas.report --study {spec.study}"
         + (
             f" --storage {public_url(spec.storage)}"
             if spec.storage != default_storage_url(spec.study)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import time
 import warnings
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 
 from nas.cli import UsageError, public_url
-from nas.metrics import DEFAULT_OBJECTIVES, directions, metric_names
+from nas.metrics import DEFAULT_OBJECTIVES, describe_limits, directions, metric_names
 
 __all__ = [
     "EXPERIMENT_KEYS",
@@ -31,6 +32,7 @@ __all__ = [
     "load_study",
     "open_or_create_study",
     "open_storage",
+    "update_budgets",
 ]
 
 METRIC_NAMES = metric_names(DEFAULT_OBJECTIVES)  # ["val_accuracy", "MMACs (fvcore)"]
@@ -55,7 +57,17 @@ def check_study_name(name: str) -> str:
 
 
 def default_storage_url(study: str) -> str:
-    return f"sqlite:///studies/{check_study_name(study)}.db"
+    """sqlite:///studies/STUDY.db; for a study nas.refine linked to S (S-refined-BUDGET),
+    S's file when the study has none of its own: the linked study lives beside S."""
+    name = check_study_name(study)
+    source = name.rpartition("-refined-")[0]
+    if (
+        source
+        and not Path(f"studies/{name}.db").exists()
+        and Path(f"studies/{source}.db").exists()
+    ):
+        name = source
+    return f"sqlite:///studies/{name}.db"
 
 
 def open_storage(
@@ -177,6 +189,40 @@ EXPERIMENT_KEYS = {
 }
 # Keys added after studies were first written: a study without one has this value.
 LATER_KEYS = {"objectives": list(DEFAULT_OBJECTIVES), "limits": {}}
+# Cost budgets change no trial's training, only which trials are feasible: a study takes
+# new ones (update_budgets); the other keys are frozen.
+BUDGET_KEYS = ("max_mmacs", "limits")
+
+
+def update_budgets(
+    study: optuna.Study, max_mmacs: float | None, limits: dict[str, Any]
+) -> str | None:
+    """Give the study these cost budgets if it has others, and record the change in its
+    `budget_history` (a list of {at, max_mmacs, limits}; `at` None for the budgets of a
+    study older than the history). Every stored trial's feasibility follows from its
+    stored costs and the budgets of the moment (nas.front.over_budgets); networks never
+    trained because of an old budget are trained when next sampled. Returns a line
+    saying what changed, or None."""
+    stored = study.user_attrs
+    old = (stored.get("max_mmacs"), stored.get("limits", {}))
+    if old == (max_mmacs, limits):
+        return None
+    history = stored.get("budget_history") or [{"at": None, "max_mmacs": old[0], "limits": old[1]}]
+    study.set_user_attr("max_mmacs", max_mmacs)
+    study.set_user_attr("limits", limits)
+    study.set_user_attr("budget_history", [*history, _budget_entry(max_mmacs, limits)])
+    return (
+        f"budgets changed from {describe_limits(*old)} to {describe_limits(max_mmacs, limits)}; "
+        "every stored trial is judged by the new ones, from its stored costs"
+    )
+
+
+def _budget_entry(max_mmacs: float | None, limits: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "max_mmacs": max_mmacs,
+        "limits": limits,
+    }
 
 
 def open_or_create_study(
@@ -192,7 +238,7 @@ def open_or_create_study(
     train budget). Returns (study, created). Creation is atomic in the database (a unique
     study name), so of several workers starting at once exactly one creates the study.
     Refuses (UsageError, nothing written) a study with other objectives or any other
-    entry.
+    entry, but for the cost budgets (BUDGET_KEYS), which update_budgets changes.
     """
     assert list(experiment) == list(EXPERIMENT_KEYS)
     objectives = tuple(experiment["objectives"])
@@ -207,7 +253,10 @@ def open_or_create_study(
         with warnings.catch_warnings():  # set_metric_names is "experimental" since Optuna 3.2
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(metric_names(objectives))
-        for key, value in experiment.items():
+        study.set_user_attr(
+            "budget_history", [_budget_entry(experiment["max_mmacs"], experiment["limits"])]
+        )
+        for key, value in experiment.items():  # "budget" last: the record is complete
             study.set_user_attr(key, value)
         return study, True
     have = [d.name.lower() for d in study.directions]
@@ -224,6 +273,8 @@ def open_or_create_study(
         time.sleep(0.1)
         stored = study.user_attrs
     for key, label in EXPERIMENT_KEYS.items():
+        if key in BUDGET_KEYS:  # budgets may change: update_budgets
+            continue
         if key not in stored and key in LATER_KEYS:
             stored = {**stored, key: LATER_KEYS[key]}
         if key not in stored:

@@ -89,8 +89,20 @@ def _run(argv: list[str] | None) -> int:
         default="ours",
         help="ours: Nesterov SGD, decay to 0; d2l: plain SGD, constant LR",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the initial weights and the order of the images (default 0): "
+        "another seed gives another run of the same network, to see its seed noise",
+    )
+    p.add_argument(
+        "--device",
+        choices=("auto", "cuda", "cpu"),
+        default="auto",
+        help="auto (default): a CUDA GPU if PyTorch sees one (bf16, CUDA graph), else the CPU "
+        "(fp32)",
+    )
     p.add_argument("--data-dir", help="folder of the Fashion-MNIST IDX .gz files")
     p.add_argument("--out", help="output prefix (default: the config path without .json)")
     a = p.parse_args(argv)

@@ -245,6 +245,7 @@ def trial_loop(
         objectives=spec.objectives,
         limits=spec.limits,
         gpu_timing=alone,
+        beside=spec.workers * spec.concurrency,
     )
 
     def one_slot(_slot: int) -> None:

@@ -95,3 +95,24 @@ def test_closed_pipe_ends_quietly(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert done.stdout == "" and done.stderr == ""
+
+
+def test_help_lists_every_budget_fits_100_columns_and_says_what_options_do(capsys) -> None:
+    from nas.budget import BUDGETS
+    from nas.report import main as report
+    from nas.search import main as search
+    from nas.train import main as train
+
+    texts = {}
+    for name, command in (("search", search), ("train", train), ("report", report)):
+        with pytest.raises(SystemExit) as e:
+            command(["--help"])
+        assert e.value.code == 0
+        texts[name] = capsys.readouterr().out
+        assert max(len(line) for line in texts[name].splitlines()) <= 100, name
+    epilog = texts["search"][texts["search"].index("train budgets (--budget):") :]
+    assert all(f"\n  {b} " in epilog for b in BUDGETS)  # each described, smoke-long too
+    for option in ("--seed SEED", "--device {auto,cuda,cpu}"):
+        described = texts["train"].split(option, 2)[2].split("\n  --")[0]
+        assert len(described.split()) >= 8, option  # words of its own, not a bare option
+    assert "in the study's own objectives" in " ".join(texts["report"].split())

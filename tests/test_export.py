@@ -89,6 +89,7 @@ def test_a_trained_infeasible_trial_is_never_exported(study_url: str, tmp_path: 
         from_study_name="s", from_storage=study_url, to_storage=study_url, to_study_name="inf"
     )
     study = optuna.load_study(study_name="inf", storage=study_url)
+    study.set_user_attr("limits", {"memory_mb": 10.0})  # as with --max-memory-mb 10
     model = usable_trials(study)[0]
     smallest = min(t.values[1] for t in usable_trials(study))
     study.add_trial(
@@ -96,8 +97,13 @@ def test_a_trained_infeasible_trial_is_never_exported(study_url: str, tmp_path: 
             values=[1.0, smallest / 2],
             params=model.params,
             distributions=model.distributions,
-            user_attrs={**model.user_attrs, "trained": True, "over_budget": ["memory"]},
-            constraints={"memory_over_budget": 5.0},
+            user_attrs={
+                **model.user_attrs,
+                "trained": True,
+                "over_budget": ["memory"],
+                "costs": {**model.user_attrs["costs"], "memory": {"value": 15.0, "unit": "MB"}},
+            },
+            constraints={"memory_mb_over_budget": 5.0},
         )
     )
     infeasible = study.trials[-1].number
@@ -166,9 +172,9 @@ def test_pick_accuracy_within_measured_noise(tmp_path: Path) -> None:
                 values=[acc, mmacs], user_attrs={"trained": True, "config": {}}
             )
         )
-    assert pick_trial(study, "accuracy").values == [0.900, 100.0]
+    assert pick_trial(study, "accuracy").trial.values == [0.900, 100.0]
     study.set_user_attr("seed_stdev", {"stdev": 0.002, "seeds": 3, "of": 4})
-    assert pick_trial(study, "accuracy").values == [0.896, 40.0]
+    assert pick_trial(study, "accuracy").trial.values == [0.896, 40.0]
 
 
 def test_export_of_a_latency_study_carries_its_costs(cost_study, tmp_path: Path) -> None:
@@ -184,3 +190,51 @@ def test_export_of_a_latency_study_carries_its_costs(cost_study, tmp_path: Path)
     assert rec["objectives"] == ["accuracy", "latency-cpu"]
     assert rec["costs"]["latency_cpu"]["value"] == trial.values[1]
     assert rec["metrics"]["mmacs_fvcore"] == trial.user_attrs["macs_fvcore"] / 1e6
+
+
+def test_budget_picks_on_the_study_objectives_and_the_working_shown(
+    cost_study, tmp_path: Path, capsys
+) -> None:
+    """--pick max-latency-ms=N on an accuracy vs CPU latency study: the most accurate
+    within N ms; the line names the study's objectives and the runner-up."""
+    url, name = cost_study
+    study = optuna.load_study(study_name=name, storage=url)
+    usable = usable_trials(study)
+    latency = {t.number: t.user_attrs["costs"]["latency_cpu"]["value"] for t in usable}
+    limit = sorted(latency.values())[len(latency) // 2]  # about half of them within
+    out = tmp_path / "lat.json"
+    capsys.readouterr()
+    argv = ["--study", name, "--storage", url, "--out", str(out)]
+    assert main([*argv, "--pick", f"max-latency-ms={limit}"]) == 0
+    rec = json.loads(out.read_text())
+    within = [t for t in usable if latency[t.number] <= limit]
+    assert rec["trial"] == max(within, key=lambda t: t.values[0]).number
+    assert rec["working"]["rule"] == f"the most accurate with latency_cpu <= {limit:g} ms"
+    line = capsys.readouterr().out
+    assert f"trial {rec['trial']}: val_accuracy" in line and "CPU latency (ms)" in line
+    assert "MMACs" not in line.splitlines()[0]
+    assert main([*argv, "--pick", "max-params=1"]) == 2  # a count, as --max-params
+    assert "no trained trial has at most 1 parameters" in capsys.readouterr().err
+    assert main([*argv, "--pick", "max-latency=3"]) == 2
+    assert "use accuracy, knee, max-mmacs=N, max-params=N, max-latency-ms=N" in (
+        capsys.readouterr().err
+    )
+
+
+def test_the_knee_is_for_two_objectives(tmp_path: Path) -> None:
+    from nas.cli import UsageError
+    from nas.export import pick_trial
+
+    study = optuna.create_study(
+        study_name="three",
+        storage=f"sqlite:///{tmp_path}/t.db",
+        directions=["maximize", "minimize", "minimize"],
+    )
+    study.set_user_attr("objectives", ["accuracy", "macs", "latency-cpu"])
+    for acc, macs, ms in ((0.9, 100.0, 3.0), (0.8, 10.0, 1.0), (0.85, 50.0, 0.5)):
+        study.add_trial(
+            optuna.trial.create_trial(values=[acc, macs, ms], user_attrs={"trained": True})
+        )
+    with pytest.raises(UsageError, match="--pick knee needs a study of two objectives"):
+        pick_trial(study, "knee")
+    assert pick_trial(study, "accuracy").trial.values == [0.9, 100.0, 3.0]

@@ -101,14 +101,20 @@ def test_the_refined_are_exactly_the_most_promising_usable_trials(url: str) -> N
     most_promising picks among the usable ones, never that one."""
     optuna.copy_study(from_study_name="r", from_storage=url, to_storage=url, to_study_name="ri")
     source = optuna.load_study(study_name="ri", storage=url)
+    source.set_user_attr("limits", {"memory_mb": 10.0})  # as with --max-memory-mb 10
     model = usable_trials(source)[0]
     source.add_trial(
         optuna.trial.create_trial(
             values=[1.0, min(t.values[1] for t in source.trials) / 2],
             params=model.params,
             distributions=model.distributions,
-            user_attrs={**model.user_attrs, "trained": True, "over_budget": ["memory"]},
-            constraints={"memory_over_budget": 5.0},
+            user_attrs={
+                **model.user_attrs,
+                "trained": True,
+                "over_budget": ["memory"],
+                "costs": {**model.user_attrs["costs"], "memory": {"value": 15.0, "unit": "MB"}},
+            },
+            constraints={"memory_mb_over_budget": 5.0},
         )
     )
     usable = usable_trials(source)
@@ -165,3 +171,52 @@ def test_summary_of_two_architectures_prints_no_tau() -> None:
     text = summary(source, source.trials, refined, 1)
     assert "Kendall tau: needs at least 3 refined architectures (2 here)" in text
     assert "drops off" in text and "stays" in text  # 0.66 at 20 MMACs loses to 0.70 at 10
+
+
+def test_refine_keeps_the_source_objectives_and_budgets(cost_study, capsys) -> None:
+    """An accuracy vs CPU latency study under a parameter budget is refined in accuracy
+    and CPU latency: the linked study records them, the candidates are chosen in them,
+    and the table and the front are in CPU latency, not MACs."""
+    url, name = cost_study
+    optuna.copy_study(from_study_name=name, from_storage=url, to_storage=url, to_study_name="cr")
+    source = optuna.load_study(study_name="cr", storage=url)
+    usable = usable_trials(source)
+    chosen = {usable[i].number for i in most_promising([tuple(t.values) for t in usable], 2)}
+    capsys.readouterr()
+    assert main(["--study", "cr", "--storage", url, "--budget", "smoke-long", "--top", "2"]) == 0
+    out = capsys.readouterr().out
+    refined = optuna.load_study(study_name="cr-refined-smoke-long", storage=url)
+    assert refined.user_attrs["objectives"] == ["accuracy", "latency-cpu"]
+    assert refined.user_attrs["limits"] == {"params": 65000.0}
+    assert refined.metric_names == ["val_accuracy", "CPU latency (ms)"]
+    assert {t.user_attrs["source_trial"] for t in refined.trials} == chosen
+    header = [line for line in out.splitlines() if line.split()[:2] == ["trial", "CPU"]]
+    assert header and header[0].split()[:4] == ["trial", "CPU", "latency", "(ms)"]
+
+
+def test_export_sees_the_refined_runs_and_shows_its_working(url: str, tmp_path, capsys) -> None:
+    """`nas.export --study S --pick accuracy` after a refine: by the refined means and the
+    pooled seed noise, with the rule, mean, sigma, n and the runner-up printed and stored."""
+    import json
+    import statistics
+
+    from nas.export import main as export
+
+    if "r-refined-smoke-long" not in optuna.study.get_all_study_names(url):
+        argv = ["--study", "r", "--storage", url, "--budget", "smoke-long", "--top", "3"]
+        assert main([*argv, "--seeds", "2"]) == 0
+    refined = optuna.load_study(study_name="r-refined-smoke-long", storage=url)
+    runs: dict[int, list[float]] = {}
+    for t in refined.trials:
+        runs.setdefault(t.user_attrs["source_trial"], []).append(t.values[0])
+    capsys.readouterr()
+    out = tmp_path / "best.json"
+    assert export(["--study", "r", "--storage", url, "--out", str(out), "--pick", "accuracy"]) == 0
+    w = json.loads(out.read_text())["working"]
+    assert w["runs"] == "refined runs at budget 'smoke-long' (study 'r-refined-smoke-long')"
+    assert w["trial"] in runs and w["n"] == 2
+    assert w["mean"] == pytest.approx(statistics.fmean(runs[w["trial"]]), abs=1e-12)
+    assert w["sigma"] == pytest.approx(refined.user_attrs["seed_stdev"]["stdev"], abs=1e-12)
+    assert w["runner_up"]["trial"] in runs and w["runner_up"]["trial"] != w["trial"]
+    line = capsys.readouterr().out
+    assert "(mean of 2)" in line and "rule: " in line and "runner-up: trial" in line

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import random
 import re
 from pathlib import Path
 
@@ -12,8 +14,8 @@ import pytest
 from optuna.artifacts import get_all_artifact_meta
 
 from browser import chromium, screenshot
-from nas.front import pareto_front
-from nas.report import MACS, log_ticks, main, trials_frame
+from nas.front import hypervolume_history, pareto_front
+from nas.report import MACS, hypervolume_figure, log_ticks, main, pareto_figure, trials_frame
 from nas.search import main as search
 
 TINY = ["--preset", "cifar", "--growth-rate", "8:16:4", "--convs", "1:3", "--budget", "smoke"]
@@ -79,11 +81,87 @@ def test_artifacts_for_dashboard(study_dir: Path, monkeypatch) -> None:
 
 
 def test_log_ticks_are_round_and_cover_the_values() -> None:
-    assert log_ticks(pd.Series([4.1, 37.0])) == [3, 5, 7, 10, 20, 30, 50, 70]
+    assert log_ticks(pd.Series([4.1, 37.0])) == [2, 5, 10, 20, 50]
     wide = log_ticks(pd.Series([0.9, 130.4, 2000.0]))
     assert wide[0] <= 0.9 and wide[-1] >= 2000 and {1, 2, 5, 100, 200, 500} <= set(wide)
-    assert 3 not in wide  # 1-2-5 beyond two decades
+    assert 3 not in wide  # 1-2-5 where that gives ticks enough
+    # a narrow range still gets labelled ticks (1-2-5 has none between 3.1 and 4.0)
+    narrow = log_ticks(pd.Series([3.1, 3.45, 4.0]))
+    assert len(narrow) >= 3 and narrow[0] <= 3.1 and narrow[-1] >= 4.0
+    assert all(f"{v:g}" in {"3.1", "3.2", "3.3", "3.4", "3.5", "3.6", "3.7", "3.8", "3.9", "4"}
+               for v in narrow)  # fmt: skip
     assert log_ticks(pd.Series([], dtype=float)) == []
+
+
+def test_pareto_plot_of_a_budgeted_study(cost_study) -> None:
+    """Networks over the budget sit on the strip below the plot at no accuracy (not at an
+    invented one on the accuracy axis); the budget is a dashed line on its own axis; a
+    2-objective front is a staircase, a 3-objective front is marked, not joined."""
+    url, name = cost_study
+    study = optuna.load_study(study_name=name, storage=url)
+    df = trials_frame(study)
+    over = df[df["status"] == "not trained (over a budget)"]
+    assert len(over) == 3  # conftest: 3 of 6 over 65,000 params
+    fig = pareto_figure(df, x="params", budget=65000.0)
+    strip = [t for t in fig.data if t.name == "not trained (over budget)"]
+    assert len(strip) == 1 and strip[0].yaxis == "y2" and set(strip[0].y) == {0.0}
+    on_accuracy = [t for t in fig.data if t.yaxis in (None, "y") and t.y is not None]
+    assert all(len(t.x) == 0 or min(t.y) > 0 for t in on_accuracy)
+    lines = [sh for sh in fig.layout.shapes if sh.line.dash == "dash"]
+    assert lines and all(sh.x0 == 65000.0 for sh in lines)  # a shape takes the value
+    front = next(t for t in fig.data if t.name == "Pareto front")
+    assert front.mode == "lines+markers" and front.line.shape == "hv"
+    three = pareto_figure(df, x="CPU latency (ms)", three=True)
+    front = next(t for t in three.data if t.name.startswith("on the 3-objective front"))
+    assert front.mode == "markers"
+
+
+def test_hypervolume_against_brute_force() -> None:
+    """The incremental hypervolume equals the area a grid of slabs gives, step by step."""
+    rng = random.Random(3)
+    points = [(rng.uniform(0.1, 0.95), 10 ** rng.uniform(0, 3)) for _ in range(60)]
+    ref = (0.2, 1500.0)
+    history = hypervolume_history(points, ref)
+    for k in (1, 5, 20, 60):
+        seen = [(a, math.log10(m)) for a, m in points[:k] if a > ref[0] and m < ref[1]]
+        xs = sorted({x for _, x in seen} | {math.log10(ref[1])})
+        area = 0.0
+        for left, right in zip(xs, xs[1:]):  # each slab: the best accuracy left of it
+            top = max((a for a, x in seen if x <= left), default=ref[0])
+            area += (right - left) * (top - ref[0])
+        assert history[k - 1] == pytest.approx(area, rel=1e-12, abs=1e-12)
+
+
+def test_a_latency_study_gets_its_hypervolume_and_three_objectives_a_line(cost_study) -> None:
+    url, name = cost_study
+    study = optuna.load_study(study_name=name, storage=url)
+    fig = hypervolume_figure(trials_frame(study), study)
+    assert fig is not None and len(fig.data) == 1 and len(fig.data[0].y) >= 2
+    assert "log10 CPU latency (ms)" in fig.layout.title.text
+    study.set_user_attr("objectives", ["accuracy", "macs", "latency-cpu"])
+    try:
+        assert hypervolume_figure(trials_frame(study), study) is None
+    finally:
+        study.set_user_attr("objectives", ["accuracy", "latency-cpu"])
+
+
+def test_latencies_timed_beside_other_trials_carry_a_caution(tmp_path: Path, real_data_dir):
+    """Two trials at once on one host: the report says their latencies include the other's
+    load; one at a time: it does not; and a CPU study's table has no GPU column."""
+    from nas.search import main as search
+
+    for k in (1, 2):
+        url = f"sqlite:///{tmp_path}/k{k}.db"
+        argv = [*TINY, "--trials", "2", "--concurrency", str(k), "--study", "k"]
+        assert search([*argv, "--storage", url]) == 0
+        out = tmp_path / f"k{k}.html"
+        assert main(["--study", "k", "--storage", url, "--out", str(out), "--no-artifacts"]) == 0
+        html = out.read_text()
+        caution = "timed while other trials ran on the same host" in html
+        assert caution == (k == 2), k
+        table = html[html.index('<div class="wide">') :]
+        table = table[: table.index("</div>")]
+        assert "GPU latency" not in table and "CPU latency (ms)" in table
 
 
 def test_unknown_study_and_missing_db(study_dir: Path, tmp_path: Path, capsys) -> None:
@@ -121,11 +199,9 @@ def test_report_plot_in_a_real_browser(study_dir: Path, monkeypatch) -> None:
     trained = df[df["val_accuracy"].notna()]
     assert counts["Pareto front"] == (df["status"] == "pareto").sum()
     assert counts["dominated"] == (df["status"] == "dominated").sum()
-    assert (
-        counts["over the MAC budget (not trained)"]
-        == (df["status"] == "not trained (over MAC budget)").sum()
-    )
-    assert drawn == len(trained) + counts["over the MAC budget (not trained)"]  # SVG points
+    over = counts["not trained (over budget)"]  # on the strip below the plot
+    assert over == (df["status"] == "not trained (over MAC budget)").sum()
+    assert drawn == len(trained) + over  # SVG points
     first = df[df["status"] == "pareto"].sort_values(MACS).iloc[0]
     assert f"trial {first['trial']}" in hover
     assert f"val accuracy {first['val_accuracy']:.4f}" in hover
@@ -160,7 +236,7 @@ def test_small_and_all_infeasible_study_says_what_it_cannot_show(tmp_path: Path)
         screenshot(driver, "report-all-infeasible")
     finally:
         driver.quit()
-    assert legend == ["over the MAC budget (not trained)"]  # empty traces keep out
+    assert legend == ["not trained (over budget)"]  # empty traces keep out
     assert "no trained trial yet: nothing to rank" in notes
     assert "needs at least 3 trained trials (0 so far)" in notes
 
@@ -189,7 +265,7 @@ def test_report_in_the_study_objectives_with_costs_against_macs(cost_study, tmp_
     try:
         driver.get(out.as_uri())
         xtitle = driver.execute_script(
-            "return document.getElementById('fig0')._fullLayout.xaxis.title.text"
+            "return document.getElementById('fig0')._fullLayout.xaxis2.title.text"
         )
         front = driver.execute_script(  # the x of each drawn front point
             "return document.getElementById('fig0').calcdata"
@@ -200,12 +276,14 @@ def test_report_in_the_study_objectives_with_costs_against_macs(cost_study, tmp_
         points = driver.execute_script(
             "return document.querySelectorAll('#fig1 .scatterlayer .point').length"
         )
-        notes = driver.execute_script(f"return {text.format(2)}")
+        hypervolume = driver.execute_script(
+            "return document.getElementById('fig2')._fullLayout.title.text"
+        )
         screenshot(driver, "report-latency-objective")
     finally:
         driver.quit()
     assert xtitle.startswith("CPU latency, ms per image, batch 1, one thread")
     assert sorted(front) == pytest.approx(sorted(pareto[lat]), rel=1e-12)
-    assert f"{lat}: Spearman rho {rho:.2f}, Kendall tau {tau:.2f} (6 networks)" in titles
+    assert f"CPU latency: rho {rho:.2f}, tau {tau:.2f} (6 networks)" in titles
     assert points == 6
-    assert any("drawn for accuracy and MACs only" in n for n in notes)
+    assert "area in accuracy x log10 CPU latency (ms)" in hypervolume

@@ -11,6 +11,7 @@ import pytest
 from conftest import COST_STUDY_ARGS, TINY
 from nas.config import ArchConfig
 from nas.cost import measure_cost
+from nas.front import pareto_front
 from nas.search import main
 from nas.storage import METRIC_NAMES
 
@@ -161,7 +162,7 @@ def test_mac_budget_marks_infeasible_and_skips_training(tmp_path: Path, real_dat
     ("change", "message"),
     [
         (["--preset", "d2l", "--growth-rate", "8:16:8", "--convs", "1:1"], "search space (preset"),
-        (["--max-mmacs", "10"], "MAC budget (MMACs, fvcore) (None there, 10.0 here)"),
+        (["--budget", "smoke-long"], "train budget (name 'smoke' there, 'smoke-long' here"),
         (["--convs", "1:3"], "convs_per_block [1, 2] there, [1, 3] here"),
     ],
 )
@@ -178,6 +179,36 @@ def test_other_experiment_is_refused_and_study_untouched(
     assert message in err and "would not be comparable" in err and err.count("\n") == 1
     study = load(url, "s")
     assert len(study.trials) == 1 and study.user_attrs == before
+
+
+def test_cost_budgets_change_on_a_study_and_every_trial_is_judged_by_the_new_ones(
+    tmp_path: Path, real_data_dir, capsys
+) -> None:
+    """A cost budget changes no training, only which trials are feasible: a study takes a
+    new one, records the history, and judges its stored trials by it; with no feasible
+    trial the summary says which budget excluded how many, and the cheapest cost."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    args = [*TINY, "--study", "s", "--storage", url, "--sampler", "random", "--seed", "0"]
+    assert main([*args, "--trials", "2", "--max-params", "1"]) == 0  # no network fits
+    out = capsys.readouterr().out
+    assert "Pareto front: 0 trials" in out
+    assert re.search(r"no trial is within the budgets: --max-params 1 excluded 2 of 2 "
+                     r"\(the cheapest measured: [\d.e+]+\)", out)  # fmt: skip
+    assert main([*args, "--trials", "1", "--max-params", "10000000"]) == 0
+    out = capsys.readouterr().out
+    assert "note: budgets changed from params <= 1 to params <= 10,000,000" in out
+    study = load(url, "s")
+    assert study.user_attrs["limits"] == {"params": 10_000_000.0}
+    assert [h["limits"] for h in study.user_attrs["budget_history"]] == [
+        {"params": 1.0},
+        {"params": 10_000_000.0},
+    ]
+    assert [t.number for t in pareto_front(study)] == [2]  # the one trained since
+    assert main([*args, "--trials", "1", "--max-params", "1"]) == 0  # and back again
+    assert "no trial is within the budgets: --max-params 1 excluded 4 of 4" in (
+        capsys.readouterr().out
+    )
+    assert pareto_front(load(url, "s")) == []
 
 
 def test_other_precision_or_split_is_refused(tmp_path: Path, real_data_dir, capsys, monkeypatch):
@@ -375,12 +406,11 @@ def test_latency_objective_and_params_budget_end_to_end(cost_study, capsys) -> N
         )
     }
     assert {t.number for t in pareto_front(study)} == by_hand
-    # the same study with other objectives or budgets is refused, untouched
+    # the same study with other objectives is refused, untouched (other cost budgets are
+    # taken: test_cost_budgets_change_on_a_study_and_every_trial_is_judged_by_the_new_ones)
     base = [*COST_STUDY_ARGS, "--study", name, "--storage", url, "--trials", "1"]
     assert main([*base, "--objectives", "accuracy,macs"]) == 2
     assert "objectives" in capsys.readouterr().err
-    assert main([*base, "--max-params", "70000"]) == 2
-    assert "budgets (--max-params" in capsys.readouterr().err
     assert len(load(url, name).trials) == 6
 
 

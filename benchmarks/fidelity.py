@@ -12,7 +12,7 @@ for the seed noise.
 
 Every finished run is one JSON line (architecture, budget, seed, device, accuracy,
 seconds) appended to --results; a run already there is skipped, so the benchmark can be
-completed in pieces over several GPU sessions. The analysis (printed, and written as
+completed in pieces over several runs on a GPU. The analysis (printed, and written as
 JSON and a plotly page) gives for each cheap budget's accuracy and final training loss,
 and for MACs and parameters as zero-training proxies (both read "larger ranks higher"):
 Kendall tau and Spearman rho against `final`, each with a bootstrap 95% interval over

@@ -23,9 +23,9 @@ Achieved TFLOP/s counts a training step as 3x the forward pass and 2 FLOPs per M
         --out benchmarks/results/throughput-H200.json
     python benchmarks/throughput.py --tiny          # CPU smoke test (CI), nothing timed
 
-On an H200, (c) at K=1 takes about 5 min for cifar and 3 min for d2l: with 15 minutes of
-device time a session, run `--parts ab,c --presets cifar` in one call and
-`--parts c --presets d2l --hundred` in the next (both resume from --results).
+On an H200, (c) at K=1 takes about 5 min for cifar and 3 min for d2l: to fit short
+runs of a GPU, run `--parts ab,c --presets cifar` in one call and `--parts c --presets
+d2l --hundred` in the next (both resume from --results).
 """
 
 from __future__ import annotations
@@ -237,7 +237,7 @@ def search_runs(
     device: torch.device,
 ) -> list[dict[str, Any]]:
     """(c): each (preset, K) search once; with --results, one JSON line per finished search
-    and finished ones are not run again (a GPU session may end mid-benchmark)."""
+    and finished ones are not run again (a run cut short resumes where it stopped)."""
     done: dict[tuple[str, int, int, str], dict[str, Any]] = {}
     path = Path(a.results) if a.results else None
     if path is not None and path.exists():
@@ -273,7 +273,8 @@ def compare_accuracies(one: dict[str, Any], many: dict[str, Any]) -> dict[str, A
     }
 
 
-# Issue 11's targets: trials/min of the candidate K over K=1, and 100 short trials' wall.
+# The targets of several trials at once: trials/min of the candidate K over K=1, and the
+# wall time of 100 short trials.
 SPEEDUP_TARGET = {"cifar": 3.0, "d2l": 2.0}
 HUNDRED_MINUTES_TARGET = {"cifar": 3.0, "d2l": 4.0}
 OVERHEAD_TARGET_SECONDS = 0.5

@@ -41,7 +41,7 @@ from nas.concurrent import StopFlag
 from nas.config import ArchConfig, ConfigError
 from nas.cost import measure_cost
 from nas.data import FashionMNIST
-from nas.fit import Diverged, train_and_evaluate
+from nas.fit import Diverged, TrainResult, train_and_evaluate
 from nas.gpu import release_memory
 from nas.measure import MEMORY_NOTE, Measured, cpu_latency, gpu_latency_and_throughput
 from nas.metrics import DEFAULT_OBJECTIVES, METRICS, Limits, budget_checks, budget_excess
@@ -155,20 +155,58 @@ class Objective:
         raise TrialFailed(reason)
 
     def _run(self, trial: optuna.Trial) -> tuple[float, ...]:
+        """Sample, look for a trained twin, measure costs, check budgets, train, record."""
         t0 = time.perf_counter()
         with self._sampling:
             config = sample(trial, self.space)
         seed = trial.user_attrs.get("seed")  # nas.refine's trials name their seed
         twin = trained_twin(trial, config.to_dict(), seed)
         if twin is not None:  # TPE proposes what it has seen: never train it twice
-            for key in ("config", "params", "macs_fvcore", "costs"):
-                if key in twin.user_attrs:
-                    trial.set_user_attr(key, twin.user_attrs[key])
-            trial.set_user_attr("duplicate_of", twin.number)
-            trial.set_user_attr("trained", False)  # its values are its twin's
-            self._constrain(trial, twin.user_attrs.get("costs") or _costs_of_old(twin), {})
-            return tuple(twin.values)
+            return self._reuse(trial, twin)
         t1 = time.perf_counter()
+        constraints: dict[str, float] = {}
+        costs, over = self._costs_before_training(trial, config, constraints)
+        t2 = time.perf_counter()
+        if over:  # known before training: not trained
+            trial.set_user_attr("trained", False)
+            trial.set_user_attr("over_budget", over)
+            return self.values(0.0, costs)
+        b = self.budget if seed is None else self.budget.with_seed(seed)
+        r = self._train(trial, config, b, costs)
+        t3 = time.perf_counter()
+        if "latency_cpu" not in costs:
+            costs["latency_cpu"] = r.cpu_latency()
+        if r.result.step_memory_bytes is not None:
+            costs["memory"] = {
+                "value": r.result.step_memory_bytes / 1e6,
+                "unit": "MB",
+                "device": f"{r.result.device}, batch {b.batch_size}",
+                "note": MEMORY_NOTE,
+            }
+            over = self._constrain(trial, costs, constraints)
+            if over:  # trained, but over a budget known only now
+                trial.set_user_attr("over_budget", over)
+        trial.set_user_attr("costs", costs)
+        self._record(trial, r.result, (t0, t1, t2, t3))
+        return self.values(r.result.accuracy, costs)
+
+    def _reuse(self, trial: optuna.Trial, twin: optuna.trial.FrozenTrial) -> tuple[float, ...]:
+        """The values of the twin the study already trained (same network and seed)."""
+        for key in ("config", "params", "macs_fvcore", "costs"):
+            if key in twin.user_attrs:
+                trial.set_user_attr(key, twin.user_attrs[key])
+        trial.set_user_attr("duplicate_of", twin.number)
+        trial.set_user_attr("trained", False)  # its values are its twin's
+        self._constrain(trial, twin.user_attrs.get("costs") or _costs_of_old(twin), {})
+        return tuple(twin.values)
+
+    def _costs_before_training(
+        self, trial: optuna.Trial, config: ArchConfig, constraints: dict[str, float]
+    ) -> tuple[dict[str, dict], list[str]]:
+        """MACs and parameters; CPU latency if a budget needs it before training or the
+        objective needs it of a network that will not be trained (else after training: a
+        trial that fails, out of memory say, is never timed); GPU latency and throughput
+        where timed. Returns the costs and the budgets they break."""
         cost = measure_cost(config)
         costs: dict[str, dict] = {
             "macs": {"value": cost.fvcore_macs / 1e6, "unit": "MMACs (fvcore)", "device": "-"},
@@ -178,16 +216,13 @@ class Objective:
         trial.set_user_attr("params", cost.params)
         trial.set_user_attr("macs_fvcore", cost.fvcore_macs)
         trial.set_user_attr("fvcore_seconds", round(cost.fvcore_seconds, 4))
-        constraints: dict[str, float] = {}
         # Over the MAC or parameter budget: infeasible, not trained, and timed only where
         # the time is an objective (a value Optuna needs, finite for optuna-dashboard).
         over = self._constrain(trial, costs, constraints)
         wanted = {METRICS[n].key for n in self.objectives}
-        budgeted = self.limits.needs()
-        # CPU latency now if a budget needs it before training, or the objective needs it
-        # of a trial that will not be trained; else after training (a trial that fails,
-        # out of memory say, is never timed: large networks take seconds per run)
-        if (not over and "latency_cpu" in budgeted) or (over and "latency_cpu" in wanted):
+        if (not over and "latency_cpu" in self.limits.needs()) or (
+            over and "latency_cpu" in wanted
+        ):
             costs["latency_cpu"] = cpu_latency(config).to_dict()
         device = self.data.train_x.device
         if self.gpu_timing and device.type == "cuda" and (not over or "latency_gpu" in wanted):
@@ -197,19 +232,19 @@ class Objective:
         over += self._constrain(trial, costs, constraints)
         trial.set_user_attr("costs", costs)
         trial.set_user_attr("timed_beside", self.beside)
-        t2 = time.perf_counter()
-        if over:  # known before training: not trained
-            trial.set_user_attr("trained", False)
-            trial.set_user_attr("over_budget", over)
-            return self.values(0.0, costs)
+        return costs, over
+
+    def _train(
+        self, trial: optuna.Trial, config: ArchConfig, b: TrainBudget, costs: dict[str, dict]
+    ) -> Trained:
+        """Train and score; the CPU latency, if still to measure, beside it (on a GPU)."""
         d = self.data
-        b = self.budget if seed is None else self.budget.with_seed(seed)
         progress = TrialProgress(
             f"{self.label}trial {trial.number:>4}", b.steps, b.batch_size, stop=self.stop
         )
         if self.stop is not None:
             self.stop.check()
-        cpu_timing = None if "latency_cpu" in costs else CpuLatencyTimer(config, device)
+        timer = None if "latency_cpu" in costs else CpuLatencyTimer(config, d.train_x.device)
         r = train_and_evaluate(
             config,
             b,
@@ -218,22 +253,15 @@ class Objective:
             d.val_x,
             d.val_y,
             on_step=progress,
-            on_warm=None if cpu_timing is None else cpu_timing.start,
+            on_warm=None if timer is None else timer.start,
         )
-        t3 = time.perf_counter()
-        if cpu_timing is not None:
-            costs["latency_cpu"] = cpu_timing.result()
-        if r.step_memory_bytes is not None:
-            costs["memory"] = {
-                "value": r.step_memory_bytes / 1e6,
-                "unit": "MB",
-                "device": f"{r.device}, batch {b.batch_size}",
-                "note": MEMORY_NOTE,
-            }
-            over = self._constrain(trial, costs, constraints)
-            if over:  # trained, but over a budget known only now
-                trial.set_user_attr("over_budget", over)
-        trial.set_user_attr("costs", costs)
+        return Trained(r, timer)
+
+    def _record(self, trial: optuna.Trial, r: TrainResult, marks: tuple[float, ...]) -> None:
+        """What a user may browse, and where the trial's time went (seconds), for the
+        benchmark's overhead split; marks: the times sampling, costing and training began
+        and training ended."""
+        t0, t1, t2, t3 = marks
         t4 = time.perf_counter()
         trial.set_user_attr("trained", True)
         trial.set_user_attr("train_seconds", round(r.train_seconds, 3))
@@ -241,7 +269,6 @@ class Objective:
         trial.set_user_attr("final_loss", round(r.final_loss, 5))
         trial.set_user_attr("device", r.device)
         trial.set_user_attr("step_mode", r.step_mode)
-        # Where the trial's time went (seconds), for the benchmark's overhead split.
         seconds = {
             "sample": t1 - t0,
             "cost_and_attrs": t2 - t1,  # fvcore, GPU timing, storage writes
@@ -253,7 +280,6 @@ class Objective:
             "attrs": time.perf_counter() - t4,
         }
         trial.set_user_attr("seconds", {k: round(v, 4) for k, v in seconds.items()})
-        return self.values(r.accuracy, costs)
 
     def values(self, accuracy: float, costs: dict[str, dict]) -> tuple[float, ...]:
         """The study's objective values; a cost never measured (the training memory of a
@@ -284,6 +310,16 @@ class Objective:
                 trial._trial_id, "constraints", list(done.values())
             )
         return over
+
+
+@dataclass(frozen=True)
+class Trained:
+    result: TrainResult
+    timer: CpuLatencyTimer | None  # the CPU latency, timed beside training
+
+    def cpu_latency(self) -> dict:
+        assert self.timer is not None
+        return self.timer.result()
 
 
 class CpuLatencyTimer:

@@ -13,8 +13,10 @@ study exists; `nas.export` and `nas.dashboard` work on the linked study as on an
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
@@ -31,6 +33,9 @@ from nas.front import (
 )
 from nas.metrics import DEFAULT_OBJECTIVES, METRICS
 from nas.storage import default_storage_url, load_study, open_or_create_study, open_storage
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["linked_refinements", "main", "refined_name", "refined_runs"]
 
@@ -61,7 +66,7 @@ def refined_runs(refined: optuna.Study) -> dict[int, list[float]]:
     return runs
 
 
-def _run(argv: list[str] | None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = make_parser(
         "nas.refine",
         "Confirm a study's front at a higher budget: train its K most promising trained "
@@ -77,7 +82,11 @@ def _run(argv: list[str] | None) -> int:
     p.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds each (default 1)")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     p.add_argument("--data-dir", help="folder of the Fashion-MNIST IDX .gz files")
-    a = p.parse_args(argv)
+    return p
+
+
+def _run(argv: list[str] | None) -> int:
+    a = _parser().parse_args(argv)
     if not 2 <= a.top <= 1000:
         raise UsageError(f"--top must be in 2..1000, got {a.top}")
     if not 1 <= a.seeds <= 20:
@@ -98,52 +107,76 @@ def _run(argv: list[str] | None) -> int:
 
     from nas.data import DataError, load_fashion_mnist
     from nas.fit import pick_device
-    from nas.objective import CATCH, Objective
-    from nas.space import SearchSpace
-    from nas.step import precision
-    from nas.workers import make_sampler, trial_line
 
     try:
         device = pick_device(a.device)
         data = load_fashion_mnist(a.data_dir)
     except (ValueError, DataError) as e:
         raise UsageError(str(e)) from None
-    space = SearchSpace.from_dict(attrs["space"])
-    budget = get_budget(a.budget)
-    objectives = tuple(attrs.get("objectives", DEFAULT_OBJECTIVES))
-    experiment = {  # the source's objectives and budgets, recorded for the reader
+    refined = _linked_study(storage, source, a.budget, device, data.fingerprint)
+    queued = _queue(refined, chosen, a.seeds)
+    print(
+        f"refining {len(chosen)} of {len(trials)} trained trials of {a.study!r} at budget "
+        f"{a.budget!r}, {a.seeds} seed(s) each, into {refined.study_name!r}: {queued} runs "
+        "to go",
+        flush=True,
+    )
+    _train_queued(refined, source, data.to(device))
+    print(summary(source, chosen, refined, a.seeds))
+    return 0
+
+
+def _linked_study(
+    storage: optuna.storages.BaseStorage,
+    source: optuna.Study,
+    budget: str,
+    device: torch.device,
+    data_fingerprint: dict,
+) -> optuna.Study:
+    """The study S-refined-BUDGET in S's storage, with S's space, objectives and budgets
+    recorded for the reader (created if new)."""
+    from nas.step import precision
+    from nas.workers import make_sampler
+
+    attrs = source.user_attrs
+    experiment = {
         "space": attrs["space"],
-        "objectives": list(objectives),
+        "objectives": list(attrs.get("objectives", DEFAULT_OBJECTIVES)),
         "max_mmacs": attrs.get("max_mmacs"),
         "limits": attrs.get("limits", {}),
         "precision": precision(device),
-        "data": data.fingerprint,
-        "budget": budget.to_dict(),
+        "data": data_fingerprint,
+        "budget": get_budget(budget).to_dict(),
     }
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    name = refined_name(a.study, a.budget)
+    name = refined_name(source.study_name, budget)
     refined, created = open_or_create_study(storage, name, make_sampler("random", 0), experiment)
     if created:
-        refined.set_user_attr("source_study", a.study)
+        refined.set_user_attr("source_study", source.study_name)
+    return refined
+
+
+def _queue(refined: optuna.Study, chosen: list[optuna.trial.FrozenTrial], seeds: int) -> int:
+    """Queue each chosen network at each seed not yet run or queued; return the queue."""
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.WAITING)
     have = {
         (t.user_attrs.get("source_trial"), t.user_attrs.get("seed"))
-        for t in refined.get_trials(
-            deepcopy=False,
-            states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.WAITING),
-        )
+        for t in refined.get_trials(deepcopy=False, states=states)
     }
     for t in chosen:
-        for seed in range(a.seeds):
+        for seed in range(seeds):
             if (t.number, seed) not in have:
                 refined.enqueue_trial(
                     t.params, user_attrs={"source_trial": t.number, "seed": seed}
                 )
-    queued = len(refined.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
-    print(
-        f"refining {len(chosen)} of {len(trials)} trained trials of {a.study!r} at budget "
-        f"{a.budget!r}, {a.seeds} seed(s) each, into {name!r}: {queued} runs to go",
-        flush=True,
-    )
+    return len(refined.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+
+
+def _train_queued(refined: optuna.Study, source: optuna.Study, data: Any) -> None:
+    """Train every queued run, a line each."""
+    from nas.objective import CATCH, Objective
+    from nas.space import SearchSpace
+    from nas.workers import trial_line
 
     def on_trial(_: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
         print(
@@ -153,17 +186,18 @@ def _run(argv: list[str] | None) -> int:
         )
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    objectives = tuple(refined.user_attrs["objectives"])
     # No budgets here: every chosen network was within the source's, and a cost timed
     # again (a latency) must not keep a network from its higher-budget training.
     objective = Objective(
-        space,
-        budget,
-        data.to(device),
+        SearchSpace.from_dict(source.user_attrs["space"]),
+        get_budget(refined.user_attrs["budget"]["name"]),
+        data,
         objectives=objectives,
         gpu_timing="latency_gpu" in {METRICS[n].key for n in objectives},
     )
 
-    def queued_only(trial: optuna.Trial) -> tuple[float, float]:
+    def queued_only(trial: optuna.Trial) -> tuple[float, ...]:
         if "source_trial" not in trial.user_attrs:  # another process took the last one
             raise optuna.TrialPruned("nothing queued")
         return objective(trial)
@@ -171,8 +205,6 @@ def _run(argv: list[str] | None) -> int:
     waiting = (optuna.trial.TrialState.WAITING,)
     while refined.get_trials(deepcopy=False, states=waiting):
         refined.optimize(queued_only, n_trials=1, catch=CATCH, callbacks=[on_trial])
-    print(summary(source, chosen, refined, a.seeds))
-    return 0
 
 
 def summary(

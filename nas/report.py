@@ -546,11 +546,50 @@ def axis_budget(attrs: dict, col: str) -> float | None:
 def write_report(study: optuna.Study, out: Path, table_format: str | None = None) -> dict:
     """Write the HTML page, the Pareto CSV (and the full table); return what was written."""
     df = trials_frame(study)
-    a = study.user_attrs
-    objectives = list(a.get("objectives", DEFAULT_OBJECTIVES))
+    objectives = list(study.user_attrs.get("objectives", DEFAULT_OBJECTIVES))
     cost_cols = [OBJECTIVE_COLUMNS[n] for n in objectives[1:]]
     out.parent.mkdir(parents=True, exist_ok=True)
     front = df[df["status"] == "pareto"].sort_values(cost_cols[0])
+    written = _write_tables(df, front, out, table_format)
+    timed = df[df["CPU latency (ms)"].notna() | df["GPU latency (ms)"].notna()]
+    beside = int(timed["timed_beside"].max()) if len(timed) else 1
+    plots = _plots(study, df, cost_cols, contended=beside > 1)
+    shown = front.drop(columns=["status", "fail_reason", "timed_beside"]).dropna(
+        axis=1, how="all"
+    )  # a column no front trial has (GPU costs on a CPU) is left out
+    table = shown.to_html(
+        index=False, float_format=lambda v: f"{v:.4g}", na_rep="", classes="pareto"
+    )
+    failed = df[df["status"] == "fail"][["trial", "convs_per_block", "fail_reason"]]
+    failed_html = (
+        "<h2>Failed trials</h2>" + failed.to_html(index=False, na_rep="") if len(failed) else ""
+    )
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    html = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>nas: {escape(study.study_name)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}
+table{{border-collapse:collapse;font-size:90%}}td,th{{border:1px solid #ccc;padding:2px 6px}}
+.wide{{overflow-x:auto}}
+.caution{{background:#fff3cd;border-left:4px solid #e0a800;padding:6px 10px}}</style>
+</head><body>
+<h1>Study {escape(study.study_name)}</h1>
+<p>Written {stamp} by nas.report.</p>
+{_summary_html(study, df, objectives, beside)}
+{"".join(plots[: len(cost_cols)])}
+<h2>Pareto trials</h2>
+<div class="wide">{table}</div>
+{"".join(plots[len(cost_cols) :])}
+{failed_html}
+</body></html>
+"""
+    out.write_text(html)
+    return written
+
+
+def _write_tables(
+    df: pd.DataFrame, front: pd.DataFrame, out: Path, table_format: str | None
+) -> dict[str, Path]:
+    """OUT-pareto.csv, and with table_format the whole table (CSV or parquet)."""
     pareto_csv = out.with_name(out.stem + "-pareto.csv")
     front.to_csv(pareto_csv, index=False)
     written = {"html": out, "pareto_csv": pareto_csv}
@@ -563,60 +602,17 @@ def write_report(study: optuna.Study, out: Path, table_format: str | None = None
             df.to_parquet(written["table"], index=False)
         except ImportError:
             raise UsageError("--format parquet needs pyarrow: pip install pyarrow") from None
+    return written
 
-    counts = df["status"].value_counts().to_dict()
-    budget = a.get("budget") or {}
-    max_mmacs = a.get("max_mmacs")
-    trained = int(df["val_accuracy"].notna().sum())
-    cautions = []
-    if budget.get("name") == "smoke":
-        cautions.append(
-            "This study uses the <b>smoke</b> budget (seconds per trial on a CPU): its "
-            "accuracies rank nothing; search with <code>short</code> or <code>long</code> "
-            "on a GPU to compare architectures."
-        )
-    timed = df[df["CPU latency (ms)"].notna() | df["GPU latency (ms)"].notna()]
-    contended = bool((timed["timed_beside"] > 1).any())
-    if contended:
-        cautions.append(
-            "Latencies here were timed while other trials ran on the same host "
-            f"(up to {int(timed['timed_beside'].max())} at once: --workers x --concurrency): "
-            "they include the others' load, so they are higher and noisier than the "
-            "network's own, and their rank correlation with MACs is weaker. Time them with "
-            "one trial at a time (--workers 1 --concurrency 1) to compare latencies."
-        )
-    if not counts.get("pareto"):
-        why = why_no_front(study)
-        cautions.append(escape(why[0].upper() + why[1:]) + ".")
-    if trained < MIN_TRUSTED_TRIALS:
-        cautions.append(
-            f"Only {trained} trained trial{'s' if trained != 1 else ''}: the front, the "
-            "importances and the trends below are rough; they firm up past "
-            f"{MIN_TRUSTED_TRIALS} trials."
-        )
-    summary = (
-        f"<p>{len(df)} trials: {counts.get('pareto', 0)} on the Pareto front, "
-        f"{counts.get('dominated', 0)} dominated, "
-        f"{counts.get('not trained (over MAC budget)', 0) + counts.get(OVER_OTHER, 0)} over a "
-        "budget (not trained), "
-        f"{counts.get('duplicate (not trained again)', 0)} repeating a trained network (its "
-        f"values reused), {counts.get('fail', 0)} failed, {counts.get('running', 0)} "
-        "running.<br>"
-        f"{escape(describe_budget(budget))}<br>"
-        "Budgets: "
-        + escape(describe_limits(max_mmacs, a.get("limits") or {}))
-        + ".<br>Objectives: validation accuracy on "
-        f"{budget.get('val_images', 10_000):,} images of a fixed 10k validation split of "
-        "the training set (the test set is not used; maximised), and "
-        + " and ".join(
-            f"{escape(METRICS[n].label)}: {escape(METRICS[n].how)}" for n in objectives[1:]
-        )
-        + " (minimised). Every trial also measures the other costs (table and plots below)."
-        "</p>" + "".join(f'<p class="caution">{c}</p>' for c in cautions)
-    )
+
+def _plots(
+    study: optuna.Study, df: pd.DataFrame, cost_cols: list[str], contended: bool
+) -> list[str]:
+    """Each panel as an HTML fragment (plotly.js inlined in the first), in page order."""
+    a = study.user_attrs
     stdev = (a.get("seed_stdev") or {}).get("stdev")
     refined = linked_refinements(study)
-    three = len(objectives) == 3
+    three = len(cost_cols) == 2
     hypervolume = hypervolume_figure(df, study)
     figures = [
         *(pareto_figure(df, refined, stdev, c, axis_budget(a, c), three) for c in cost_cols),
@@ -635,40 +631,62 @@ def write_report(study: optuna.Study, out: Path, table_format: str | None = None
             "<p>No hypervolume: drawn for studies of two objectives (accuracy and one cost); "
             "this one has three.</p>",
         )
-    shown = front.drop(columns=["status", "fail_reason", "timed_beside"]).dropna(
-        axis=1, how="all"
-    )  # a column no front trial has (GPU costs on a CPU) is left out
-    table = (
-        '<div class="wide">'
-        + shown.to_html(
-            index=False, float_format=lambda v: f"{v:.4g}", na_rep="", classes="pareto"
+    return parts
+
+
+def _summary_html(
+    study: optuna.Study, df: pd.DataFrame, objectives: list[str], beside: int
+) -> str:
+    """What the study holds, how its trials were trained and scored, and the cautions a
+    reader needs before comparing its numbers."""
+    a = study.user_attrs
+    counts = df["status"].value_counts().to_dict()
+    budget = a.get("budget") or {}
+    trained = int(df["val_accuracy"].notna().sum())
+    cautions = []
+    if budget.get("name") == "smoke":
+        cautions.append(
+            "This study uses the <b>smoke</b> budget (seconds per trial on a CPU): its "
+            "accuracies rank nothing; search with <code>short</code> or <code>long</code> "
+            "on a GPU to compare architectures."
         )
-        + "</div>"
+    if beside > 1:
+        cautions.append(
+            "Latencies here were timed while other trials ran on the same host "
+            f"(up to {beside} at once: --workers x --concurrency): "
+            "they include the others' load, so they are higher and noisier than the "
+            "network's own, and their rank correlation with MACs is weaker. Time them with "
+            "one trial at a time (--workers 1 --concurrency 1) to compare latencies."
+        )
+    if not counts.get("pareto"):
+        why = why_no_front(study)
+        cautions.append(escape(why[0].upper() + why[1:]) + ".")
+    if trained < MIN_TRUSTED_TRIALS:
+        cautions.append(
+            f"Only {trained} trained trial{'s' if trained != 1 else ''}: the front, the "
+            "importances and the trends below are rough; they firm up past "
+            f"{MIN_TRUSTED_TRIALS} trials."
+        )
+    return (
+        f"<p>{len(df)} trials: {counts.get('pareto', 0)} on the Pareto front, "
+        f"{counts.get('dominated', 0)} dominated, "
+        f"{counts.get('not trained (over MAC budget)', 0) + counts.get(OVER_OTHER, 0)} over a "
+        "budget (not trained), "
+        f"{counts.get('duplicate (not trained again)', 0)} repeating a trained network (its "
+        f"values reused), {counts.get('fail', 0)} failed, {counts.get('running', 0)} "
+        "running.<br>"
+        f"{escape(describe_budget(budget))}<br>"
+        "Budgets: "
+        + escape(describe_limits(a.get("max_mmacs"), a.get("limits") or {}))
+        + ".<br>Objectives: validation accuracy on "
+        f"{budget.get('val_images', 10_000):,} images of a fixed 10k validation split of "
+        "the training set (the test set is not used; maximised), and "
+        + " and ".join(
+            f"{escape(METRICS[n].label)}: {escape(METRICS[n].how)}" for n in objectives[1:]
+        )
+        + " (minimised). Every trial also measures the other costs (table and plots below)."
+        "</p>" + "".join(f'<p class="caution">{c}</p>' for c in cautions)
     )
-    failed = df[df["status"] == "fail"][["trial", "convs_per_block", "fail_reason"]]
-    failed_html = (
-        "<h2>Failed trials</h2>" + failed.to_html(index=False, na_rep="") if len(failed) else ""
-    )
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    html = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>nas: {escape(study.study_name)}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}
-table{{border-collapse:collapse;font-size:90%}}td,th{{border:1px solid #ccc;padding:2px 6px}}
-.wide{{overflow-x:auto}}
-.caution{{background:#fff3cd;border-left:4px solid #e0a800;padding:6px 10px}}</style>
-</head><body>
-<h1>Study {escape(study.study_name)}</h1>
-<p>Written {stamp} by nas.report.</p>
-{summary}
-{"".join(parts[: len(cost_cols)])}
-<h2>Pareto trials</h2>
-{table}
-{"".join(parts[len(cost_cols) :])}
-{failed_html}
-</body></html>
-"""
-    out.write_text(html)
-    return written
 
 
 def _run(argv: list[str] | None) -> int:

@@ -59,8 +59,8 @@ __all__ = ["SearchArgs", "main", "make_sampler"]
 # more than one buys nothing and adds ~6 s of CPU contention per trial.
 WORKERS_PER_GPU = 1
 # Trials at once per worker on a GPU for --concurrency auto (threads, nas.concurrent).
-# 1 until measured: K > 1 has not yet run on a GPU (none was lent since it was written),
-# and a default must be a path that has. benchmarks/throughput.py compares K=1 with
+# 1 until measured: K > 1 has not yet been measured on a GPU, and a default must be a
+# path that has run there. benchmarks/throughput.py compares K=1 with
 # CANDIDATE_CONCURRENCY (one short cifar trial used ~3% of an H200's bf16 peak and spent
 # 1.73 s of each trial off the GPU, so 4 is the first candidate); this figure follows it.
 CONCURRENCY_PER_GPU = 1
@@ -432,6 +432,7 @@ def reference_interrupted(study: optuna.Study) -> bool:
 
 
 def run_search(args: SearchArgs) -> optuna.Study:
+    """Check everything, open or create the study, run the trials, print the summary."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = args.spec
     try:
@@ -447,8 +448,21 @@ def run_search(args: SearchArgs) -> optuna.Study:
         data = load_fashion_mnist(spec.data_dir)  # checked here, loaded by each worker
     except DataError as e:
         raise UsageError(str(e)) from None
+    study, notes = _open_study(spec, device, data)
+    for line in notes + preflight(spec, args.trials, device, data):
+        print(f"note: {line}", flush=True)
+    t0 = time.perf_counter()
+    counts, gpu = _run_trials(spec, args.trials, device, data)
+    print(_summary(spec, study, counts, gpu, time.perf_counter() - t0))
+    return study
+
+
+def _open_study(
+    spec: WorkerSpec, device: torch.device, data: FashionMNIST
+) -> tuple[optuna.Study, list[str]]:
+    """Open or create the study (refusing another experiment), take the budgets, queue
+    the d2l reference where due, and print the header; returns notes for the user."""
     storage = open_storage(spec.storage, heartbeat=spec.heartbeat)
-    sampler = make_sampler(spec.sampler, spec.seed)
     experiment = {
         "space": spec.space.to_dict(),
         "objectives": list(spec.objectives),
@@ -458,30 +472,36 @@ def run_search(args: SearchArgs) -> optuna.Study:
         "data": data.fingerprint,
         "budget": spec.budget.to_dict(),
     }
+    sampler = make_sampler(spec.sampler, spec.seed)
     study, created = open_or_create_study(storage, spec.study, sampler, experiment)
     changed = None if created else update_budgets(study, spec.max_mmacs, experiment["limits"])
     states = Counter(t.state for t in study.get_trials(deepcopy=False))
     ref = reference_params(spec.space)
     if ref is not None and (created or reference_interrupted(study)):
         study.enqueue_trial(ref, user_attrs={"reference": "d2l chapter"})
-
     before = ", ".join(f"{n} {s.name.lower()}" for s, n in sorted(states.items())) or "none"
     b = spec.budget
     print(
         f"study {spec.study!r} in {public_url(spec.storage)} (trials so far: {before})\n"
         f"preset {spec.space.preset}, budget {b.name} ({b.steps * b.batch_size:,} train "
         f"images, {b.val_images:,} val), {precision(device)}, sampler {spec.sampler}, "
-        f"device {device}, workers {workers} x {k} trials at once\n"
+        f"device {device}, workers {spec.workers} x {spec.concurrency} trials at once\n"
         f"objectives {', '.join(metric_names(spec.objectives))}; budgets: "
         + describe_limits(spec.max_mmacs, spec.limits.to_dict()),
         flush=True,
     )
-    for line in ([changed] if changed else []) + preflight(spec, args.trials, device, data):
-        print(f"note: {line}", flush=True)
+    return study, [changed] if changed else []
+
+
+def _run_trials(
+    spec: WorkerSpec, trials: int, device: torch.device, data: FashionMNIST
+) -> tuple[list[int], GpuMonitor]:
+    """Run `trials` trials in this process or in spec.workers processes, with a progress
+    bar and a line per trial; returns this run's counts [done, failed, duplicates,
+    trained, trained eagerly] and the GPU's utilisation monitor."""
     # disable=None: a bar on a terminal, none in a log file (the per-trial lines remain).
-    bar = tqdm(total=args.trials, unit="trial", dynamic_ncols=True, file=sys.stderr, disable=None)
-    t0 = time.perf_counter()
-    counts = [0, 0, 0, 0, 0]  # this run's trials: done, failed, duplicates, trained, eager
+    bar = tqdm(total=trials, unit="trial", dynamic_ncols=True, file=sys.stderr, disable=None)
+    counts = [0, 0, 0, 0, 0]
 
     def progress(now: list[int]) -> None:
         counts[:] = now
@@ -490,8 +510,8 @@ def run_search(args: SearchArgs) -> optuna.Study:
 
     try:
         with GpuMonitor(device) as gpu:
-            if workers == 1:
-                left = args.trials
+            if spec.workers == 1:
+                left = trials
                 lock = threading.Lock()  # trial threads claim and report (--concurrency)
 
                 def claim() -> bool:
@@ -513,24 +533,31 @@ def run_search(args: SearchArgs) -> optuna.Study:
                 trial_loop(spec, 0, claim, on_trial, data)
             else:
                 del data  # each worker loads its own copy onto its device
-                codes = run_workers(spec, args.trials, progress)
+                codes = run_workers(spec, trials, progress)
                 if any(codes):
                     raise UsageError(f"a worker failed (exit codes {codes}); see its output above")
     finally:
         bar.close()
-    elapsed = time.perf_counter() - t0
+    return counts, gpu
+
+
+def _summary(
+    spec: WorkerSpec, study: optuna.Study, counts: list[int], gpu: GpuMonitor, elapsed: float
+) -> str:
+    """The run in three or four lines: counts and throughput, the front, what next."""
     front = pareto_front(study)
     numbers = ", ".join(str(t.number) for t in front)
     first_cost = "fewest MACs" if spec.objectives[1] == "macs" else f"lowest {spec.objectives[1]}"
-    images = counts[3] * b.steps * b.batch_size
-    use = f"{images / elapsed:,.0f} train images/s over the run, all trials together"
+    b, workers = spec.budget, spec.workers
+    use = f"{counts[3] * b.steps * b.batch_size / elapsed:,.0f} train images/s over the run, "
+    use += "all trials together"
     if gpu.mean() is not None:
         use += f"; GPU busy {gpu.mean():.0f}% of the time (NVML, {len(gpu.samples)} samples)"
-    print(
+    return (
         f"{counts[0]} trials in {elapsed:.1f} s ({counts[1]} failed, {counts[2]} repeating a "
         f"trained network, "
         + (f"{counts[4]} trained eagerly with CUDA graphs off, " if counts[4] else "")
-        + f"{workers} worker{'s' if workers > 1 else ''} x {k} at once); "
+        + f"{workers} worker{'s' if workers > 1 else ''} x {spec.concurrency} at once); "
         f"{use}\nPareto front: {len(front)} trial"
         f"{'s' if len(front) != 1 else ''} (trial numbers, {first_cost} first: {numbers or '-'})\n"
         + ("" if front else f"{why_no_front(study)}\n")
@@ -541,7 +568,6 @@ def run_search(args: SearchArgs) -> optuna.Study:
             else ""
         )
     )
-    return study
 
 
 def _run(argv: list[str] | None) -> int:

@@ -11,6 +11,7 @@ package. The training loop is a trial's (nas.fit), run for whole epochs.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -65,12 +66,8 @@ def export_program(model: nn.Module, config: ArchConfig, path: Path) -> None:
     torch.export.save(program, path)
 
 
-def _run(argv: list[str] | None) -> int:
-    from tqdm import tqdm
-
-    from nas.cli import UsageError, make_parser
-    from nas.cost import load_config_file
-    from nas.data import DataError, load_fashion_mnist
+def _parser() -> argparse.ArgumentParser:
+    from nas.cli import make_parser
 
     p = make_parser(
         "nas.train",
@@ -105,7 +102,33 @@ def _run(argv: list[str] | None) -> int:
     )
     p.add_argument("--data-dir", help="folder of the Fashion-MNIST IDX .gz files")
     p.add_argument("--out", help="output prefix (default: the config path without .json)")
-    a = p.parse_args(argv)
+    return p
+
+
+def _budget(a: argparse.Namespace, per_epoch: int, test_images: int) -> TrainBudget:
+    """The final training's budget: whole batches (d2l's loader would also run the last
+    partial batch of 96 images; every step here has the same shape, as a CUDA graph
+    needs)."""
+    return TrainBudget(
+        name=f"final-{a.recipe}",
+        train_images=max(1, round(a.epochs * per_epoch)) * a.batch_size,
+        val_images=test_images,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        seed=a.seed,
+        # Shorter than an epoch, BN's running statistics lag the weights (0.02 epoch scored
+        # 0.12, near chance, on the test set): re-estimate them as the smoke budget does.
+        bn_recalibration=SHORT_RUN_BN_IMAGES if a.epochs < 1 else 0,
+        **RECIPES[a.recipe],
+    )
+
+
+def _run(argv: list[str] | None) -> int:
+    from nas.cli import UsageError
+    from nas.cost import load_config_file
+    from nas.data import DataError, load_fashion_mnist
+
+    a = _parser().parse_args(argv)
     if not (math.isfinite(a.epochs) and 0 < a.epochs <= 1000):
         raise UsageError(f"--epochs must be in (0, 1000], got {a.epochs}")
     config = load_config_file(a.config)
@@ -115,57 +138,21 @@ def _run(argv: list[str] | None) -> int:
     except (ValueError, DataError) as e:
         raise UsageError(str(e)) from None
     x, y = data.full_train()
-    # steps per epoch: whole batches (d2l's loader would also run the last partial batch
-    # of 96 images; every step here has the same shape, as a CUDA graph needs)
     per_epoch = len(x) // a.batch_size
-    budget = TrainBudget(
-        name=f"final-{a.recipe}",
-        train_images=max(1, round(a.epochs * per_epoch)) * a.batch_size,
-        val_images=len(data.test_x),
-        batch_size=a.batch_size,
-        lr=a.lr,
-        seed=a.seed,
-        # Shorter than an epoch, BN's running statistics lag the weights (0.02 epoch scored
-        # 0.12, near chance, on the test set): re-estimate them as the smoke budget does.
-        bn_recalibration=SHORT_RUN_BN_IMAGES if a.epochs < 1 else 0,
-        **RECIPES[a.recipe],
-    )
+    budget = _budget(a, per_epoch, len(data.test_x))
     out = Path(a.out) if a.out else Path(a.config).with_suffix("")
     if not out.parent.is_dir():
         raise UsageError(f"--out {out}: folder {out.parent} does not exist")
     model = build_model(config, a.seed)
-    epochs = math.ceil(budget.steps / per_epoch)
     print(
         f"training {config.describe()} for {a.epochs:g} epochs ({budget.steps} steps, "
         f"recipe {a.recipe}, lr {a.lr}) on {device}",
         flush=True,
     )
-    loss_sum = torch.zeros((), device=device)
-    epoch_losses: list[float] = []  # mean training loss of each epoch, as d2l prints it
-    t0 = time.perf_counter()
-    with tqdm(total=budget.steps, unit="step", dynamic_ncols=True, disable=None) as bar:
-
-        def on_step(step: int, loss: torch.Tensor) -> None:
-            loss_sum.add_(loss.detach().float())  # on the device: no wait per step
-            bar.set_description(f"epoch {step // per_epoch + 1}/{epochs}")
-            bar.update(1)
-            if (step + 1) % per_epoch == 0 or step + 1 == budget.steps:
-                epoch_losses.append(loss_sum.item() / (step % per_epoch + 1))
-                tqdm.write(  # one line per epoch, also when the output goes to a file
-                    f"epoch {step // per_epoch + 1}/{epochs}: train loss "
-                    f"{epoch_losses[-1]:.4f}, {time.perf_counter() - t0:.0f} s",
-                    file=sys.stdout,
-                )
-                loss_sum.zero_()
-            if step + 1 == budget.steps:  # then nas.fit scores: minutes on a CPU
-                what = f"{len(data.test_x):,} test images"
-                if budget.bn_recalibration:
-                    what = f"BN re-estimate on {budget.bn_recalibration:,} train images, {what}"
-                tqdm.write(f"scoring ({what}) ...", file=sys.stdout)
-            sys.stdout.flush()
-
+    progress = EpochLines(budget, per_epoch, len(data.test_x))
+    with progress:
         r = train_and_evaluate(
-            config, budget, x, y, data.test_x, data.test_y, model=model, on_step=on_step
+            config, budget, x, y, data.test_x, data.test_y, model=model, on_step=progress
         )
     result = {
         "config": config.to_dict(),
@@ -176,21 +163,14 @@ def _run(argv: list[str] | None) -> int:
         "train_seconds": r.train_seconds,
         "images_per_second": r.images_per_second,
         "final_train_loss": r.final_loss,
-        "epoch_train_losses": epoch_losses,
+        "epoch_train_losses": progress.epoch_losses,
         "recipe": a.recipe,
         "bn_recalibration_images": budget.bn_recalibration,
         "budget": budget.to_dict(),
         "device": r.device,
         "torch": torch.__version__,
     }
-    ckpt = out.with_name(out.name + ".pt")
-    torch.save(
-        {"config": config.to_dict(), "state_dict": model.state_dict(), "result": result}, ckpt
-    )
-    res = out.with_name(out.name + ".result.json")
-    res.write_text(json.dumps(result, indent=2) + "\n")
-    program = out.with_name(out.name + ".pt2")
-    export_program(model, config, program)
+    written = _write(out, model, config, result)
     print(
         f"test accuracy {r.accuracy:.4f} on {r.eval_images:,} test images"
         + (
@@ -201,9 +181,70 @@ def _run(argv: list[str] | None) -> int:
         )
         + "; "
         f"{r.train_seconds:.1f} s of training ({r.images_per_second:,.0f} img/s)\n"
-        f"wrote {ckpt}, {res} and {program} (torch.export: loads without nas)"
+        f"wrote {', '.join(map(str, written[:-1]))} and {written[-1]} (torch.export: loads "
+        "without nas)"
     )
     return 0
+
+
+class EpochLines:
+    """A progress bar over the steps and one line per epoch with its mean training loss
+    (as d2l prints it), also when the output goes to a file; the loss is summed on the
+    device, so no step waits for it."""
+
+    def __init__(self, budget: TrainBudget, per_epoch: int, test_images: int) -> None:
+        from tqdm import tqdm
+
+        self.budget, self.per_epoch, self.test_images = budget, per_epoch, test_images
+        self.epochs = math.ceil(budget.steps / per_epoch)
+        self.epoch_losses: list[float] = []
+        self.bar = tqdm(total=budget.steps, unit="step", dynamic_ncols=True, disable=None)
+        self.loss_sum: torch.Tensor | None = None
+        self.t0 = time.perf_counter()
+
+    def __enter__(self) -> EpochLines:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+    def __call__(self, step: int, loss: torch.Tensor) -> None:
+        from tqdm import tqdm
+
+        if self.loss_sum is None:
+            self.loss_sum = torch.zeros((), device=loss.device)
+        self.loss_sum.add_(loss.detach().float())
+        epoch = step // self.per_epoch + 1
+        self.bar.set_description(f"epoch {epoch}/{self.epochs}")
+        self.bar.update(1)
+        last = step + 1 == self.budget.steps
+        if (step + 1) % self.per_epoch == 0 or last:
+            self.epoch_losses.append(self.loss_sum.item() / (step % self.per_epoch + 1))
+            tqdm.write(
+                f"epoch {epoch}/{self.epochs}: train loss {self.epoch_losses[-1]:.4f}, "
+                f"{time.perf_counter() - self.t0:.0f} s",
+                file=sys.stdout,
+            )
+            self.loss_sum.zero_()
+        if last:  # then nas.fit scores: minutes on a CPU
+            what = f"{self.test_images:,} test images"
+            if self.budget.bn_recalibration:
+                what = f"BN re-estimate on {self.budget.bn_recalibration:,} train images, {what}"
+            tqdm.write(f"scoring ({what}) ...", file=sys.stdout)
+        sys.stdout.flush()
+
+
+def _write(out: Path, model: nn.Module, config: ArchConfig, result: dict) -> list[Path]:
+    """OUT.pt (checkpoint), OUT.result.json and OUT.pt2 (the torch.export program)."""
+    ckpt = out.with_name(out.name + ".pt")
+    torch.save(
+        {"config": config.to_dict(), "state_dict": model.state_dict(), "result": result}, ckpt
+    )
+    res = out.with_name(out.name + ".result.json")
+    res.write_text(json.dumps(result, indent=2) + "\n")
+    program = out.with_name(out.name + ".pt2")
+    export_program(model, config, program)
+    return [ckpt, res, program]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -97,6 +97,8 @@ def test_top_quarter_overlap() -> None:
     assert overlap(x, x) == 1.0
     assert overlap(x, x[::-1]) == 0.0  # the bottom quarter is not the top
     assert overlap(x, [8.0, 1.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0]) == 0.5  # indices 0 and 2
+    # the same top, another bottom: only the top counts (a bottom-quarter version says 0)
+    assert overlap(x, [8.0, 7.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]) == 1.0
 
 
 def test_bootstrap_intervals_on_data_with_known_answers() -> None:

@@ -238,3 +238,20 @@ def test_the_knee_is_for_two_objectives(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="--pick knee needs a study of two objectives"):
         pick_trial(study, "knee")
     assert pick_trial(study, "accuracy").trial.values == [0.9, 100.0, 3.0]
+
+
+def test_the_knee_pick_is_the_knee_not_the_most_accurate(tmp_path: Path) -> None:
+    """An L-shaped front (tests/test_front.py): the knee is (0.88, 40 MMACs), not the most
+    accurate (0.895, 160)."""
+    from nas.export import pick_trial
+
+    study = optuna.create_study(
+        study_name="l", storage=f"sqlite:///{tmp_path}/l.db", directions=["maximize", "minimize"]
+    )
+    for acc, macs in ((0.84, 20.0), (0.88, 40.0), (0.89, 80.0), (0.895, 160.0), (0.85, 90.0)):
+        study.add_trial(
+            optuna.trial.create_trial(values=[acc, macs], user_attrs={"trained": True})
+        )
+    chosen = pick_trial(study, "knee")
+    assert chosen.trial.values == [0.88, 40.0]
+    assert chosen.working["runner_up"]["values"] == {"accuracy": 0.895, "macs": 160.0}

@@ -34,22 +34,29 @@ __all__ = [
     "stop_signals",
 ]
 
-# scheme://user:PASSWORD@rest: the password of a database URL, as typed (maybe %-encoded)
-_URL_PASSWORD = re.compile(
-    r"^(?P<head>[A-Za-z][\w+.-]*://[^:/@]*:)(?P<password>[^@]*)(?P<tail>@.*)$"
-)
+_SCHEME = re.compile(r"^[A-Za-z][\w+.-]*:?//")  # "postgresql://", or mistyped "postgresql//"
 _SECRETS: set[str] = set()  # passwords seen in storage URLs: hidden in whatever nas prints
 
 
 def public_url(url: str) -> str:
     """A storage URL as nas shows, stores and writes it: the password, if any, as ***
     (SQLAlchemy's convention). The password is remembered, so that hide_secrets also
-    hides it where a database driver repeats it in a message."""
-    m = _URL_PASSWORD.match(url)
-    if m is None or not m["password"]:
+    hides it where a database driver repeats it in a message. Mistyped URLs too: the
+    user part is what stands before the last '@' (a password with an unescaped '@' is
+    hidden whole, and each of its pieces)."""
+    at = url.rfind("@")
+    if at < 0:
         return url
-    _SECRETS.update({m["password"], unquote(m["password"])} - {""})
-    return f"{m['head']}***{m['tail']}"
+    prefix = url[:at]
+    scheme = _SCHEME.match(prefix)
+    start = scheme.end() if scheme else 0
+    colon = prefix.find(":", start)
+    if colon < 0 or colon == len(prefix) - 1:
+        return url
+    password = prefix[colon + 1 :]
+    pieces = {password, unquote(password), *password.split("@")}
+    _SECRETS.update(p for p in pieces if p)
+    return f"{prefix[: colon + 1]}***{url[at:]}"
 
 
 def hide_secrets(text: str) -> str:

@@ -32,7 +32,7 @@ from nas.cli import Interrupted
 from nas.gpu import slot_stream
 from nas.measure import pin_threads
 
-__all__ = ["GpuMonitor", "StopFlag", "run_concurrently"]
+__all__ = ["GpuMonitor", "StopFlag", "nvidia_smi", "run_concurrently"]
 
 
 class StopFlag:
@@ -162,21 +162,30 @@ def _utilisation_reader(device: torch.device) -> Callable[[], float | None] | No
         return lambda: float(torch.cuda.utilization(device))
     except Exception:  # noqa: BLE001 - pynvml missing or NVML unavailable
         pass
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
+    if shutil.which("nvidia-smi") is None:
         return None
     index = torch.cuda.current_device() if device.index is None else device.index
 
     def read() -> float | None:
         try:
-            out = subprocess.run(
-                [smi, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
-                capture_output=True,
-                text=True,
-                timeout=5,
-            ).stdout.split()
-            return float(out[index])
-        except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+            return float((nvidia_smi("utilization.gpu") or [])[index])
+        except (ValueError, IndexError):
             return None
 
     return read
+
+
+def nvidia_smi(field: str, timeout: float = 5) -> list[str] | None:
+    """One field per GPU from `nvidia-smi --query-gpu`, or None without an answer."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        return subprocess.run(
+            [smi, f"--query-gpu={field}", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        ).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -15,7 +15,15 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-__all__ = ["CONVENTIONS", "ArchConfig", "BlockPlan", "ConfigError", "D2L_CHAPTER", "STEMS"]
+__all__ = [
+    "CONVENTIONS",
+    "ArchConfig",
+    "BlockPlan",
+    "ConfigError",
+    "D2L_CHAPTER",
+    "STEMS",
+    "small_densenet",
+]
 
 STEMS = ("d2l", "cifar")
 # Layer conventions: "d2l", the chapter's (every conv has a bias, Xavier-uniform weights);
@@ -192,3 +200,17 @@ def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
 
 # The network of the d2l.ai chapter "Densely Connected Networks" (PyTorch version).
 D2L_CHAPTER = ArchConfig()
+
+
+def small_densenet(image_size: int = 28) -> ArchConfig:
+    """A DenseNet-BC small enough for quick checks on a CPU (k=8, two blocks of two
+    layers): nas.doctor's and the unit tests'."""
+    return ArchConfig(
+        growth_rate=8,
+        convs_per_block=(2, 2),
+        compression=0.5,
+        bottleneck=True,
+        stem="cifar",
+        stem_channels=16,
+        image_size=image_size,
+    )

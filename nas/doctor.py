@@ -35,8 +35,8 @@ import torch
 
 from nas.budget import get_budget
 from nas.cli import make_parser, run_cli
-from nas.concurrent import StopFlag, run_concurrently
-from nas.config import D2L_CHAPTER, ArchConfig
+from nas.concurrent import StopFlag, nvidia_smi, run_concurrently
+from nas.config import D2L_CHAPTER, small_densenet
 from nas.data import FashionMNIST, load_fashion_mnist, resolve_data_dir
 from nas.fit import pick_device, train_and_evaluate
 from nas.gpu import GRAPHS, STREAMS, release_memory
@@ -77,27 +77,13 @@ def _environment(device: torch.device) -> tuple[bool, str]:
 
 
 def _driver_version() -> str:
-    import shutil
-    import subprocess
-
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return "unknown (no nvidia-smi)"
-    try:
-        out = subprocess.run(
-            [smi, "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.split()
-        return out[0] if out else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    out = nvidia_smi("driver_version")
+    return out[0] if out else "unknown (no nvidia-smi answer)"
 
 
 def _sgd_exact() -> tuple[bool, str]:
     """Six float64 steps of TensorLRSGD against torch.optim.SGD on one small network."""
-    config = _small()
+    config = small_densenet()
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (96, 28, 28), dtype=torch.uint8, generator=g)
     y = torch.randint(0, 10, (96,), generator=g)
@@ -127,7 +113,7 @@ def _sgd_exact() -> tuple[bool, str]:
 def _graph_step(data: FashionMNIST) -> tuple[bool, str]:
     """Eight steps eagerly and as graph replays, same weights, same batches; then eagerly
     with the LR frozen at the capture's value, the bug the comparison exists for."""
-    config = _small()
+    config = small_densenet()
     device = data.train_x.device
     lrs = [0.1, 0.1, 0.1, 0.5, 0.0, 0.5, 0.0, 0.5]  # the LR jumps at every replay
     assert len(lrs) > WARMUP_STEPS + 2
@@ -165,7 +151,7 @@ def _graph_step(data: FashionMNIST) -> tuple[bool, str]:
 
 def _two_steps(data: FashionMNIST) -> tuple[bool, str]:
     b = replace(get_budget("smoke"), train_images=128, batch_size=64, val_images=200)
-    r = train_and_evaluate(_small(), b, data.train_x, data.train_y, data.val_x, data.val_y)
+    r = train_and_evaluate(small_densenet(), b, data.train_x, data.train_y, data.val_x, data.val_y)
     ok = r.steps == 2 and r.step_memory_bytes is None
     return ok, f"{r.steps} steps, step mode {r.step_mode!r}, accuracy {r.accuracy:.3f}"
 
@@ -242,19 +228,6 @@ def _graph_vs_eager(data: FashionMNIST) -> tuple[bool, str]:
         f"d2l chapter network, batch {b.batch_size}, after warm-up: eager "
         f"{rates[False]:,.0f} images/s, CUDA graph {rates[True]:,.0f} images/s "
         f"(x{rates[True] / rates[False]:.2f})"
-    )
-
-
-def _small() -> ArchConfig:
-    """A DenseNet-BC small enough for a few quick steps (k=8, two blocks of two layers)."""
-    return ArchConfig(
-        growth_rate=8,
-        convs_per_block=(2, 2),
-        compression=0.5,
-        bottleneck=True,
-        stem="cifar",
-        stem_channels=16,
-        image_size=28,
     )
 
 

@@ -196,14 +196,12 @@ def _within(
         key=lambda t: (-t.values[0], cost[t.number]),
     )
     if not within:
+        smallest = min(cost.values())
+        exact = f"{smallest:.6f}" if name == "mmacs" else f"{smallest:.6g}"  # MACs: whole
         raise UsageError(
-            f"no trained trial has at most {limit:g} {unit}; the smallest has "
-            f"{min(cost.values()):.6f} (exact: MACs are whole numbers)"
-            if name == "mmacs"
-            else f"no trained trial has at most {limit:g} {unit}; the smallest has "
-            f"{min(cost.values()):.6g}"
+            f"no trained trial has at most {limit:g} {unit}; the smallest has {exact} {unit}"
         )
-    rule = f"the most accurate with {key} <= {limit:g} {unit}"
+    rule = f"the most accurate with {key} <= {limit:g} {unit} (one run each, this study's own)"
     working = {"rule": rule, **_summary(within[0], study), key: cost[within[0].number]}
     working["runner_up"] = _summary(within[1], study) if within[1:] else None
     return Pick(within[0], working)
@@ -279,7 +277,10 @@ def describe_pick(study: optuna.Study, chosen: Pick) -> str:
         sigma = f"{w['sigma']:.4f}" if w.get("sigma") else "not measured"
         rule += f"; accuracy from {w['runs']}, seed sigma {sigma}"
     runner = w.get("runner_up")
-    rule += f"; runner-up: trial {runner['trial']}, {values(runner)}" if runner else ""
+    if runner is None:
+        rule += "; no other candidate"
+    else:
+        rule += f"; next by the same rule: trial {runner['trial']}, {values(runner)}"
     return f"{head}\n  {rule}"
 
 

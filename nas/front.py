@@ -103,9 +103,10 @@ def why_no_front(study: optuna.Study) -> str:
         values = [trial_costs(t)[key]["value"] * scale for t in done if key in trial_costs(t)]
         over = sum(v > limit for v in values)
         if over:
+            option, unit = BUDGET_OPTIONS[name]
             words.append(
-                f"{BUDGET_OPTIONS[name]} {limit:g} excluded {over} of "
-                f"{len(values)} (the cheapest measured: {min(values):.4g})"
+                f"{option} {limit:g} excluded {over} of {len(values)} (the cheapest "
+                f"measured: {min(values):.4g} {unit})"
             )
     untrained = sum(t.user_attrs.get("trained") is not True for t in done)
     return "no trial is within the budgets: " + (

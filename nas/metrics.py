@@ -167,13 +167,13 @@ class Limits:
         return cls(**(d or {}))
 
 
-# each budget's constraint name -> the search option that sets it
+# each budget's constraint name -> (the search option that sets it, its unit)
 BUDGET_OPTIONS = {
-    "mmacs_over_budget": "--max-mmacs",
-    "params_over_budget": "--max-params",
-    "latency_cpu_ms_over_budget": "--max-latency-ms (CPU)",
-    "latency_gpu_ms_over_budget": "--max-latency-ms (GPU)",
-    "memory_mb_over_budget": "--max-memory-mb",
+    "mmacs_over_budget": ("--max-mmacs", "MMACs (fvcore)"),
+    "params_over_budget": ("--max-params", "parameters"),
+    "latency_cpu_ms_over_budget": ("--max-latency-ms (CPU)", "ms"),
+    "latency_gpu_ms_over_budget": ("--max-latency-ms (GPU)", "ms"),
+    "memory_mb_over_budget": ("--max-memory-mb", "MB"),
 }
 
 

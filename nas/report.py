@@ -37,6 +37,7 @@ from nas.front import (
     hypervolume_history,
     hypervolume_reference,
     kendall_tau,
+    over_budgets,
     pareto_front,
     spearman_rho,
     usable_trials,
@@ -57,6 +58,7 @@ COST_COLUMNS = {
 # table column of each objective: its metric name, but parameters are counted, not in M
 OBJECTIVE_COLUMNS = {**{n: m.label for n, m in METRICS.items()}, "params": "params"}
 OVER_OTHER = "not trained (over a budget)"
+OVER_EARLIER = "not trained (over an earlier budget)"
 AXIS_TITLES = {
     MACS: "MACs (fvcore), millions, batch 1",
     "params": "parameters",
@@ -81,6 +83,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             status = "pareto" if t.number in front else "dominated"
         elif t.state == STATES.COMPLETE and a.get("duplicate_of") is not None:
             status = "duplicate (not trained again)"
+        elif t.state == STATES.COMPLETE and not over_budgets(study, t):
+            status = OVER_EARLIER  # within the budgets now: trained when sampled again
         elif t.state == STATES.COMPLETE:
             over = a.get("over_budget") or ["macs"]  # older trials: only a MAC budget
             status = "not trained (over MAC budget)" if over == ["macs"] else OVER_OTHER
@@ -672,7 +676,13 @@ def _summary_html(
         f"{counts.get('dominated', 0)} dominated, "
         f"{counts.get('not trained (over MAC budget)', 0) + counts.get(OVER_OTHER, 0)} over a "
         "budget (not trained), "
-        f"{counts.get('duplicate (not trained again)', 0)} repeating a trained network (its "
+        + (
+            f"{counts[OVER_EARLIER]} not trained under an earlier budget but within today's "
+            "(trained when sampled again), "
+            if counts.get(OVER_EARLIER)
+            else ""
+        )
+        + f"{counts.get('duplicate (not trained again)', 0)} repeating a trained network (its "
         f"values reused), {counts.get('fail', 0)} failed, {counts.get('running', 0)} "
         "running.<br>"
         f"{escape(describe_budget(budget))}<br>"

@@ -36,18 +36,10 @@ def argv_with(base: dict[str, str], changes: list[str]) -> list[str]:
 
 
 def small_config(image_size: int = 28):
-    """A DenseNet-BC small enough for CPU unit tests (k=8, two blocks of two layers)."""
-    from nas.config import ArchConfig
+    """A DenseNet-BC small enough for CPU unit tests (nas.config.small_densenet)."""
+    from nas.config import small_densenet
 
-    return ArchConfig(
-        growth_rate=8,
-        convs_per_block=(2, 2),
-        compression=0.5,
-        bottleneck=True,
-        stem="cifar",
-        stem_channels=16,
-        image_size=image_size,
-    )
+    return small_densenet(image_size)
 
 
 class EmulatedGraph:
@@ -92,6 +84,40 @@ class EmulatedGraph:
     def reset(self) -> None:
         self.events.append("reset")
         self.fn = self.out = None
+
+
+def add_trained_infeasible_trial(study, name: str):  # noqa: ANN001, ANN201 - optuna types
+    """Copy study `name` (in its storage) with a memory budget of 10 MB and one more trial:
+    a trained network over that budget (as one over --max-memory-mb is), more accurate and
+    cheaper than every other. Returns (the copy, the infeasible trial's number)."""
+    import optuna
+
+    from nas.front import usable_trials
+
+    storage = study._storage
+    optuna.copy_study(
+        from_study_name=study.study_name, from_storage=storage, to_storage=storage,
+        to_study_name=name,
+    )  # fmt: skip
+    copy = optuna.load_study(study_name=name, storage=storage)
+    copy.set_user_attr("limits", {"memory_mb": 10.0})  # as with --max-memory-mb 10
+    model = usable_trials(copy)[0]
+    memory = {"value": 15.0, "unit": "MB"}
+    copy.add_trial(
+        optuna.trial.create_trial(
+            values=[1.0, min(t.values[1] for t in copy.trials) / 2],
+            params=model.params,
+            distributions=model.distributions,
+            user_attrs={
+                **model.user_attrs,
+                "trained": True,
+                "over_budget": ["memory"],
+                "costs": {**model.user_attrs["costs"], "memory": memory},
+            },
+            constraints={"memory_mb_over_budget": 5.0},
+        )
+    )
+    return copy, copy.trials[-1].number
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

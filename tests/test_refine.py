@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from browser import chromium, screenshot
-from conftest import argv_with
+from conftest import add_trained_infeasible_trial, argv_with
 from nas.front import most_promising, usable_trials
 from nas.refine import main
 from nas.report import main as report
@@ -99,23 +99,8 @@ def test_the_refined_are_exactly_the_most_promising_usable_trials(url: str) -> N
     """A copy of the study with a trained but infeasible network, the most accurate and
     the cheapest (as one over a memory budget is): refine trains exactly the trials
     most_promising picks among the usable ones, never that one."""
-    optuna.copy_study(from_study_name="r", from_storage=url, to_storage=url, to_study_name="ri")
-    source = optuna.load_study(study_name="ri", storage=url)
-    source.set_user_attr("limits", {"memory_mb": 10.0})  # as with --max-memory-mb 10
-    model = usable_trials(source)[0]
-    source.add_trial(
-        optuna.trial.create_trial(
-            values=[1.0, min(t.values[1] for t in source.trials) / 2],
-            params=model.params,
-            distributions=model.distributions,
-            user_attrs={
-                **model.user_attrs,
-                "trained": True,
-                "over_budget": ["memory"],
-                "costs": {**model.user_attrs["costs"], "memory": {"value": 15.0, "unit": "MB"}},
-            },
-            constraints={"memory_mb_over_budget": 5.0},
-        )
+    source, infeasible = add_trained_infeasible_trial(
+        optuna.load_study(study_name="r", storage=url), "ri"
     )
     usable = usable_trials(source)
     points = [(t.values[0], t.user_attrs["macs_fvcore"] / 1e6) for t in usable]
@@ -123,7 +108,7 @@ def test_the_refined_are_exactly_the_most_promising_usable_trials(url: str) -> N
     assert main(["--study", "ri", "--storage", url, "--budget", "smoke-long", "--top", "2"]) == 0
     refined = optuna.load_study(study_name="ri-refined-smoke-long", storage=url)
     assert {t.user_attrs["source_trial"] for t in refined.trials} == chosen
-    assert source.trials[-1].number not in chosen
+    assert infeasible not in chosen
 
 
 def test_refined_study_reports_its_noise(url: str, tmp_path: Path) -> None:
@@ -219,4 +204,4 @@ def test_export_sees_the_refined_runs_and_shows_its_working(url: str, tmp_path, 
     assert w["sigma"] == pytest.approx(refined.user_attrs["seed_stdev"]["stdev"], abs=1e-12)
     assert w["runner_up"]["trial"] in runs and w["runner_up"]["trial"] != w["trial"]
     line = capsys.readouterr().out
-    assert "(mean of 2)" in line and "rule: " in line and "runner-up: trial" in line
+    assert "(mean of 2)" in line and "rule: " in line and "next by the same rule: trial" in line

@@ -193,7 +193,7 @@ def test_cost_budgets_change_on_a_study_and_every_trial_is_judged_by_the_new_one
     out = capsys.readouterr().out
     assert "Pareto front: 0 trials" in out
     assert re.search(r"no trial is within the budgets: --max-params 1 excluded 2 of 2 "
-                     r"\(the cheapest measured: [\d.e+]+\)", out)  # fmt: skip
+                     r"\(the cheapest measured: [\d.e+]+ parameters\)", out)  # fmt: skip
     assert main([*args, "--trials", "1", "--max-params", "10000000"]) == 0
     out = capsys.readouterr().out
     assert "note: budgets changed from params <= 1 to params <= 10,000,000" in out
@@ -204,6 +204,10 @@ def test_cost_budgets_change_on_a_study_and_every_trial_is_judged_by_the_new_one
         {"params": 10_000_000.0},
     ]
     assert [t.number for t in pareto_front(study)] == [2]  # the one trained since
+    from nas.report import OVER_EARLIER, trials_frame
+
+    status = dict(zip(*trials_frame(study)[["trial", "status"]].T.values))
+    assert status[0] == status[1] == OVER_EARLIER  # within the budget now, not trained then
     assert main([*args, "--trials", "1", "--max-params", "1"]) == 0  # and back again
     assert "no trial is within the budgets: --max-params 1 excluded 4 of 4" in (
         capsys.readouterr().out

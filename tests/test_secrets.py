@@ -138,3 +138,19 @@ def test_public_url_and_hide_secrets() -> None:
     )
     for plain in ("postgresql://me@db/nas", "sqlite:///studies/x.db", "sqlite:///:memory:"):
         assert public_url(plain) == plain
+
+
+def test_a_mistyped_url_hides_its_password_too(capsys) -> None:
+    """No scheme, a missing ':', an unescaped '@' in the password: hidden all the same, in
+    the error line nas.search prints."""
+    from nas.search import main
+
+    for url, secret in (
+        ("postgresql//u:Pw-one-1@127.0.0.1:1/db", "Pw-one-1"),
+        ("u:Pw-two-2@127.0.0.1", "Pw-two-2"),
+        ("postgresql://u:Pw-th@ree-3@127.0.0.1:1/db", "ree-3"),
+    ):
+        assert main(["--trials", "1", "--storage", url]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "***" in err, err
+        assert secret not in err and secret.split("@")[0] not in err, err

@@ -51,6 +51,7 @@ SGD_LIMIT = 1e-10  # float64: the two optimizers differ by ~1e-14 (tests/test_st
 BF16_LIMIT = 2.0**-8  # relative: one rounding of bf16's 8 significant bits
 K2_TRIALS, K2_STEPS = 40, 6  # 6 steps: 3 warm-up, a capture, 2 replays
 FLAT_MB = 64  # reserved memory may grow this much from trial 5 to 40 (a few segments)
+NOISY_SPREAD = 0.2  # interquartile / median above this: the latency is said to be noisy
 
 
 @dataclass(frozen=True)
@@ -208,10 +209,15 @@ def _latency(device: torch.device) -> tuple[bool, str]:
         m, _ = gpu_latency_and_throughput(D2L_CHAPTER, device)
     else:
         m = cpu_latency(D2L_CHAPTER)
+    noisy = (
+        "; NOISY: other work on this machine? latencies closer than this spread are no ranking"
+        if m.spread > NOISY_SPREAD
+        else ""
+    )
     return m.value > 0, (
         f"d2l chapter network: {m.value:.3f} {m.unit} median of {m.runs} runs, spread "
         f"{100 * m.spread:.1f}% (interquartile / median), fastest {m.fastest:.3f} {m.unit} "
-        f"({m.device})"
+        f"({m.device}){noisy}"
     )
 
 

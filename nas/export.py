@@ -26,6 +26,7 @@ The file's "config" member is exactly the architecture JSON of nas.config, so
 from __future__ import annotations
 
 import json
+import math
 import platform
 import statistics
 import sys
@@ -93,9 +94,12 @@ def parse_budget_pick(pick: str) -> tuple[str, float]:
     if not (pick.startswith("max-") and name in PICK_BUDGETS and "=" in pick):
         raise UsageError(f"unknown --pick {pick!r}; use {PICK_HELP}")
     try:
-        return name, float(value)
+        limit = float(value)
     except ValueError:
         raise UsageError(f"--pick max-{name}=N needs a number, got {pick!r}") from None
+    if not (limit > 0 and math.isfinite(limit)):
+        raise UsageError(f"--pick max-{name}=N needs a positive number, got {pick!r}")
+    return name, limit
 
 
 def _summary(t: optuna.trial.FrozenTrial, study: optuna.Study) -> dict[str, Any]:

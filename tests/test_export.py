@@ -100,6 +100,7 @@ def test_a_trained_infeasible_trial_is_never_exported(study_url: str, tmp_path: 
         (["--study", "nope"], "no study named 'nope'"),
         (["--pick", "best"], "unknown --pick 'best'"),
         (["--pick", "max-mmacs=abc"], "needs a number"),
+        (["--pick", "max-mmacs=-5"], "needs a positive number"),
         (["--pick", "max-mmacs=0.001"], "no trained trial has at most 0.001 MMACs"),
         (["--out", "/nonexistent/dir/x.json"], "folder /nonexistent/dir does not exist"),
     ],

@@ -38,6 +38,7 @@ __all__ = [
     "REF_ACCURACY",
     "crowding_distance",
     "dominates",
+    "first_front",
     "over_budgets",
     "hypervolume_history",
     "hypervolume_reference",
@@ -75,12 +76,15 @@ def trial_costs(t: optuna.trial.FrozenTrial) -> dict[str, dict]:
     return {k: {"value": v / 1e6} for k, v in old.items() if v is not None}
 
 
-def over_budgets(study: optuna.Study, t: optuna.trial.FrozenTrial) -> list[str]:
+def over_budgets(
+    study: optuna.Study, t: optuna.trial.FrozenTrial, attrs: dict[str, Any] | None = None
+) -> list[str]:
     """The constraints `t` breaks under the study's budgets as they are now (they may have
     changed since it ran: nas.storage.update_budgets), from its stored costs; a budget
     whose cost `t` never measured keeps the constraint value stored with it. A study that
-    records no budgets (not made by nas.search) is judged by its stored constraints."""
-    a = study.user_attrs
+    records no budgets (not made by nas.search) is judged by its stored constraints.
+    `attrs`: the study's user attributes, read once by a caller looping over trials."""
+    a = study.user_attrs if attrs is None else attrs
     if "max_mmacs" not in a and "limits" not in a:
         return [name for name, v in t.constraints.items() if v > 0]
     max_mmacs, limits = a.get("max_mmacs"), Limits.from_dict(a.get("limits"))
@@ -116,10 +120,11 @@ def why_no_front(study: optuna.Study) -> str:
 
 def usable_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Complete, trained trials within the study's current budgets."""
+    attrs = study.user_attrs  # one read of the study, not one per trial
     return [
         t
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if t.user_attrs.get("trained") is True and not over_budgets(study, t)
+        if t.user_attrs.get("trained") is True and not over_budgets(study, t, attrs)
     ]
 
 
@@ -127,9 +132,20 @@ def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Usable trials that no usable trial beats on every objective of the study (accuracy
     and one or two costs), cheapest in the first cost objective first."""
     usable = usable_trials(study)
-    first = nondominated_fronts([tuple(t.values) for t in usable])
-    front = [usable[i] for i in first[0]] if first else []
+    front = [usable[i] for i in first_front([tuple(t.values) for t in usable])]
     return sorted(front, key=lambda t: (t.values[1], -t.values[0]))
+
+
+def first_front(points: Sequence[Sequence[float]]) -> list[int]:
+    """Indices of the points no other point dominates, in one pass: in the order of
+    accuracy descending, then each cost ascending, a point's dominators all come before
+    it, and one of them is on the front already (dominance is transitive): O(n x front)."""
+    order = sorted(range(len(points)), key=lambda i: (-points[i][0], *points[i][1:]))
+    front: list[int] = []
+    for i in order:
+        if not any(dominates(points[j], points[i]) for j in front):
+            front.append(i)
+    return front
 
 
 def knee_index(points: Sequence[tuple[float, float]]) -> int:

@@ -73,6 +73,7 @@ STATES = optuna.trial.TrialState
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial with the columns the report and its CSV need."""
     usable = {t.number for t in usable_trials(study)}
+    attrs = study.user_attrs  # one read of the study, not one per trial
     front = {t.number for t in pareto_front(study)}
     rows = []
     for t in study.get_trials(deepcopy=False):
@@ -83,7 +84,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             status = "pareto" if t.number in front else "dominated"
         elif t.state == STATES.COMPLETE and a.get("duplicate_of") is not None:
             status = "duplicate (not trained again)"
-        elif t.state == STATES.COMPLETE and not over_budgets(study, t):
+        elif t.state == STATES.COMPLETE and not over_budgets(study, t, attrs):
             status = OVER_EARLIER  # within the budgets now: trained when sampled again
         elif t.state == STATES.COMPLETE:
             over = a.get("over_budget") or ["macs"]  # older trials: only a MAC budget

@@ -167,3 +167,20 @@ def test_pooled_stdev_weights_each_group_by_its_degrees_of_freedom() -> None:
     assert pooled_stdev([[1.0], [2.0]]) is None  # no group of 2 or more runs
     # the plain mean of the variances, which ignores the missing run, is another figure
     assert abs(stdev - ((1 + 2) / 2) ** 0.5) > 0.05
+
+
+def test_the_first_front_in_one_pass_equals_the_brute_force_one() -> None:
+    from nas.front import dominates, first_front
+
+    rng = random.Random(7)
+    for dims in (2, 3):
+        points = [
+            (
+                round(rng.uniform(0.5, 0.9), 2),
+                *(float(rng.randint(1, 30)) for _ in range(dims - 1)),
+            )
+            for _ in range(300)
+        ]
+        points += points[:10]  # repeats: equal points dominate neither
+        brute = {i for i, p in enumerate(points) if not any(dominates(q, p) for q in points)}
+        assert set(first_front(points)) == brute

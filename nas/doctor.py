@@ -12,7 +12,7 @@ only if every check that ran passed. On a GPU (under a minute on an H200):
 - 2 steps: a run shorter than the warm-up trains and reads no graph pool;
 - 40 trials at K=2: tiny networks, a few steps each, two at a time in threads, as
   `nas.search --concurrency 2` runs them: none fails, every stream distinct, memory
-  reserved flat from trial 5 to trial 40;
+  reserved flat (the least of the first ten trials against the last ten);
 - latency: the d2l chapter network's GPU latency at batch 1 and the spread of its runs;
 - graph vs eager: that network's training images/s both ways.
 
@@ -50,7 +50,7 @@ __all__ = ["Check", "main", "run_checks"]
 SGD_LIMIT = 1e-10  # float64: the two optimizers differ by ~1e-14 (tests/test_step.py)
 BF16_LIMIT = 2.0**-8  # relative: one rounding of bf16's 8 significant bits
 K2_TRIALS, K2_STEPS = 40, 6  # 6 steps: 3 warm-up, a capture, 2 replays
-FLAT_MB = 64  # reserved memory may grow this much from trial 5 to 40 (a few segments)
+FLAT_MB = 64  # reserved memory may grow this much from the first trials to the last
 NOISY_SPREAD = 0.2  # interquartile / median above this: the latency is said to be noisy
 
 

@@ -36,6 +36,7 @@ from nas.space import PRESETS, load_space_file, parse_range, reference_params
 from nas.step import precision
 from nas.storage import (
     check_study_name,
+    connection_note,
     default_storage_url,
     open_or_create_study,
     open_storage,
@@ -490,7 +491,9 @@ def _open_study(
         + describe_limits(spec.max_mmacs, spec.limits.to_dict()),
         flush=True,
     )
-    return study, [changed] if changed else []
+    notes = [changed] if changed else []
+    crowded = connection_note(storage, spec.workers, spec.concurrency)
+    return study, notes + ([crowded] if crowded else [])
 
 
 def _run_trials(

@@ -9,6 +9,7 @@ that asks for anything else is refused before anything is written.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import warnings
@@ -20,6 +21,7 @@ import optuna
 import sqlalchemy
 import sqlalchemy.event
 import sqlalchemy.exc
+import sqlalchemy.pool
 from sqlalchemy.engine import make_url
 
 from nas.cli import UsageError, public_url
@@ -32,12 +34,14 @@ __all__ = [
     "load_study",
     "open_or_create_study",
     "open_storage",
+    "connection_note",
     "update_budgets",
 ]
 
 METRIC_NAMES = metric_names(DEFAULT_OBJECTIVES)  # ["val_accuracy", "MMACs (fvcore)"]
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 SQLITE_TIMEOUT_S = 60
+POOL_ENV = "NAS_DB_POOL"  # "null": a connection per operation; else SQLAlchemy's pool
 # How to install a missing driver; plain postgresql:// uses psycopg 3, installed with nas.
 DRIVER_HINTS = {
     "psycopg": "pip install 'psycopg[binary]'",
@@ -97,6 +101,10 @@ def open_storage(
             f"{parsed.get_driver_name()!r} is not installed ({hint})"
         ) from None
     kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() != "sqlite" and os.environ.get(POOL_ENV) == "null":
+        # A connection per operation, closed after it, instead of SQLAlchemy's pool: fewer
+        # held, but slower, and measured no better (benchmarks/README.md, "Many workers").
+        kwargs["engine_kwargs"] = {"poolclass": sqlalchemy.pool.NullPool}
     if parsed.get_backend_name() == "sqlite":
         db = parsed.database
         if db and parsed.query.get("uri") == "true" and db.startswith("file:"):
@@ -135,6 +143,35 @@ def open_storage(
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UsageError(f"cannot open storage {shown}: {reason}") from None
+
+
+def connection_note(
+    storage: optuna.storages.BaseStorage, processes: int, threads: int
+) -> str | None:
+    """A line when this run may hold more connections at once than the PostgreSQL server
+    has free: a process holds about one per thread that talks to the database (its trial
+    threads, the main and the heartbeat thread; benchmarks/storage_load.py measured 2.1
+    per one-trial process). None for another database, or a server that does not say."""
+    engine = getattr(storage, "engine", None)
+    if engine is None or engine.dialect.name != "postgresql":
+        return None
+    per_process = threads + 2  # measured: 2.1 per process with one trial each
+    try:
+        with engine.connect() as conn:
+            limit = int(conn.exec_driver_sql("SHOW max_connections").scalar())
+            reserved = int(conn.exec_driver_sql("SHOW superuser_reserved_connections").scalar())
+            used = int(conn.exec_driver_sql("SELECT count(*) FROM pg_stat_activity").scalar())
+    except sqlalchemy.exc.SQLAlchemyError:
+        return None
+    free, wanted = limit - reserved - used, processes * per_process
+    if wanted <= free:
+        return None
+    return (
+        f"this run may open {wanted} database connections at once ({processes} process"
+        f"{'es' if processes > 1 else ''} x {per_process}) and the server has {free} free "
+        f"(max_connections {limit}): other hosts' workers count too; raise max_connections "
+        "or put PgBouncer in front (docs/many-machines.md)"
+    )
 
 
 def _immediate_transactions(engine: sqlalchemy.engine.Engine) -> None:

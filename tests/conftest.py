@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import gzip
-import os
-import shutil
-import socket
 import struct
-import subprocess
-import tempfile
+import sys
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from nas.data import DEFAULT_DATA_DIR, FILES, resolve_data_dir
+from pg_server import free_port, pg_bin, throwaway_postgres  # noqa: E402, F401 (free_port: for tests)
 
 # A small corner of the cifar space: each smoke trial takes about a second on a CPU.
 TINY = ["--preset", "cifar", "--growth-rate", "8:12:4", "--convs", "1:2", "--budget", "smoke"]
@@ -169,50 +167,13 @@ def real_data(real_data_dir: Path):
 # -- a throwaway PostgreSQL server (Debian's packages), for the multi-machine storage --------
 
 
-def _pg_bin() -> Path | None:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if found:
-        return found[-1].parent
-    which = shutil.which("initdb")
-    return Path(which).parent if which else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def postgres_server():
-    """initdb + pg_ctl in a temporary folder, on 127.0.0.1; yields (bin dir, port, user)."""
-    bindir = _pg_bin()
-    if bindir is None:
+    """A throwaway server (benchmarks/pg_server.py) for the session; yields (bin dir, port)."""
+    if pg_bin() is None:
         pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
-    root = Path(tempfile.mkdtemp(prefix="nas-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses root: run the server as Debian's postgres user
-        as_user = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(root, "postgres", "postgres")
-    port, data = _free_port(), root / "data"
-
-    def run(*cmd: str) -> None:
-        subprocess.run([*as_user, *cmd], check=True, capture_output=True, timeout=120)
-
-    run(str(bindir / "initdb"), "-D", str(data), "-U", "nas", "--auth=trust", "-E", "UTF8")
-    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=200"
-    run(
-        str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "start"
-    )
-    try:
-        yield bindir, port
-    finally:
-        subprocess.run(
-            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
-            capture_output=True,
-            timeout=60,
-        )
-        shutil.rmtree(root, ignore_errors=True)
+    with throwaway_postgres(max_connections=200) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -167,3 +167,17 @@ def test_latency_tiny(tmp_path: Path, real_data_dir) -> None:
         assert part["networks"] >= 2
         rho = part["macs_vs_latency"]["spearman_rho"]
         assert math.isnan(rho) or -1 <= rho <= 1
+
+
+def test_storage_load_smoke(tmp_path: Path) -> None:
+    """storage_load.py at a smoke size: 3 clients against its own PostgreSQL, every
+    figure present (nothing judged: 3 clients load nothing)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    out = tmp_path / "load.json"
+    argv = ["--clients", "3", "--seconds", "4", "--trial-seconds", "0.5", "--out", str(out)]
+    assert load("storage_load").main(argv) == 0
+    [run] = json.loads(out.read_text())["runs"]
+    assert run["clients"] == 3 and run["client_errors"] == 0 and run["trials_complete"] >= 3
+    assert run["peak_server_connections"] >= 3 and run["overhead_p50_s"] > 0

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from browser import chromium, screenshot
-from conftest import _free_port
+from conftest import free_port
 from nas.dashboard import main
 from nas.report import main as report
 from nas.search import main as search
@@ -50,7 +50,7 @@ def served(tmp_path_factory, real_data_dir):
         assert report(["--study", "dash", "--storage", url]) == 0
     finally:
         os.chdir(started_in)
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable,

@@ -184,13 +184,13 @@ def test_readme_recipe_on_postgres_as_written(postgres_url: str, real_data_dir) 
     import time
     import urllib.request
 
-    from conftest import _free_port
+    from conftest import free_port
 
     procs = [start([*TINY, "--study", "big", "--trials", "2", "--storage", postgres_url])]
     procs.append(start([*TINY, "--study", "big", "--trials", "2", "--storage", postgres_url]))
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    port = _free_port()
+    port = free_port()
     dash = subprocess.Popen(
         [str(Path(sys.executable).parent / "optuna-dashboard"), postgres_url, "--port", str(port)],
         stdout=subprocess.PIPE,
@@ -215,3 +215,23 @@ def test_readme_recipe_on_postgres_as_written(postgres_url: str, real_data_dir) 
     studies = json.loads(body)["study_summaries"]
     assert [s["study_name"] for s in studies] == ["big"]
     assert len(optuna.load_study(study_name="big", storage=postgres_url).trials) == 4
+
+
+def test_connection_use_is_estimated_against_the_server(postgres_url: str, monkeypatch):
+    """nas.search says when a run may hold more connections than the server has free (a
+    default PostgreSQL refused clients from about 40 pooled workers: benchmarks/README.md);
+    NAS_DB_POOL=null opens one per operation instead of SQLAlchemy's pool."""
+    import sqlalchemy.pool
+
+    from nas.storage import connection_note
+
+    storage = open_storage(postgres_url)
+    assert isinstance(storage.engine.pool, sqlalchemy.pool.QueuePool)
+    assert connection_note(storage, 2, 1) is None  # 6 of the test server's 200
+    note = connection_note(storage, 100, 1)
+    assert note.startswith(
+        "this run may open 300 database connections at once (100 processes x 3)"
+    )
+    assert "max_connections 200" in note and "PgBouncer" in note
+    monkeypatch.setenv("NAS_DB_POOL", "null")
+    assert isinstance(open_storage(postgres_url).engine.pool, sqlalchemy.pool.NullPool)

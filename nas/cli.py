@@ -27,6 +27,8 @@ from nas.config import ConfigError
 __all__ = [
     "Interrupted",
     "UsageError",
+    "error_line",
+    "first_line",
     "hide_secrets",
     "make_parser",
     "public_url",
@@ -129,6 +131,19 @@ def exception_chain(e: BaseException) -> list[BaseException]:
     return chain
 
 
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of e's message (at most `limit` characters), or its type's name
+    where the message is empty."""
+    lines = str(e).strip().splitlines()
+    return lines[0][:limit] if lines else type(e).__name__
+
+
+def error_line(e: BaseException, limit: int = 200) -> str:
+    """'TypeName: first line of the message', or the type's name alone."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:limit]}" if lines else type(e).__name__
+
+
 def storage_failure(e: BaseException) -> str | None:
     """One line for a database that cannot be written or read (read-only file, lock held
     too long, full disk, lost server), from the driver's own message; None otherwise."""
@@ -137,9 +152,9 @@ def storage_failure(e: BaseException) -> str | None:
 
     for link in exception_chain(e):
         if isinstance(link, sqlalchemy.exc.OperationalError) and link.orig is not None:
-            return str(link.orig).strip().splitlines()[0]
+            return first_line(link.orig, limit=10_000)
     if isinstance(e, (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError)):
-        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return first_line(e, limit=10_000)
     return None
 
 

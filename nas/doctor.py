@@ -34,7 +34,7 @@ import optuna
 import torch
 
 from nas.budget import get_budget
-from nas.cli import make_parser, run_cli
+from nas.cli import error_line, make_parser, run_cli
 from nas.concurrent import StopFlag, nvidia_smi, run_concurrently
 from nas.config import D2L_CHAPTER, small_densenet
 from nas.data import FashionMNIST, load_fashion_mnist, resolve_data_dir
@@ -184,7 +184,7 @@ def _trials_at_k2(data: FashionMNIST) -> tuple[bool, str]:
                 gpu_latency_and_throughput(configs[n], device)
                 modes.append(r.step_mode)
             except Exception as e:  # noqa: BLE001 - counted and shown
-                errors.append(f"trial {n}: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+                errors.append(f"trial {n}: {error_line(e, limit=120)}")
             release_memory(collect=False)  # as nas.objective does after every trial
             with lock:
                 reserved.append(torch.cuda.memory_reserved(device) / 1e6)
@@ -256,7 +256,7 @@ def run_checks(
             try:
                 ok, figure = fn()
             except Exception as e:  # noqa: BLE001 - a check that raises has failed
-                ok, figure = False, f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
+                ok, figure = False, error_line(e)
             result = Check(name, "PASS" if ok else "FAIL", figure, time.perf_counter() - t0)
         checks.append(result)
         report(result)

@@ -217,12 +217,12 @@ def dominates(p: Sequence[float], q: Sequence[float]) -> bool:
 def nondominated_fronts(points: Sequence[Sequence[float]]) -> list[list[int]]:
     """Indices of (accuracy, cost, ...) points sorted into fronts: the first front, then
     the front of what is left, and so on (NSGA-II's non-dominated sorting)."""
-
     left, fronts = list(range(len(points))), []
     while left:
-        front = [i for i in left if not any(dominates(points[j], points[i]) for j in left)]
+        front = sorted(left[k] for k in first_front([points[i] for i in left]))
         fronts.append(front)
-        left = [i for i in left if i not in front]
+        taken = set(front)
+        left = [i for i in left if i not in taken]
     return fronts
 
 

@@ -49,7 +49,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from nas.cli import exception_chain
+from nas.cli import exception_chain, first_line
 
 __all__ = [
     "CAPTURE_LOCK",
@@ -61,6 +61,7 @@ __all__ = [
     "capture_forward",
     "current_slot",
     "is_out_of_memory",
+    "out_of_memory",
     "release_memory",
     "slot_stream",
 ]
@@ -158,14 +159,20 @@ class GraphPolicy:
 GRAPHS = GraphPolicy()
 
 
+def out_of_memory(e: BaseException) -> BaseException | None:
+    """The CUDA out-of-memory error anywhere in e's chain, or None (a capture broken by one
+    raises its own RuntimeError, "operation failed due to a previous error during
+    capture", from it)."""
+    for x in exception_chain(e):
+        if isinstance(x, torch.OutOfMemoryError) or (
+            isinstance(x, RuntimeError) and "CUDA error: out of memory" in str(x)
+        ):
+            return x
+    return None
+
+
 def is_out_of_memory(e: BaseException) -> bool:
-    """A CUDA out-of-memory error anywhere in e's chain (a capture broken by one raises its
-    own RuntimeError, "operation failed due to a previous error during capture", from it)."""
-    return any(
-        isinstance(x, torch.OutOfMemoryError)
-        or (isinstance(x, RuntimeError) and "CUDA error: out of memory" in str(x))
-        for x in exception_chain(e)
-    )
+    return out_of_memory(e) is not None
 
 
 def release_memory(collect: bool = True) -> None:
@@ -179,8 +186,7 @@ def release_memory(collect: bool = True) -> None:
             try:
                 torch.cuda.empty_cache()
             except RuntimeError as e:  # allocator left mid-capture by a broken capture_end
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                GRAPHS.turn_off(f"cannot empty the CUDA cache ({first})")
+                GRAPHS.turn_off(f"cannot empty the CUDA cache ({first_line(e)})")
 
 
 class CudaGraphRunner:

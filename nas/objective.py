@@ -36,13 +36,13 @@ import torch
 from tqdm import tqdm
 
 from nas.budget import TrainBudget
-from nas.cli import exception_chain, interruption
+from nas.cli import exception_chain, first_line, interruption
 from nas.concurrent import StopFlag
 from nas.config import ArchConfig, ConfigError
 from nas.cost import measure_cost
 from nas.data import FashionMNIST
 from nas.fit import Diverged, TrainResult, train_and_evaluate
-from nas.gpu import release_memory
+from nas.gpu import out_of_memory, release_memory
 from nas.measure import MEMORY_NOTE, Measured, cpu_latency, gpu_latency_and_throughput
 from nas.metrics import DEFAULT_OBJECTIVES, METRICS, Limits, budget_checks, budget_excess
 from nas.space import SearchSpace, sample
@@ -65,12 +65,11 @@ def failure_reason(e: BaseException) -> str | None:
     CUDA graph capture it surfaces as the capture's own RuntimeError ("operation failed
     due to a previous error during capture"), raised while handling the OOM.
     """
+    gpu = out_of_memory(e)
+    if gpu is not None:
+        return f"out of GPU memory: {first_line(gpu)}"
     for x in exception_chain(e):
         text = str(x)
-        if isinstance(x, torch.OutOfMemoryError) or (
-            isinstance(x, RuntimeError) and "CUDA error: out of memory" in text
-        ):
-            return f"out of GPU memory: {text.splitlines()[0][:300] if text else 'CUDA OOM'}"
         if isinstance(x, RuntimeError) and "can't allocate memory" in text:
             return f"out of memory: {text[text.find('DefaultCPUAllocator') :][:300]}"
     if isinstance(e, Diverged):
@@ -172,23 +171,23 @@ class Objective:
             trial.set_user_attr("over_budget", over)
             return self.values(0.0, costs)
         b = self.budget if seed is None else self.budget.with_seed(seed)
-        r = self._train(trial, config, b, costs)
+        r, timer = self._train(trial, config, b, costs)
         t3 = time.perf_counter()
-        if "latency_cpu" not in costs:
-            costs["latency_cpu"] = r.cpu_latency()
-        if r.result.step_memory_bytes is not None:
+        if timer is not None:  # the CPU latency, timed beside training
+            costs["latency_cpu"] = timer.result()
+        if r.step_memory_bytes is not None:
             costs["memory"] = {
-                "value": r.result.step_memory_bytes / 1e6,
+                "value": r.step_memory_bytes / 1e6,
                 "unit": "MB",
-                "device": f"{r.result.device}, batch {b.batch_size}",
+                "device": f"{r.device}, batch {b.batch_size}",
                 "note": MEMORY_NOTE,
             }
             over = self._constrain(trial, costs, constraints)
             if over:  # trained, but over a budget known only now
                 trial.set_user_attr("over_budget", over)
         trial.set_user_attr("costs", costs)
-        self._record(trial, r.result, (t0, t1, t2, t3))
-        return self.values(r.result.accuracy, costs)
+        self._record(trial, r, (t0, t1, t2, t3))
+        return self.values(r.accuracy, costs)
 
     def _reuse(self, trial: optuna.Trial, twin: optuna.trial.FrozenTrial) -> tuple[float, ...]:
         """The values of the twin the study already trained (same network and seed)."""
@@ -236,7 +235,7 @@ class Objective:
 
     def _train(
         self, trial: optuna.Trial, config: ArchConfig, b: TrainBudget, costs: dict[str, dict]
-    ) -> Trained:
+    ) -> tuple[TrainResult, CpuLatencyTimer | None]:
         """Train and score; the CPU latency, if still to measure, beside it (on a GPU)."""
         d = self.data
         progress = TrialProgress(
@@ -255,7 +254,7 @@ class Objective:
             on_step=progress,
             on_warm=None if timer is None else timer.start,
         )
-        return Trained(r, timer)
+        return r, timer
 
     def _record(self, trial: optuna.Trial, r: TrainResult, marks: tuple[float, ...]) -> None:
         """What a user may browse, and where the trial's time went (seconds), for the
@@ -310,16 +309,6 @@ class Objective:
                 trial._trial_id, "constraints", list(done.values())
             )
         return over
-
-
-@dataclass(frozen=True)
-class Trained:
-    result: TrainResult
-    timer: CpuLatencyTimer | None  # the CPU latency, timed beside training
-
-    def cpu_latency(self) -> dict:
-        assert self.timer is not None
-        return self.timer.result()
 
 
 class CpuLatencyTimer:

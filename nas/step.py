@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas.cli import error_line
 from nas.data import to_input
 from nas.gpu import GRAPHS, CudaGraphRunner, is_out_of_memory, release_memory
 
@@ -168,7 +169,7 @@ class Step:
             except Exception as e:
                 self.runner.reset()
                 if not is_out_of_memory(e):
-                    reason = f"capture failed: {_first_line(e)}"
+                    reason = f"capture failed: {error_line(e)}"
                     GRAPHS.turn_off(reason)
                     self.mode, self.runner = f"eager: {reason}", None
                     self._opt.zero_grad()
@@ -196,11 +197,6 @@ class Step:
         """Drop the graph: its pool goes back to the allocator."""
         if self.runner is not None:
             self.runner.reset()
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
 def make_step(

@@ -24,7 +24,7 @@ import sqlalchemy.exc
 import sqlalchemy.pool
 from sqlalchemy.engine import make_url
 
-from nas.cli import UsageError, public_url
+from nas.cli import UsageError, first_line, public_url
 from nas.metrics import DEFAULT_OBJECTIVES, describe_limits, directions, metric_names
 
 __all__ = [
@@ -141,7 +141,7 @@ def open_storage(
                     time.sleep(0.2 * (attempt + 1))
             raise AssertionError("unreachable")
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e, limit=10_000)
         raise UsageError(f"cannot open storage {shown}: {reason}") from None
 
 

@@ -1,19 +1,31 @@
 """A throwaway PostgreSQL server from Debian's packages (initdb + pg_ctl in a temporary
-folder, on 127.0.0.1, trust authentication for the role `nas`): for the tests of the
+folder, on 127.0.0.1, trust authentication for the role `nas`), and a throwaway PgBouncer
+in front of it with the pooling settings of docs/pgbouncer.ini: for the tests of the
 multi-machine storage and for benchmarks/storage_load.py."""
 
 from __future__ import annotations
 
+import configparser
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["free_port", "pg_bin", "throwaway_postgres"]
+__all__ = [
+    "PGBOUNCER_INI",
+    "free_port",
+    "pg_bin",
+    "pgbouncer_bin",
+    "throwaway_pgbouncer",
+    "throwaway_postgres",
+]
+
+PGBOUNCER_INI = Path(__file__).resolve().parents[1] / "docs" / "pgbouncer.ini"
 
 
 def pg_bin() -> Path | None:
@@ -39,10 +51,7 @@ def throwaway_postgres(max_connections: int | None = None) -> Iterator[tuple[Pat
     if bindir is None:
         raise RuntimeError("PostgreSQL server binaries not found (apt-get install postgresql)")
     root = Path(tempfile.mkdtemp(prefix="nas-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses root: run the server as Debian's postgres user
-        as_user = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(root, "postgres", "postgres")
+    as_user = _not_root(root)  # initdb refuses root
     port, data = free_port(), root / "data"
 
     def run(*cmd: str) -> None:
@@ -63,4 +72,80 @@ def throwaway_postgres(max_connections: int | None = None) -> Iterator[tuple[Pat
             capture_output=True,
             timeout=60,
         )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _not_root(root: Path) -> list[str]:
+    """The command prefix that runs a server as Debian's postgres user when we are root
+    (initdb and pgbouncer refuse root), giving it `root`; [] otherwise."""
+    if os.geteuid() != 0:
+        return []
+    shutil.chown(root, "postgres", "postgres")
+    return ["runuser", "-u", "postgres", "--"]
+
+
+def pgbouncer_bin() -> str | None:
+    """Debian's pgbouncer (in /usr/sbin, often not on a user's PATH), or None."""
+    return shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
+
+
+@contextmanager
+def throwaway_pgbouncer(
+    server_port: int, pool_size: int | None = None, scram: tuple[str, str] | None = None
+) -> Iterator[int]:
+    """Yields the port of a PgBouncer in front of the throwaway server on `server_port`:
+    docs/pgbouncer.ini as shipped (transaction pooling, its client and pool sizes), but
+    for where it listens, its files and any database name passed through. Clients log in
+    as the server's trust role nas, without a password; or, with scram (role, its SCRAM
+    secret from pg_authid), as that role with its password, by the shipped SCRAM lines.
+    pool_size replaces default_pool_size. Stopped on exit. RuntimeError without the
+    binary."""
+    binary = pgbouncer_bin()
+    if binary is None:
+        raise RuntimeError("pgbouncer not found (apt-get install pgbouncer)")
+    root = Path(tempfile.mkdtemp(prefix="nas-pgbouncer-"))
+    port = free_port()
+    ini = configparser.ConfigParser(interpolation=None)
+    ini.read(PGBOUNCER_INI)
+    ini["databases"] = {"*": f"host=127.0.0.1 port={server_port}"}
+    ini["pgbouncer"].update(
+        listen_addr="127.0.0.1",
+        listen_port=str(port),
+        unix_socket_dir=str(root),
+        auth_file=str(root / "userlist.txt"),
+        logfile=str(root / "pgbouncer.log"),
+        pidfile=str(root / "pgbouncer.pid"),
+    )
+    if pool_size is not None:
+        ini["pgbouncer"]["default_pool_size"] = str(pool_size)
+    if scram is None:
+        ini["pgbouncer"]["auth_type"] = "trust"
+    role, secret = scram or ("nas", "")
+    (root / "userlist.txt").write_text(f'"{role}" "{secret}"\n')
+    with open(root / "pgbouncer.ini", "w") as f:
+        ini.write(f)
+    as_user = ["-u", "postgres"] if _not_root(root) else []  # it switches user itself
+    for f in root.iterdir() if as_user else ():
+        shutil.chown(f, "postgres", "postgres")
+    log = root / "pgbouncer.log"
+    proc = subprocess.Popen([binary, *as_user, "-q", str(root / "pgbouncer.ini")])
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    said = log.read_text() if log.exists() else "no log"
+                    raise RuntimeError(f"pgbouncer did not start: {said}") from None
+                time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
         shutil.rmtree(root, ignore_errors=True)

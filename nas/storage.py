@@ -100,11 +100,18 @@ def open_storage(
             f"cannot open storage {shown}: its database driver "
             f"{parsed.get_driver_name()!r} is not installed ({hint})"
         ) from None
-    kwargs: dict[str, Any] = {}
+    engine: dict[str, Any] = {}
     if parsed.get_backend_name() != "sqlite" and os.environ.get(POOL_ENV) == "null":
         # A connection per operation, closed after it, instead of SQLAlchemy's pool: fewer
         # held, but slower, and measured no better (benchmarks/README.md, "Many workers").
-        kwargs["engine_kwargs"] = {"poolclass": sqlalchemy.pool.NullPool}
+        engine["poolclass"] = sqlalchemy.pool.NullPool
+    if parsed.get_driver_name() == "psycopg":
+        # No server-side prepared statements (psycopg 3 prepares a query on its 6th run on a
+        # connection): a pooler in transaction mode (PgBouncer before 1.21) hands each
+        # transaction another server connection, where the statement does not exist.
+        # psycopg2 never prepared; Optuna's queries are small.
+        engine["connect_args"] = {"prepare_threshold": None}
+    kwargs: dict[str, Any] = {"engine_kwargs": engine} if engine else {}
     if parsed.get_backend_name() == "sqlite":
         db = parsed.database
         if db and parsed.query.get("uri") == "true" and db.startswith("file:"):
@@ -151,13 +158,18 @@ def connection_note(
     """A line when this run may hold more connections at once than the PostgreSQL server
     has free: a process holds about one per thread that talks to the database (its trial
     threads, the main and the heartbeat thread; benchmarks/storage_load.py measured 2.1
-    per one-trial process). None for another database, or a server that does not say."""
+    per one-trial process). None for another database, a server that does not say, or one
+    behind a pooler such as PgBouncer (the server listens on another port than the URL's:
+    the pooler's pool size, not the workers, bounds the server's connections)."""
     engine = getattr(storage, "engine", None)
     if engine is None or engine.dialect.name != "postgresql":
         return None
     per_process = threads + 2  # measured: 2.1 per process with one trial each
     try:
         with engine.connect() as conn:
+            port = conn.exec_driver_sql("SELECT inet_server_port()").scalar()
+            if port is not None and port != (engine.url.port or 5432):
+                return None
             limit = int(conn.exec_driver_sql("SHOW max_connections").scalar())
             reserved = int(conn.exec_driver_sql("SHOW superuser_reserved_connections").scalar())
             used = int(conn.exec_driver_sql("SELECT count(*) FROM pg_stat_activity").scalar())

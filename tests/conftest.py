@@ -13,7 +13,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from nas.data import DEFAULT_DATA_DIR, FILES, resolve_data_dir
-from pg_server import free_port, pg_bin, throwaway_postgres  # noqa: E402, F401 (free_port: for tests)
+from pg_server import (  # noqa: E402, F401 (free_port: for tests)
+    free_port,
+    pg_bin,
+    pgbouncer_bin,
+    throwaway_pgbouncer,
+    throwaway_postgres,
+)
 
 # A small corner of the cifar space: each smoke trial takes about a second on a CPU.
 TINY = ["--preset", "cifar", "--growth-rate", "8:12:4", "--convs", "1:2", "--budget", "smoke"]
@@ -210,6 +216,19 @@ def postgres_url(postgres_server) -> str:
     ) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     return f"postgresql://nas@127.0.0.1:{port}/{name}"  # the README's form, as users write it
+
+
+@pytest.fixture
+def pgbouncer_url(postgres_server, postgres_url: str):
+    """postgres_url's database through a throwaway PgBouncer (Debian's package) with the
+    settings of docs/pgbouncer.ini but 2 server connections, so that the clients'
+    transactions take turns on them (what transaction pooling does under load, and what
+    server-side prepared statements do not survive); the docs' URL form."""
+    if pgbouncer_bin() is None:
+        pytest.skip("pgbouncer not installed (apt-get install pgbouncer; .ci/setup --test does)")
+    _, server_port = postgres_server
+    with throwaway_pgbouncer(server_port, pool_size=2) as port:
+        yield f"postgresql://nas@127.0.0.1:{port}/{postgres_url.rsplit('/', 1)[1]}"
 
 
 # A study in another objective and under a parameter budget: random sampler, seed 1, 6

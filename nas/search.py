@@ -32,6 +32,7 @@ from nas.data import DataError, FashionMNIST, load_fashion_mnist
 from nas.fit import pick_device, train_and_evaluate
 from nas.front import pareto_front, why_no_front
 from nas.metrics import DEFAULT_OBJECTIVES, Limits, describe_limits, metric_names, parse_objectives
+from nas.slurm import SlurmRequest, add_slurm_options, slurm_request, submit_array
 from nas.space import PRESETS, load_space_file, parse_range, reference_params
 from nas.step import precision
 from nas.storage import (
@@ -105,6 +106,7 @@ class SearchArgs:
     trials: int  # trials this run adds (other machines may add theirs)
     spec: WorkerSpec  # the rest; spec.workers and spec.concurrency 0, spec.device "auto":
     # chosen from the device
+    slurm: SlurmRequest | None = None  # --slurm-array: submit the search (nas.slurm)
 
 
 def _positive_int(text: str) -> int:
@@ -297,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--growth-rate", metavar="LO:HI[:STEP]", help="range of k")
     g.add_argument("--convs", metavar="LO:HI", help="range of conv blocks per dense block")
     g.add_argument("--compression", metavar="LO:HI:STEP", help="range of theta, in (0, 1]")
+    add_slurm_options(p)
     return p
 
 
@@ -343,7 +346,7 @@ def parse_args(argv: list[str] | None) -> SearchArgs:
         objectives=objectives,
         limits=limits,
     )
-    return SearchArgs(trials=a.trials, spec=spec)
+    return SearchArgs(trials=a.trials, spec=spec, slurm=slurm_request(a))
 
 
 def times_gpu_latency(spec: WorkerSpec) -> bool:
@@ -575,6 +578,8 @@ def _summary(
 
 def _run(argv: list[str] | None) -> int:
     args = parse_args(argv)
+    if args.slurm is not None:  # submitted instead: each array task runs run_search
+        return submit_array(args)
     run_search(args)
     return 0
 

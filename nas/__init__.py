@@ -1,4 +1,5 @@
-"""nas: a neural-architecture-search explorer for DenseNet on Fashion-MNIST.
+"""nas: a neural-architecture-search explorer for DenseNet on your images (Fashion-MNIST
+by default).
 
 The pipeline, one module each: space (sample) -> config -> model -> cost, measure (costs)
 -> metrics (objectives, budgets) -> budget/step/fit (training) -> objective (trial) ->

@@ -21,6 +21,7 @@ from nas.config import ConfigError
 __all__ = ["BUDGETS", "SCHEDULES", "TrainBudget", "get_budget"]
 
 SCHEDULES = ("linear", "constant")
+AUGMENTS = ("none", "crop-flip")  # nas.data.crop_flip
 
 
 @dataclass(frozen=True)
@@ -37,11 +38,16 @@ class TrainBudget:
     label_smoothing: float = 0.0
     bn_recalibration: int = 0  # if > 0: BN statistics re-estimated on this many train images
     seed: int = 0  # init and data-order seed, the same for every trial of a study
+    augment: str = "none"  # "crop-flip": random 4 px crop and mirror per image (nas.data)
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ConfigError(
                 f"budget schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
+            )
+        if self.augment not in AUGMENTS:
+            raise ConfigError(
+                f"budget augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}"
             )
         b = self.bn_recalibration
         if isinstance(b, bool) or not isinstance(b, int) or b < 0:

@@ -74,8 +74,13 @@ class ArchConfig:
     image_size: int = 96  # input side in pixels (d2l resizes 28 -> 96)
     num_classes: int = 10
     convention: str = "d2l"  # "d2l" (conv biases, Xavier init) or "paper" (see CONVENTIONS)
+    # Per-channel mean and std of the training images in [0, 1] (nas.data): the network
+    # first computes (x - mean) / std. Empty: no normalisation (the d2l chapter's input).
+    input_mean: tuple[float, ...] = ()
+    input_std: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
+        self._check_normalisation()
         convs = self.convs_per_block
         if isinstance(convs, list):
             object.__setattr__(self, "convs_per_block", tuple(convs))
@@ -107,6 +112,25 @@ class ArchConfig:
                 f"convention must be one of {', '.join(CONVENTIONS)}; got {self.convention!r}"
             )
         self.plan()  # raises ConfigError if the network cannot run
+
+    def _check_normalisation(self) -> None:
+        for name in ("input_mean", "input_std"):
+            v = getattr(self, name)
+            if isinstance(v, list):
+                v = tuple(v)
+                object.__setattr__(self, name, v)
+            if not isinstance(v, tuple) or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                for x in v
+            ):
+                raise ConfigError(f"{name} must be a list of numbers, got {v!r}")
+            if v and len(v) != self.in_channels:
+                raise ConfigError(f"{name} has {len(v)} values for in_channels {self.in_channels}")
+            object.__setattr__(self, name, tuple(float(x) for x in v))
+        if len(self.input_mean) != len(self.input_std):
+            raise ConfigError("input_mean and input_std must both be given, or neither")
+        if any(x <= 0 for x in self.input_std):
+            raise ConfigError(f"input_std must be positive, got {list(self.input_std)}")
 
     # -- shape arithmetic -------------------------------------------------------------
 
@@ -150,6 +174,7 @@ class ArchConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["convs_per_block"] = list(self.convs_per_block)
+        d["input_mean"], d["input_std"] = list(self.input_mean), list(self.input_std)
         return d
 
     def to_json(self, indent: int | None = 2) -> str:

@@ -1,41 +1,61 @@
-"""Fashion-MNIST from its four IDX .gz files, split once and for all into train/val/test.
+"""The data a study searches on: read from one of five layouts, split, fingerprinted.
 
-Default location: Debian's package `dataset-fashion-mnist` (/usr/share/datasets/fashion-
-mnist); `--data-dir` or the NAS_DATA_DIR environment variable point elsewhere. Nothing
-is ever downloaded. The 60k training images are split by a fixed permutation (seed 0,
-independent of any training seed) into 50k train and 10k validation: the search scores
-on validation only. The permutation is defined by integer arithmetic alone (a keyed
-SplitMix64 hash), so it is the same with every torch and numpy version on every host,
-and the data carry fingerprints of their files and of that split, which a study stores;
-the 10k test set is for the final training of an exported architecture. Images stay
-uint8 (N, 28, 28) here; `to_input` turns them into float tensors on the device, resized
-there when the architecture's image size is not 28.
+`load_data(SOURCE)` reads Fashion-MNIST (the default, from Debian's package
+`dataset-fashion-mnist`, or `--data-dir` / $NAS_DATA_DIR), a folder of IDX files, a
+folder of class subfolders of images, a .npz, or CIFAR-10/100's python batches
+(nas.formats, nas.decode). Nothing is ever downloaded. Images stay uint8, (N, H, W, C).
+
+Splits: the data's own val and test splits where it has them; otherwise validation is
+held out of train by a fixed permutation (a keyed SplitMix64 hash, integer arithmetic
+only, so the same on every host and library version): min(10,000, N/6) images. The
+search scores on validation only; the test split is for the final training of an
+exported architecture. Per-channel mean and std of the training split (exact, from a
+histogram of the bytes) go into every network's config (nas.config), so the network,
+and the exported .pt2, normalise its own input. The fingerprint (a content hash of every
+split, shapes, classes, split sizes, normalisation) is what a study stores and compares:
+the same images from another layout give the same fingerprint.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
-import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nas.budget import AUGMENTS
+from nas.formats import (
+    DataError,
+    Raw,
+    detect,
+    npz_shapes,
+    read_cifar,
+    read_idx,
+    read_idx_folder,
+    read_npz,
+)
+
 __all__ = [
+    "AUGMENTS",
     "DEFAULT_DATA_DIR",
     "DataError",
+    "Dataset",
     "FashionMNIST",
+    "crop_flip",
+    "describe",
+    "load_data",
     "load_fashion_mnist",
     "read_idx",
-    "split_permutation",
     "resolve_data_dir",
+    "split_permutation",
     "to_input",
 ]
 
+DEFAULT_SOURCE = "fashion-mnist"
 DEFAULT_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 ENV_VAR = "NAS_DATA_DIR"
 FILES = {
@@ -44,21 +64,25 @@ FILES = {
     "test_images": "t10k-images-idx3-ubyte.gz",
     "test_labels": "t10k-labels-idx1-ubyte.gz",
 }
-VAL_SIZE = 10_000  # images held out of the 60k training set for validation
+VAL_SIZE = 10_000  # images held out of the training set for validation, at most
 SPLIT_SEED = 0  # the train/val split never changes with the training seed
+MIN_SIDE = 8  # pixels: smaller images are refused
+CROP_PAD = 4  # crop-flip: random crop of the image padded by 4 px (with zeros), then flip
+DEVICE_SHARE = 0.5  # the data may take at most this share of the device's memory
+FASHION_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
 HOW_TO_GET = (
     "install Debian's package with `apt-get install dataset-fashion-mnist`, or point "
     f"--data-dir / {ENV_VAR} at a folder holding the four Fashion-MNIST IDX .gz files"
 )
 
 
-class DataError(Exception):
-    """The dataset is missing or corrupt (a user-facing, one-line error)."""
-
-
 @dataclass(frozen=True)
-class FashionMNIST:
-    """uint8 images (N, 28, 28) and int64 labels (N,), on whatever device they were moved to."""
+class Dataset:
+    """uint8 images (N, H, W, C) and int64 labels (N,), on whatever device they were moved
+    to; the test split may be empty (the data has none)."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
@@ -66,21 +90,61 @@ class FashionMNIST:
     val_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
-    source: str  # folder the files came from
-    # What makes two runs' accuracies comparable: sha256 (first 16 hex digits) of the four
-    # files' decoded contents, of the validation indices, and the split's sizes.
+    source: str  # what --data named: "fashion-mnist", or a path
+    kind: str  # "fashion-mnist", "idx", "folder", "npz" or "cifar"
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]  # per channel, of the training split, pixels scaled to [0, 1]
+    std: tuple[float, ...]
+    # What makes two runs' accuracies comparable: a sha256 (first 16 hex digits) of every
+    # split's images and labels, shapes, the number of classes, split sizes and
+    # normalisation (class names are not: they change no accuracy).
     fingerprint: dict[str, object]
+    notes: tuple[str, ...] = field(default=())  # said once at start (resized images, ...)
 
-    def to(self, device: torch.device | str) -> FashionMNIST:
+    @property
+    def channels(self) -> int:
+        return int(self.train_x.shape[-1])
+
+    @property
+    def side(self) -> int:
+        """The images' side in pixels (the larger of height and width)."""
+        return int(max(self.train_x.shape[1:3]))
+
+    def to(self, device: torch.device | str) -> Dataset:
         moved = {
             name: getattr(self, name).to(device)
             for name in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
         }
-        return FashionMNIST(**moved, source=self.source, fingerprint=self.fingerprint)
+        return replace(self, **moved)
 
     def full_train(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """All 60k training images (train + val), for the final training run."""
+        """train + val, for the final training run."""
         return torch.cat((self.train_x, self.val_x)), torch.cat((self.train_y, self.val_y))
+
+    def input_spec(self) -> dict[str, object]:
+        """What a network needs from the data (nas.config.ArchConfig's input fields)."""
+        return {
+            "in_channels": self.channels,
+            "num_classes": len(self.classes),
+            "input_mean": self.mean,
+            "input_std": self.std,
+        }
+
+    def record(self) -> dict[str, object]:
+        """Where the data came from and what it is: stored with a study (not compared;
+        nas.refine reloads from it) and written into an export."""
+        h, w, c = self.train_x.shape[1:]
+        return {
+            "source": self.source,
+            "kind": self.kind,
+            "shape": [int(h), int(w), int(c)],
+            "classes": list(self.classes),
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+
+FashionMNIST = Dataset  # the name before other data were taken
 
 
 def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
@@ -89,36 +153,6 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
         return Path(data_dir)
     env = os.environ.get(ENV_VAR)
     return Path(env) if env else DEFAULT_DATA_DIR
-
-
-def read_idx(path: Path, expected_dims: int) -> np.ndarray:
-    """Read one gzipped IDX file of unsigned bytes (magic 0x0000080N, big-endian sizes)."""
-    try:
-        with gzip.open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise DataError(f"missing Fashion-MNIST file {path}: {HOW_TO_GET}") from None
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise DataError(f"corrupt Fashion-MNIST file {path} ({e}): {HOW_TO_GET}") from None
-    if len(raw) < 4:
-        raise DataError(f"corrupt Fashion-MNIST file {path} (too short): {HOW_TO_GET}")
-    zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or dtype != 0x08 or ndim != expected_dims:
-        raise DataError(
-            f"corrupt Fashion-MNIST file {path} (bad IDX header: expected unsigned bytes "
-            f"in {expected_dims} dimensions): {HOW_TO_GET}"
-        )
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"corrupt Fashion-MNIST file {path} (truncated header): {HOW_TO_GET}")
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    count = int(np.prod(shape))
-    if len(raw) - header != count:
-        raise DataError(
-            f"corrupt Fashion-MNIST file {path} (header says {count} bytes of data, file "
-            f"has {len(raw) - header}): {HOW_TO_GET}"
-        )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
 def split_permutation(n: int, seed: int) -> np.ndarray:
@@ -139,62 +173,281 @@ def split_permutation(n: int, seed: int) -> np.ndarray:
 def _sha(*arrays: np.ndarray) -> str:
     h = hashlib.sha256()
     for a in arrays:
+        h.update(str(a.shape).encode())
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()[:16]
 
 
-def load_fashion_mnist(data_dir: str | Path | None = None) -> FashionMNIST:
-    """Read the four files and split train into train/val (on the CPU)."""
-    folder = resolve_data_dir(data_dir)
-    if folder.exists() and not folder.is_dir():
-        raise DataError(f"{folder} is a file, not a folder of Fashion-MNIST files: {HOW_TO_GET}")
-    if not folder.is_dir():
-        raise DataError(f"Fashion-MNIST folder {folder} does not exist: {HOW_TO_GET}")
-    arrays = {
-        name: read_idx(folder / fname, 3 if name.endswith("images") else 1)
-        for name, fname in FILES.items()
-    }
-    for split in ("train", "test"):
-        x, y = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if len(x) != len(y):
+def channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (population) of uint8 (N, H, W, C) scaled to [0, 1], exact:
+    from each channel's 256-bin histogram, summed in float64."""
+    values = np.arange(256, dtype=np.float64) / 255.0
+    means, stds = [], []
+    for c in range(x.shape[-1]):
+        counts = np.zeros(256, dtype=np.int64)
+        for i in range(0, len(x), 4096):  # in chunks: no copy of a large array
+            counts += np.bincount(x[i : i + 4096, ..., c].reshape(-1), minlength=256)
+        n = counts.sum()
+        mean = float((counts * values).sum() / n)
+        var = float((counts * (values - mean) ** 2).sum() / n)
+        means.append(round(mean, 6))
+        stds.append(round(max(var, 1e-12) ** 0.5, 6))
+    return tuple(means), tuple(stds)
+
+
+def _check(raw: Raw, where: str) -> int:
+    """Every split: same image shape, labels in range; returns the number of classes."""
+    x0 = raw.splits["train"][0]
+    if len(x0) == 0:
+        raise DataError(f"{where} has no training images")
+    for split, (x, y) in raw.splits.items():
+        if x.shape[1:] != x0.shape[1:]:
             raise DataError(
-                f"Fashion-MNIST {split} files disagree: {len(x)} images, {len(y)} labels"
+                f"{where}: {split} images are {x.shape[1:]}, train images {x0.shape[1:]}"
             )
-        if x.shape[1:] != (28, 28):
-            raise DataError(f"Fashion-MNIST {split} images are {x.shape[1:]}, not 28x28")
-        if y.size and y.max() > 9:
-            raise DataError(f"Fashion-MNIST {split} labels go up to {y.max()}, not 0..9")
-    x = torch.from_numpy(arrays["train_images"].copy())
-    y = torch.from_numpy(arrays["train_labels"].astype(np.int64))
-    n_val = min(VAL_SIZE, len(x) // 6)  # tiny test files keep a 5:1 split
-    perm = split_permutation(len(x), SPLIT_SEED)
+        if len(y) and y.min() < 0:
+            raise DataError(f"{where}: {split} labels include {y.min()}; labels start at 0")
+    h, w = x0.shape[1:3]
+    if min(h, w) < MIN_SIDE:
+        raise DataError(
+            f"{where}: images are {h}x{w} pixels; nas needs at least {MIN_SIDE}x{MIN_SIDE}"
+        )
+    top = int(max(y.max() for _, y in raw.splits.values() if len(y)))
+    n = len(raw.classes) if raw.classes else top + 1
+    if top >= n:
+        raise DataError(f"{where}: labels go up to {top}, but there are {n} class names")
+    present = np.unique(raw.splits["train"][1])
+    if len(present) < 2:
+        raise DataError(
+            f"{where}: the training images hold one class only ({present.tolist()}); "
+            "a classifier needs at least two"
+        )
+    return n
+
+
+def _build(raw: Raw, source: str, kind: str, where: str) -> Dataset:
+    """Split (holding validation out of train where the data has none), fingerprint."""
+    n_classes = _check(raw, where)
+    train_x, train_y = raw.splits["train"]
+    notes = list(raw.notes)
+    if "val" in raw.splits:
+        val_x, val_y = raw.splits["val"]
+        val_from = "given"
+    else:
+        n_val = min(VAL_SIZE, len(train_x) // 6)
+        perm = split_permutation(len(train_x), SPLIT_SEED)
+        val, train = perm[:n_val], perm[n_val:]
+        val_from = f"held out of train by key {SPLIT_SEED}: {_sha(val.astype('<i8'))}"
+        val_x, val_y = train_x[val], train_y[val]
+        train_x, train_y = train_x[train], train_y[train]
+    if len(val_x) == 0:
+        raise DataError(
+            f"{where}: too few training images ({len(train_x)}) to hold out validation"
+        )
+    empty_x = np.zeros((0, *train_x.shape[1:]), dtype=np.uint8)
+    test_x, test_y = raw.splits.get("test", (empty_x, np.zeros(0, dtype=np.int64)))
+    mean, std = channel_stats(train_x)
+    missing = sorted(set(range(n_classes)) - set(np.unique(train_y).tolist()))
+    if missing:
+        notes.append(
+            f"class{'es' if len(missing) > 1 else ''} {missing[:10]} "
+            "ha{} no training images".format("ve" if len(missing) > 1 else "s")
+        )
+    classes = tuple(raw.classes or (str(i) for i in range(n_classes)))
+    if kind == DEFAULT_SOURCE:
+        classes = FASHION_CLASSES
     fingerprint = {
-        "files_sha256": _sha(*(arrays[name] for name in FILES)),
-        "val_indices_sha256": _sha(perm[:n_val].astype("<i8")),
-        "train": len(x) - n_val,
-        "val": n_val,
-        "test": len(arrays["test_labels"]),
+        "content_sha256": _sha(train_x, train_y, val_x, val_y, test_x, test_y),
+        "shape": list(train_x.shape[1:]),
+        "classes": len(classes),
+        "train": len(train_x),
+        "val": len(val_x),
+        "test": len(test_x),
+        "val_from": val_from,
+        "mean": list(mean),
+        "std": list(std),
     }
-    perm_t = torch.from_numpy(perm)
-    val, train = perm_t[:n_val], perm_t[n_val:]
-    return FashionMNIST(
-        train_x=x[train],
-        train_y=y[train],
-        val_x=x[val],
-        val_y=y[val],
-        test_x=torch.from_numpy(arrays["test_images"].copy()),
-        test_y=torch.from_numpy(arrays["test_labels"].astype(np.int64)),
-        source=str(folder),
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.require(a, requirements=["C", "W"]))
+
+    return Dataset(
+        train_x=t(train_x),
+        train_y=t(train_y),
+        val_x=t(val_x),
+        val_y=t(val_y),
+        test_x=t(test_x),
+        test_y=t(test_y),
+        source=source,
+        kind=kind,
+        classes=classes,
+        mean=mean,
+        std=std,
         fingerprint=fingerprint,
+        notes=tuple(notes),
+    )
+
+
+def memory_limit(device: torch.device) -> tuple[int, str]:
+    """Bytes the data may take on `device`, and the limit in words."""
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        return int(total * DEVICE_SHARE), f"{_size(total * DEVICE_SHARE)} (half of this GPU's)"
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+        avail = info["MemAvailable"]
+    except (OSError, KeyError, ValueError):
+        return 1 << 62, "no limit known"
+    share = avail * DEVICE_SHARE
+    return int(share), f"{_size(share)} (half of this machine's available memory)"
+
+
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+
+
+def check_fits(nbytes: int, device: torch.device | None, what: str) -> None:
+    """Refuse, with one line naming the size and the limit, data that would not fit."""
+    if device is None:
+        return
+    limit, words = memory_limit(device)
+    if nbytes > limit:
+        raise DataError(
+            f"{what} needs {_size(nbytes)} as uint8, more than {words}: nas keeps "
+            "the whole dataset on the device; use fewer or smaller images (resize them "
+            "before, e.g. into a .npz)"
+        )
+
+
+def _estimate(path: Path, kind: str) -> int | None:
+    """Bytes of a layout's images as uint8, from headers only, where that is cheap."""
+    if kind == "npz":
+        shapes = npz_shapes(path)
+        return sum(int(np.prod(s)) for n, (s, _) in shapes.items() if "image" in n or "x_" in n)
+    if kind == "cifar":
+        return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+    if kind == "idx":
+        return sum(_idx_bytes(p) for p in path.iterdir() if "idx3-ubyte" in p.name)
+    return None
+
+
+def _idx_bytes(path: Path) -> int:
+    """Bytes of an IDX file's data, from its header (0 if unreadable: read_idx says why)."""
+    import gzip
+    import struct
+
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            head = f.read(16)
+        return int(np.prod(struct.unpack(">3I", head[4:16])))
+    except (OSError, EOFError, struct.error):
+        return 0
+
+
+def load_data(
+    source: str | None = None,
+    data_dir: str | Path | None = None,
+    image_size: int | None = None,
+    device: torch.device | None = None,
+) -> Dataset:
+    """Read SOURCE ("fashion-mnist", the default, or a path) on the CPU.
+
+    `image_size`: the side folder images of mixed sizes are decoded to (else the most
+    common size). `device`: where the data will go; data larger than half its memory is
+    refused before it is read.
+    """
+    source = source or DEFAULT_SOURCE
+    if source == DEFAULT_SOURCE:
+        folder = resolve_data_dir(data_dir)
+        if folder.exists() and not folder.is_dir():
+            raise DataError(
+                f"{folder} is a file, not a folder of Fashion-MNIST files: {HOW_TO_GET}"
+            )
+        if not folder.is_dir():
+            raise DataError(f"Fashion-MNIST folder {folder} does not exist: {HOW_TO_GET}")
+        check_fits(_estimate(folder, "idx") or 0, device, f"Fashion-MNIST in {folder}")
+        return _build(
+            read_idx_folder(folder, HOW_TO_GET), source, source, f"Fashion-MNIST in {folder}"
+        )
+    path = Path(source).expanduser()
+    kind = detect(path)
+    estimate = _estimate(path, kind)
+    if estimate is not None:
+        check_fits(estimate, device, str(path))
+    if kind == "idx":
+        raw = read_idx_folder(path)
+    elif kind == "npz":
+        raw = read_npz(path)
+    elif kind == "cifar":
+        raw = read_cifar(path)
+    else:
+        from nas.decode import read_folder
+
+        raw, cached = read_folder(path, image_size)
+        check_fits(sum(s[0].nbytes for s in raw.splits.values()), device, str(path))
+        if cached:
+            raw.notes.insert(0, "decoded images read from the cache")
+    return _build(raw, str(path), kind, str(path))
+
+
+def load_fashion_mnist(data_dir: str | Path | None = None) -> Dataset:
+    """Fashion-MNIST from its four IDX .gz files (Debian's, --data-dir or $NAS_DATA_DIR)."""
+    return load_data(DEFAULT_SOURCE, data_dir)
+
+
+def describe(data: Dataset) -> str:
+    """One line: what was read, its shape, classes and splits."""
+    h, w, c = data.train_x.shape[1:]
+    test = f"{len(data.test_x):,} test" if len(data.test_x) else "no test split"
+    val = "val" if data.fingerprint["val_from"] == "given" else "val (held out of train)"
+    names = ", ".join(data.classes[:4]) + (", ..." if len(data.classes) > 4 else "")
+    return (
+        f"data {data.source} ({data.kind}): {h}x{w}, {c} channel{'s' if c > 1 else ''}, "
+        f"{len(data.classes)} classes ({names}); {len(data.train_x):,} train, "
+        f"{len(data.val_x):,} {val}, {test}"
     )
 
 
 def to_input(images: torch.Tensor, image_size: int, dtype: torch.dtype) -> torch.Tensor:
-    """uint8 (B, 28, 28) -> (B, 1, S, S) in [0, 1], resized bilinearly on their device.
-
-    d2l's loader does ToTensor() and Resize(96) (bilinear); this is the same on tensors.
-    """
-    x = images.unsqueeze(1).to(dtype).div_(255.0)
-    if image_size != x.shape[-1]:
+    """uint8 (B, H, W) or (B, H, W, C) -> float (B, C, S, S) in [0, 1], resized bilinearly
+    on their device (d2l's loader does ToTensor() and Resize(96), bilinear: the same on
+    tensors). The network normalises its input itself (nas.model)."""
+    if images.dim() == 3:
+        images = images.unsqueeze(-1)
+    x = images.permute(0, 3, 1, 2).to(dtype).div_(255.0)
+    if x.shape[-2:] != (image_size, image_size):
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
     return x
+
+
+def crop_flip(images: torch.Tensor, aug: torch.Tensor, pad: int = CROP_PAD) -> torch.Tensor:
+    """The CIFAR recipe on uint8 (B, H, W, C): each image padded by `pad` zeros, cropped at
+    offset aug[:, 0:2] (each in 0..2*pad) and mirrored left-right where aug[:, 2] is 1.
+
+    Fixed shapes and no host sync: the offsets are drawn outside (from the trial's
+    generator), so the step stays one CUDA graph."""
+    b, h, w, _ = images.shape
+    dev = images.device
+    rows = aug[:, 0:1] - pad + torch.arange(h, device=dev)  # (B, H) source rows
+    ar = torch.arange(w, device=dev)
+    cols = aug[:, 1:2] - pad + torch.where(aug[:, 2:3] == 1, w - 1 - ar, ar)  # (B, W)
+    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
+    picked = images[
+        torch.arange(b, device=dev)[:, None, None],
+        rows.clamp(0, h - 1)[:, :, None],
+        cols.clamp(0, w - 1)[:, None, :],
+    ]  # (B, H, W, C)
+    return picked * inside[..., None]
+
+
+def draw_augment(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """(n, 3) int64: crop offsets in 0..2*pad and a flip bit, per image of an epoch."""
+    shifts = torch.randint(0, 2 * CROP_PAD + 1, (n, 2), generator=generator, device=device)
+    flips = torch.randint(0, 2, (n, 1), generator=generator, device=device)
+    return torch.cat((shifts, flips), dim=1)
+
+
+def default_augment(channels: int) -> str:
+    """crop-flip for colour images (the CIFAR recipe), none for grey."""
+    return "crop-flip" if channels == 3 else "none"

@@ -247,6 +247,9 @@ def export_record(
         # every measured cost with its unit, device and runs (nas.measure)
         "costs": a.get("costs") or {},
         "objectives": study.user_attrs.get("objectives", list(DEFAULT_OBJECTIVES)),
+        # the images it was searched on (nas.data: source, shape, classes, normalisation):
+        # nas.train trains on them by default; None for a study from before other data
+        "data": study.user_attrs.get("data_record"),
         "trial": trial.number,
         "study": study.study_name,
         "pick": pick,

@@ -21,6 +21,7 @@ from torch import nn
 
 from nas.budget import TrainBudget
 from nas.config import ArchConfig
+from nas.data import draw_augment
 from nas.model import build_model
 from nas.step import (
     GraphRunner,
@@ -41,6 +42,7 @@ __all__ = [
     "train_and_evaluate",
 ]
 
+AUGMENT_SEED = 0x5EED  # crop-flip draws from seed + this: independent of the data order
 EVAL_BATCH = {"cuda": 1000, "cpu": 50}  # on the CPU small batches stay in cache: 3x faster
 
 
@@ -138,6 +140,7 @@ def train_and_evaluate(
         budget.label_smoothing,
         cuda_graph,
         runner,
+        budget.augment,
     )
     try:
         return _train(
@@ -169,11 +172,16 @@ def _train(
     _sync(device)
     t0 = time.perf_counter()
     warmup_seconds = 0.0
+    augment = budget.augment == "crop-flip"
+    aug_gen = torch.Generator(device=device).manual_seed(budget.seed + AUGMENT_SEED)
     for step in range(steps):
         if step % per_epoch == 0:
             order = torch.randperm(n, device=device, generator=gen)
+            if augment:  # an epoch's crops and flips at once; the order's stream untouched
+                aug = draw_augment(n, aug_gen, device)
         i = step % per_epoch
-        loss = stepper.run(order[i * bs : (i + 1) * bs], budget.lr_at(step))
+        batch = slice(i * bs, (i + 1) * bs)
+        loss = stepper.run(order[batch], budget.lr_at(step), aug[batch] if augment else None)
         if step >= steps - tail:
             loss_sum += loss.float()
         if step == stepper.eager_steps:  # warm-up (and capture) done: the rest is steady state

@@ -108,8 +108,16 @@ class DenseNet(nn.Module):
             nn.Linear(c, config.num_classes),
         )
         self.apply(_init_d2l if config.convention == "d2l" else _init_paper)
+        # the data's per-channel statistics: constants of the network, not weights (no
+        # state_dict entry), so that the exported program normalises its own input
+        mean, std = config.input_mean, config.input_std
+        shape = (1, len(mean), 1, 1)
+        self.register_buffer("mean", torch.tensor(mean).view(shape) if mean else None, False)
+        self.register_buffer("std", torch.tensor(std).view(shape) if std else None, False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mean is not None:
+            x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         return self.head(self.features(x))  # (B, C, H, W) -> (B, num_classes)
 
 

@@ -40,7 +40,7 @@ from nas.cli import exception_chain, first_line, interruption
 from nas.concurrent import StopFlag
 from nas.config import ArchConfig, ConfigError
 from nas.cost import measure_cost
-from nas.data import FashionMNIST
+from nas.data import Dataset
 from nas.fit import Diverged, TrainResult, train_and_evaluate
 from nas.gpu import out_of_memory, release_memory
 from nas.measure import MEMORY_NOTE, Measured, cpu_latency, gpu_latency_and_throughput
@@ -120,7 +120,7 @@ class TrialProgress:
 class Objective:
     space: SearchSpace
     budget: TrainBudget
-    data: FashionMNIST  # already on the training device
+    data: Dataset  # already on the training device
     max_mmacs: float | None = None  # MACs (fvcore) budget in millions, or None
     label: str = ""  # prefix of this worker's progress lines ("[w1] " with several)
     stop: StopFlag | None = None  # set when trials run in threads (nas.concurrent)

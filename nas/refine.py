@@ -16,11 +16,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from nas.budget import BUDGETS, get_budget
+from nas.budget import BUDGETS, TrainBudget, get_budget
 from nas.cli import UsageError, make_parser, run_cli
 from nas.front import (
     kendall_tau,
@@ -32,7 +33,13 @@ from nas.front import (
     within_noise,
 )
 from nas.metrics import DEFAULT_OBJECTIVES, METRICS
-from nas.storage import default_storage_url, load_study, open_or_create_study, open_storage
+from nas.storage import (
+    default_storage_url,
+    difference,
+    load_study,
+    open_or_create_study,
+    open_storage,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -81,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=8, metavar="K", help="architectures (default 8)")
     p.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds each (default 1)")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    p.add_argument(
+        "--data",
+        metavar="SOURCE",
+        help="where the study's images are now, if they moved (default: where the search "
+        "read them); refused unless they are the same images",
+    )
     p.add_argument("--data-dir", help="folder of the Fashion-MNIST IDX .gz files")
     return p
 
@@ -105,15 +118,14 @@ def _run(argv: list[str] | None) -> int:
     # promise in the study's own objectives: accuracy and its one or two costs
     chosen = [trials[i] for i in most_promising([tuple(t.values) for t in trials], a.top)]
 
-    from nas.data import DataError, load_fashion_mnist
     from nas.fit import pick_device
 
     try:
         device = pick_device(a.device)
-        data = load_fashion_mnist(a.data_dir)
-    except (ValueError, DataError) as e:
+    except ValueError as e:
         raise UsageError(str(e)) from None
-    refined = _linked_study(storage, source, a.budget, device, data.fingerprint)
+    data = study_data(source, a.data, a.data_dir, device)
+    refined = _linked_study(storage, source, a.budget, device, attrs["data"])
     queued = _queue(refined, chosen, a.seeds)
     print(
         f"refining {len(chosen)} of {len(trials)} trained trials of {a.study!r} at budget "
@@ -124,6 +136,30 @@ def _run(argv: list[str] | None) -> int:
     _train_queued(refined, source, data.to(device))
     print(summary(source, chosen, refined, a.seeds))
     return 0
+
+
+def study_data(
+    study: optuna.Study, source: str | None, data_dir: str | None, device: torch.device
+) -> Any:
+    """The images `study` was searched on (its "data_record", or `source`), refused unless
+    their fingerprint is the study's."""
+    from nas.data import DataError, load_data
+
+    record = study.user_attrs.get("data_record") or {}
+    source = source or record.get("source")
+    try:
+        data = load_data(source, data_dir, device=device)
+    except DataError as e:
+        raise UsageError(str(e)) from None
+    stored = dict(study.user_attrs.get("data") or {})
+    stored.pop("augment", None)
+    if stored != data.fingerprint:
+        raise UsageError(
+            f"the images at {data.source} are not those study {study.study_name!r} was "
+            f"searched on (their fingerprint differs: {difference(stored, data.fingerprint)}); "
+            "point --data at the same images"
+        )
+    return data
 
 
 def _linked_study(
@@ -146,7 +182,8 @@ def _linked_study(
         "limits": attrs.get("limits", {}),
         "precision": precision(device),
         "data": data_fingerprint,
-        "budget": get_budget(budget).to_dict(),
+        # the source's augmentation: refined runs train as the search's did, only longer
+        "budget": replace(get_budget(budget), augment=_augment(attrs)).to_dict(),
     }
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = refined_name(source.study_name, budget)
@@ -154,6 +191,10 @@ def _linked_study(
     if created:
         refined.set_user_attr("source_study", source.study_name)
     return refined
+
+
+def _augment(attrs: dict) -> str:
+    return (attrs.get("budget") or {}).get("augment", "none")
 
 
 def _queue(refined: optuna.Study, chosen: list[optuna.trial.FrozenTrial], seeds: int) -> int:
@@ -191,7 +232,7 @@ def _train_queued(refined: optuna.Study, source: optuna.Study, data: Any) -> Non
     # again (a latency) must not keep a network from its higher-budget training.
     objective = Objective(
         SearchSpace.from_dict(source.user_attrs["space"]),
-        get_budget(refined.user_attrs["budget"]["name"]),
+        TrainBudget.from_dict(refined.user_attrs["budget"]),
         data,
         objectives=objectives,
         gpu_timing="latency_gpu" in {METRICS[n].key for n in objectives},

@@ -639,6 +639,18 @@ def _plots(
     return parts
 
 
+def _data_line(attrs: dict) -> str:
+    """'Data: SOURCE, HxWxC, N classes; train/val/test sizes, augmentation.'"""
+    record, fp = attrs.get("data_record") or {}, attrs.get("data") or {}
+    shape = "x".join(map(str, fp.get("shape") or record.get("shape") or [])) or "?"
+    return (
+        f"Data: {record.get('source', 'fashion-mnist')}, {shape} images in "
+        f"{fp.get('classes', '?')} classes; {fp.get('train', '?'):,} train, "
+        f"{fp.get('val', '?'):,} validation, {fp.get('test', '?'):,} test images (the test "
+        f"split unused); augmentation {fp.get('augment', 'none')}."
+    )
+
+
 def _summary_html(
     study: optuna.Study, df: pd.DataFrame, objectives: list[str], beside: int
 ) -> str:
@@ -689,9 +701,11 @@ def _summary_html(
         f"{escape(describe_budget(budget))}<br>"
         "Budgets: "
         + escape(describe_limits(a.get("max_mmacs"), a.get("limits") or {}))
-        + ".<br>Objectives: validation accuracy on "
-        f"{budget.get('val_images', 10_000):,} images of a fixed 10k validation split of "
-        "the training set (the test set is not used; maximised), and "
+        + ".<br>"
+        + escape(_data_line(a))
+        + "<br>Objectives: validation accuracy on at most "
+        f"{budget.get('val_images', 10_000):,} images of the data's fixed validation split "
+        "(the test set is not used; maximised), and "
         + " and ".join(
             f"{escape(METRICS[n].label)}: {escape(METRICS[n].how)}" for n in objectives[1:]
         )

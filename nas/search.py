@@ -1,9 +1,9 @@
 """`python -m nas.search`: run (or continue) a DenseNet architecture search.
 
-Parses and checks every argument before touching data or storage, loads Fashion-MNIST
-onto the device once, opens or creates the study, enqueues the d2l chapter's network as
-the reference (when the space contains it), and runs the trials with a progress bar and
-one line per trial.
+Parses and checks every argument before touching data or storage, loads the data
+(nas.data: Fashion-MNIST or the user's own) onto the device once, opens or creates the
+study, enqueues the d2l chapter's network as the reference (when the space contains it),
+and runs the trials with a progress bar and one line per trial.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ import optuna
 import torch
 from tqdm import tqdm
 
-from nas.budget import BUDGETS, get_budget
+from nas.budget import AUGMENTS, BUDGETS, TrainBudget, get_budget
 from nas.cli import UsageError, make_parser, public_url, run_cli
 from nas.concurrent import GpuMonitor
-from nas.config import D2L_CHAPTER
+from nas.config import D2L_CHAPTER, ConfigError
 from nas.cost import closed_form_mmacs
-from nas.data import DataError, FashionMNIST, load_fashion_mnist
+from nas.data import DataError, Dataset, default_augment, describe, load_data
 from nas.fit import pick_device, train_and_evaluate
 from nas.front import pareto_front, why_no_front
 from nas.metrics import DEFAULT_OBJECTIVES, Limits, describe_limits, metric_names, parse_objectives
@@ -71,7 +71,7 @@ MAX_CONCURRENCY = 16  # a trial slot holds 2 streams (nas.gpu) of PyTorch's pool
 
 EPILOG = """\
 objectives (--objectives, accuracy and one or two costs; every trial measures all costs):
-  accuracy     validation accuracy on a fixed 10k split of the training set (maximised)
+  accuracy     validation accuracy on the data's fixed validation split (maximised)
   macs         MACs (fvcore) in millions at batch 1; fvcore counts one multiply-add as one
                flop, so --max-mmacs is in those units too (1 MAC = 2 FLOPs)
   params       parameters, in millions
@@ -83,13 +83,13 @@ budgets: one known before training (MACs, params, latencies) skips training when
   memory is known after training (the trial is trained, then marked infeasible).
 presets:
   d2l    the d2l chapter's layout: 4 dense blocks, 7x7 stem, 96x96 input (default)
-  cifar  DenseNet-BC: 3 dense blocks with bottlenecks, 3x3 stem, native 28x28 input
+  cifar  DenseNet-BC: 3 dense blocks with bottlenecks, 3x3 stem, the data's own size
   tiny   cifar cut down for a CPU (k 8..16, 1..4 convs per block): a smoke trial in ~1 s
 train budgets (--budget):
   smoke       16 steps of 32 images: seconds per trial on a CPU (tests, demos); its
               accuracies rank nothing
   smoke-long  64 steps of 32 images: smoke four times over, for nas.refine on a CPU
-  short       195 steps of 256, one epoch of the 50k split: for a GPU (default)
+  short       195 steps of 256, one epoch of Fashion-MNIST's 50k: for a GPU (default)
   long        976 steps of 256, about five epochs
 cost budgets (--max-*) may change on an existing study: every stored trial is judged
   by the new ones from its stored costs; the train budget, space and data may not.
@@ -98,6 +98,7 @@ examples:
   python -m nas.search --trials 3 --budget smoke --preset tiny --study demo
   python -m nas.search --preset cifar --growth-rate 8:24:4 --convs 2:8 --max-mmacs 50
   python -m nas.search --objectives accuracy,latency-cpu --max-params 500000
+  python -m nas.search --data ~/photos --preset cifar --image-size 64 --study photos
 """
 
 
@@ -106,6 +107,8 @@ class SearchArgs:
     trials: int  # trials this run adds (other machines may add theirs)
     spec: WorkerSpec  # the rest; spec.workers and spec.concurrency 0, spec.device "auto":
     # chosen from the device
+    augment_auto: bool = False  # --augment auto: chosen from the data's channels
+    size_given: bool = False  # --image-size, or image_size in --space
     slurm: SlurmRequest | None = None  # --slurm-array: submit the search (nas.slurm)
 
 
@@ -170,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = make_parser(
         "nas.search",
         "Search DenseNet architectures (growth rate, convs per block, compression) for the "
-        "best validation accuracy per MAC on Fashion-MNIST. Re-running continues the study.",
+        "best validation accuracy per MAC on your images (--data; Fashion-MNIST by default). "
+        "Re-running continues the study.",
         EPILOG,
     )
     p.add_argument("--trials", type=_positive_int, default=100, help="trials to run (default 100)")
@@ -231,7 +235,26 @@ def build_parser() -> argparse.ArgumentParser:
         f"{CANDIDATE_CONCURRENCY} on a large GPU). A trial's accuracy does not depend "
         "on K; its train seconds are its own wall time, shared with the trials beside it",
     )
-    p.add_argument("--data-dir", help="folder of the Fashion-MNIST IDX .gz files")
+    p.add_argument(
+        "--data",
+        default="fashion-mnist",
+        metavar="SOURCE",
+        help="the images to search on (default fashion-mnist, Debian's package): a folder "
+        "of class subfolders of images (or of train/, val/, test/ holding them), a .npz "
+        "(train_images/train_labels or x_train/y_train, + val_*, test_*), a folder of "
+        "IDX files, or CIFAR-10/100's python batches; see README 'Your data'",
+    )
+    p.add_argument(
+        "--data-dir", help="folder of the Fashion-MNIST IDX .gz files (with --data fashion-mnist)"
+    )
+    p.add_argument(
+        "--augment",
+        choices=("auto", *AUGMENTS),
+        default="auto",
+        help="crop-flip: a random crop of the image padded by 4 px and a left-right mirror "
+        "per image, on the device (the CIFAR recipe); default auto: crop-flip for colour "
+        "images, none for grey (part of the stored budget)",
+    )
     p.add_argument(
         "--max-mmacs",
         type=_positive_float,
@@ -296,6 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
         '("d2l" or "cifar"), stem_channels (0: 2k), image_size, bottleneck, convention '
         '("d2l" or "paper")',
     )
+    g.add_argument(
+        "--image-size",
+        type=_positive_int,
+        metavar="N",
+        help="side in pixels the network sees (images are resized on the device; default: "
+        "the preset's, 96 for d2l, the data's own for cifar and tiny)",
+    )
     g.add_argument("--growth-rate", metavar="LO:HI[:STEP]", help="range of k")
     g.add_argument("--convs", metavar="LO:HI", help="range of conv blocks per dense block")
     g.add_argument("--compression", metavar="LO:HI:STEP", help="range of theta, in (0, 1]")
@@ -320,11 +350,16 @@ def parse_args(argv: list[str] | None) -> SearchArgs:
         flags["convs_per_block"] = parse_range(a.convs, integer=True)
     if a.compression:
         flags["compression"] = parse_range(a.compression, integer=False)
+    if a.image_size:
+        flags["image_size"] = a.image_size
     if flags:
         space = space.override(flags, "command line")
     budget = get_budget(a.budget)
     if a.lr is not None:
         budget = replace(budget, lr=a.lr)
+    if a.augment != "auto":
+        budget = replace(budget, augment=a.augment)
+    augment_auto = a.augment == "auto"
     try:
         objectives = parse_objectives(a.objectives)
     except ValueError as e:
@@ -345,8 +380,49 @@ def parse_args(argv: list[str] | None) -> SearchArgs:
         concurrency=a.concurrency,
         objectives=objectives,
         limits=limits,
+        data=a.data,
     )
-    return SearchArgs(trials=a.trials, spec=spec, slurm=slurm_request(a))
+    size_given = bool(a.image_size) or space.image_size != PRESETS[a.preset].image_size
+    return SearchArgs(a.trials, spec, augment_auto, size_given, slurm_request(a))
+
+
+def for_data(spec: WorkerSpec, data: Dataset, args: SearchArgs) -> WorkerSpec:
+    """The search for this data: the space takes its channels, classes and normalisation,
+    and a space with the cifar stem (made for small images at their own resolution) its
+    image size, unless --image-size or --space set one; --augment auto becomes crop-flip
+    for colour, none for grey. (The d2l stem keeps the chapter's 96 px.)"""
+    side = data.side if spec.space.stem == "cifar" and not args.size_given else None
+    try:
+        space = spec.space.for_data(data.input_spec(), side)
+    except ConfigError as e:
+        raise UsageError(f"{e} (for {data.side} px images; try --image-size)") from None
+    budget = spec.budget
+    if args.augment_auto:
+        budget = replace(budget, augment=default_augment(data.channels))
+    return replace(spec, space=space, budget=budget)
+
+
+def budget_notes(budget: TrainBudget, data: Dataset) -> list[str]:
+    """How much of the data a trial sees; refuses a batch larger than the training set."""
+    n, bs = len(data.train_x), budget.batch_size
+    if n < bs:
+        raise UsageError(
+            f"the data has {n:,} training images, fewer than one batch of {bs} (budget "
+            f"{budget.name!r}): use more images, or a budget with a smaller batch"
+        )
+    notes = []
+    seen = budget.steps * bs
+    if seen > n:
+        notes.append(
+            f"each trial trains on {seen:,} images: {seen / n:.1f} passes over the "
+            f"{n:,} training images"
+        )
+    if budget.val_images > len(data.val_x):
+        notes.append(
+            f"each trial is scored on all {len(data.val_x):,} validation images (budget "
+            f"{budget.name!r} asks for {budget.val_images:,})"
+        )
+    return notes
 
 
 def times_gpu_latency(spec: WorkerSpec) -> bool:
@@ -377,9 +453,7 @@ def check_gpu_costs(spec: WorkerSpec, device: torch.device) -> None:
 FAR_MMACS = 20_000  # a space reaching past 20 GMACs per image is worth a word
 
 
-def preflight(
-    spec: WorkerSpec, trials: int, device: torch.device, data: FashionMNIST
-) -> list[str]:
+def preflight(spec: WorkerSpec, trials: int, device: torch.device, data: Dataset) -> list[str]:
     """What the user should know before the first trial: a MAC budget no network meets, a
     space with networks far beyond reach, more workers than cores, and on a CPU how long a
     trial of a GPU budget will take, from one training step measured here."""
@@ -449,10 +523,13 @@ def run_search(args: SearchArgs) -> optuna.Study:
     spec = replace(spec, device=device.type, workers=workers, concurrency=k)
     check_gpu_costs(spec, device)
     try:
-        data = load_fashion_mnist(spec.data_dir)  # checked here, loaded by each worker
+        data = load_data(spec.data, spec.data_dir, device=device)  # loaded by each worker
     except DataError as e:
         raise UsageError(str(e)) from None
+    print(describe(data), flush=True)
+    spec = for_data(spec, data, args)
     study, notes = _open_study(spec, device, data)
+    notes = list(data.notes) + notes + budget_notes(spec.budget, data)
     for line in notes + preflight(spec, args.trials, device, data):
         print(f"note: {line}", flush=True)
     t0 = time.perf_counter()
@@ -462,7 +539,7 @@ def run_search(args: SearchArgs) -> optuna.Study:
 
 
 def _open_study(
-    spec: WorkerSpec, device: torch.device, data: FashionMNIST
+    spec: WorkerSpec, device: torch.device, data: Dataset
 ) -> tuple[optuna.Study, list[str]]:
     """Open or create the study (refusing another experiment), take the budgets, queue
     the d2l reference where due, and print the header; returns notes for the user."""
@@ -473,12 +550,14 @@ def _open_study(
         "max_mmacs": spec.max_mmacs,
         "limits": spec.limits.to_dict(),
         "precision": precision(device),
-        "data": data.fingerprint,
+        "data": {**data.fingerprint, "augment": spec.budget.augment},
         "budget": spec.budget.to_dict(),
     }
     sampler = make_sampler(spec.sampler, spec.seed)
     study, created = open_or_create_study(storage, spec.study, sampler, experiment)
     changed = None if created else update_budgets(study, spec.max_mmacs, experiment["limits"])
+    if "data_record" not in study.user_attrs:  # where the data came from: nas.refine reads it
+        study.set_user_attr("data_record", data.record())
     states = Counter(t.state for t in study.get_trials(deepcopy=False))
     ref = reference_params(spec.space)
     if ref is not None and (created or reference_interrupted(study)):
@@ -500,7 +579,7 @@ def _open_study(
 
 
 def _run_trials(
-    spec: WorkerSpec, trials: int, device: torch.device, data: FashionMNIST
+    spec: WorkerSpec, trials: int, device: torch.device, data: Dataset
 ) -> tuple[list[int], GpuMonitor]:
     """Run `trials` trials in this process or in spec.workers processes, with a progress
     bar and a line per trial; returns this run's counts [done, failed, duplicates,

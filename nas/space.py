@@ -9,7 +9,8 @@ are the ArchConfig field names (`convs_per_block_1` ... for the per-block list).
 Presets:
   d2l    the d2l chapter's layout: 4 blocks, d2l stem (64 ch), 96x96 input, no bottleneck.
          Contains the chapter's own network (k=32, 4-4-4-4, theta=0.5).
-  cifar  DenseNet-BC for small images: 3 blocks, 3x3 stem (2k ch), native 28x28, bottleneck,
+  cifar  DenseNet-BC for small images: 3 blocks, 3x3 stem (2k ch), bottleneck, the data's
+         own image size (28 for Fashion-MNIST),
          the paper's layers (no conv bias, Kaiming init: nas.config.CONVENTIONS).
   tiny   the cifar layout cut down for a CPU (k 8..16, 1..4 convs per block): demos.
 """
@@ -74,6 +75,11 @@ class SearchSpace:
     image_size: int
     bottleneck: bool
     convention: str = "d2l"  # layer convention of the networks (nas.config.CONVENTIONS)
+    # from the data (for_data): image channels, classes, per-channel mean and std
+    in_channels: int = 1
+    num_classes: int = 10
+    input_mean: tuple[float, ...] = ()
+    input_std: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         k, c, t = self.growth_rate, self.convs_per_block, self.compression
@@ -99,6 +105,12 @@ class SearchSpace:
                 f"search space {self.preset!r} admits a broken network: {e}"
             ) from None
 
+    def for_data(self, input_spec: dict[str, Any], side: int | None) -> SearchSpace:
+        """This space for one dataset: its channels, classes and normalisation
+        (nas.data.Dataset.input_spec), and, given a `side`, that image size."""
+        size = {"image_size": side} if side else {}
+        return self.override({**input_spec, **size}, "the data")
+
     def corners(self) -> tuple[ArchConfig, ArchConfig]:
         """The smallest and the largest network of the space: channels, parameters and MACs
         all grow with k, convs and theta, so these two bound every config."""
@@ -123,18 +135,22 @@ class SearchSpace:
             stem_channels=self.stem_channels or 2 * k,
             image_size=self.image_size,
             convention=self.convention,
+            in_channels=self.in_channels,
+            num_classes=self.num_classes,
+            input_mean=self.input_mean,
+            input_std=self.input_std,
         )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for key in ("growth_rate", "convs_per_block", "compression"):
+        for key in ("growth_rate", "convs_per_block", "compression", "input_mean", "input_std"):
             d[key] = list(d[key])
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SearchSpace:
         """Inverse of to_dict (a study's stored space)."""
-        ranges = ("growth_rate", "convs_per_block", "compression")
+        ranges = ("growth_rate", "convs_per_block", "compression", "input_mean", "input_std")
         return cls(**{k: tuple(v) if k in ranges else v for k, v in d.items()})
 
     def override(self, values: dict[str, Any], source: str) -> SearchSpace:
@@ -152,6 +168,8 @@ class SearchSpace:
                 if not isinstance(v, (list, tuple)):
                     raise ConfigError(f"{source}: {key} must be a list [low, high(, step)]")
                 v = tuple(v) + ((1,) if key == "growth_rate" and len(v) == 2 else ())
+            if key in ("input_mean", "input_std"):
+                v = tuple(v)
             clean[key] = v
         return replace(self, **clean)
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas.cli import error_line
-from nas.data import to_input
+from nas.data import crop_flip, to_input
 from nas.gpu import GRAPHS, CudaGraphRunner, is_out_of_memory, release_memory
 
 __all__ = [
@@ -72,7 +72,7 @@ def autocast(device: torch.device) -> torch.autocast:
 def device_batch(
     images: torch.Tensor, image_size: int, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """uint8 (B, 28, 28) on the device -> float (B, 1, S, S) in the device's layout."""
+    """uint8 (B, H, W, C) on the device -> float (B, C, S, S) in the device's layout."""
     x = to_input(images, image_size, dtype)
     return x.contiguous(memory_format=memory_format(images.device))
 
@@ -132,15 +132,20 @@ class Step:
         opt: TensorLRSGD,
         runner: GraphRunner | None,
         mode: str,
+        static_aug: torch.Tensor | None = None,
     ) -> None:
         self._body, self._idx, self._opt, self.runner = body, static_idx, opt, runner
+        self._aug = static_aug  # (B, 3) crop offsets and flips, with augmentation
         self.mode = mode
         self.eager_steps = WARMUP_STEPS if runner is not None else 0
         self._calls = 0
         self._loss: torch.Tensor | None = None  # the graph's static output, once captured
 
-    def run(self, idx: torch.Tensor, lr: float) -> torch.Tensor:
+    def run(self, idx: torch.Tensor, lr: float, aug: torch.Tensor | None = None) -> torch.Tensor:
         self._idx.copy_(idx)
+        if self._aug is not None:
+            assert aug is not None, "this step augments: give its crop offsets and flips"
+            self._aug.copy_(aug)
         self._opt.lr.fill_(lr)
         self._calls += 1
         if self.runner is None:
@@ -209,6 +214,7 @@ def make_step(
     label_smoothing: float,
     cuda_graph: bool,
     runner: GraphRunner | None = None,
+    augment: str = "none",
 ) -> Step:
     """The training step. cuda_graph: replay it as a CUDA graph through `runner` (default
     a nas.gpu.CudaGraphRunner on the data's device), unless this process has turned
@@ -216,9 +222,15 @@ def make_step(
     device = train_x.device
     dtype = next(model.parameters()).dtype  # float32; float64 in the exactness tests
     static_idx = torch.zeros(batch_size, dtype=torch.long, device=device)
+    # crop offsets and flips: drawn outside the step (a graph replays fixed kernels)
+    aug = torch.zeros(batch_size, 3, dtype=torch.long, device=device)
+    static_aug = aug if augment == "crop-flip" else None
 
     def body() -> torch.Tensor:
-        x = device_batch(train_x[static_idx], image_size, dtype)
+        images = train_x[static_idx]
+        if static_aug is not None:
+            images = crop_flip(images, static_aug)
+        x = device_batch(images, image_size, dtype)
         with autocast(device):
             loss = F.cross_entropy(model(x), train_y[static_idx], label_smoothing=label_smoothing)
         opt.zero_grad()
@@ -227,9 +239,10 @@ def make_step(
         return loss.detach()
 
     if not cuda_graph:
-        return Step(body, static_idx, opt, None, "eager")
+        return Step(body, static_idx, opt, None, "eager", static_aug)
     if GRAPHS.off is not None:
-        return Step(body, static_idx, opt, None, f"eager: {GRAPHS.off}")
+        return Step(body, static_idx, opt, None, f"eager: {GRAPHS.off}", static_aug)
     # "cuda-graph" from the capture on; a run of no more steps than the warm-up never gets there
     warmup_only = f"eager: the run ended within the {WARMUP_STEPS} warm-up steps"
-    return Step(body, static_idx, opt, runner or CudaGraphRunner(device), warmup_only)
+    graph = runner or CudaGraphRunner(device)
+    return Step(body, static_idx, opt, graph, warmup_only, static_aug)

@@ -31,6 +31,7 @@ __all__ = [
     "EXPERIMENT_KEYS",
     "METRIC_NAMES",
     "default_storage_url",
+    "difference",
     "load_study",
     "open_or_create_study",
     "open_storage",
@@ -233,7 +234,7 @@ EXPERIMENT_KEYS = {
     "max_mmacs": "MAC budget (MMACs, fvcore)",
     "limits": "budgets (--max-params, --max-latency-ms, --max-memory-mb)",
     "precision": "training precision",
-    "data": "data (Fashion-MNIST files or validation split)",
+    "data": "data (images, splits, normalisation or augmentation: nas.data)",
     "budget": "train budget",
 }
 # Keys added after studies were first written: a study without one has this value.
@@ -334,13 +335,13 @@ def open_or_create_study(
         if stored[key] != experiment[key]:
             raise UsageError(
                 f"study {name!r} was created with another {label} "
-                f"({_difference(stored[key], experiment[key])}); accuracies would not be "
+                f"({difference(stored[key], experiment[key])}); accuracies would not be "
                 "comparable (use another --study, or the same settings)"
             )
     return study, False
 
 
-def _difference(stored: Any, ours: Any) -> str:
+def difference(stored: Any, ours: Any) -> str:
     """'name 'smoke' there, 'short' here, ...' for dicts, else 'X there, Y here'."""
     if isinstance(stored, dict) and isinstance(ours, dict):
         keys = [*ours, *(k for k in stored if k not in ours)]

@@ -1,12 +1,15 @@
 """`python -m nas.train CONFIG.json --epochs N`: the final training of a chosen architecture.
 
-Trains an architecture (a config JSON or a nas.export file) on all 60k training images
-with this project's recipe or the d2l chapter's, scores it on the 10k test set (the first
-and only place the test set is used), and writes a checkpoint, a result JSON and the
-trained network as a `torch.export` program (OUT.pt2): fp32, on the CPU, taking the raw
-uint8 images (B, 28, 28) and returning (B, 10) logits, resizing included, so that it loads
-and runs with PyTorch alone (`torch.export.load(p).module()(images)`), without this
-package. The training loop is a trial's (nas.fit), run for whole epochs.
+Trains an architecture (a config JSON or a nas.export file) on all the data's training
+images (train + val) with this project's recipe or the d2l chapter's, scores it on the
+data's test split (the first and only place the test set is used), and writes a
+checkpoint, a result JSON and the trained network as a `torch.export` program (OUT.pt2):
+fp32, on the CPU, taking raw uint8 images as the data holds them, (B, H, W) grey or
+(B, H, W, C) colour, and returning (B, classes) logits, resizing and normalisation
+included, so that it loads and runs with PyTorch alone
+(`torch.export.load(p).module()(images)`), without this package. The data is the export
+file's own (its "data" record) unless --data names another. The training loop is a
+trial's (nas.fit), run for whole epochs.
 """
 
 from __future__ import annotations
@@ -16,14 +19,17 @@ import json
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from nas.budget import TrainBudget
+from nas.cli import UsageError
 from nas.config import ArchConfig
-from nas.data import to_input
+from nas.data import Dataset, to_input
 from nas.fit import pick_device, train_and_evaluate
 from nas.model import build_model
 
@@ -40,8 +46,8 @@ RECIPES = {
 
 
 class Classifier(nn.Module):
-    """uint8 images (B, 28, 28) -> logits (B, 10): the input conversion the network was
-    trained with (nas.data.to_input), then the network."""
+    """uint8 images (B, H, W) or (B, H, W, C) -> logits (B, classes): the input conversion
+    the network was trained with (nas.data.to_input), then the network (which normalises)."""
 
     def __init__(self, net: nn.Module, image_size: int) -> None:
         super().__init__()
@@ -51,14 +57,16 @@ class Classifier(nn.Module):
         return self.net(to_input(images, self.image_size, torch.float32))
 
 
-def export_program(model: nn.Module, config: ArchConfig, path: Path) -> None:
+def export_program(
+    model: nn.Module, config: ArchConfig, path: Path, shape: tuple[int, ...] = (28, 28)
+) -> None:
     """Write the trained network (eval mode, fp32, CPU) as a torch.export program with a
-    dynamic batch dimension."""
+    dynamic batch dimension, taking uint8 images of `shape`: (H, W) or (H, W, C)."""
     import copy
 
     net = copy.deepcopy(model).to(device="cpu", dtype=torch.float32)
     net = net.to(memory_format=torch.contiguous_format).eval()
-    example = torch.zeros(2, 28, 28, dtype=torch.uint8)
+    example = torch.zeros(2, *shape, dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     program = torch.export.export(
         Classifier(net, config.image_size).eval(), (example,), dynamic_shapes=({0: batch},)
@@ -71,13 +79,16 @@ def _parser() -> argparse.ArgumentParser:
 
     p = make_parser(
         "nas.train",
-        "Train an exported architecture on all 60k training images and report its accuracy "
-        "on the 10k test set. Writes OUT.pt (checkpoint), OUT.result.json and OUT.pt2 (the "
-        "trained network as a torch.export program, which loads without this package: "
-        "torch.export.load('OUT.pt2').module()(uint8 images of shape (B, 28, 28)) -> logits).",
+        "Train an exported architecture on all the data's training images (train + val) "
+        "and report its accuracy on the data's test split. Writes OUT.pt (checkpoint), "
+        "OUT.result.json and OUT.pt2 (the trained network as a torch.export program, which "
+        "loads without this package: torch.export.load('OUT.pt2').module()(uint8 images "
+        "(B, H, W) grey or (B, H, W, C) colour) -> logits).",
     )
     p.add_argument("config", help="architecture JSON or nas.export file")
-    p.add_argument("--epochs", type=float, default=10.0, help="epochs of 60k images (default 10)")
+    p.add_argument(
+        "--epochs", type=float, default=10.0, help="epochs of train + val images (default 10)"
+    )
     p.add_argument("--batch-size", type=int, default=256, help="default 256 (as d2l)")
     p.add_argument("--lr", type=float, default=0.1, help="peak learning rate (default 0.1)")
     p.add_argument(
@@ -100,7 +111,19 @@ def _parser() -> argparse.ArgumentParser:
         help="auto (default): a CUDA GPU if PyTorch sees one (bf16, CUDA graph), else the CPU "
         "(fp32)",
     )
+    p.add_argument(
+        "--data",
+        metavar="SOURCE",
+        help="the images (as nas.search --data; default: the export file's own data, else "
+        "fashion-mnist)",
+    )
     p.add_argument("--data-dir", help="folder of the Fashion-MNIST IDX .gz files")
+    p.add_argument(
+        "--augment",
+        choices=("auto", "none", "crop-flip"),
+        default="auto",
+        help="default auto: the export's, else crop-flip for colour images, none for grey",
+    )
     p.add_argument("--out", help="output prefix (default: the config path without .json)")
     return p
 
@@ -123,23 +146,75 @@ def _budget(a: argparse.Namespace, per_epoch: int, test_images: int) -> TrainBud
     )
 
 
+def _exported(path: str) -> dict:
+    """The export file's "data" record and budget (empty for a bare config JSON)."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}  # load_config_file has said what is wrong
+    return d if isinstance(d, dict) and "config" in d and "schema" in d else {}
+
+
+def check_fits_data(config: ArchConfig, data: Dataset) -> None:
+    """A config must take the data's channels and classes (one line if not)."""
+    if config.in_channels != data.channels or config.num_classes != len(data.classes):
+        raise UsageError(
+            f"the architecture takes {config.in_channels}-channel images in "
+            f"{config.num_classes} classes, the data {data.source} has {data.channels}-channel "
+            f"images in {len(data.classes)} classes: train it on the data it was searched on "
+            "(--data)"
+        )
+
+
+def _data(
+    a: argparse.Namespace, exported: dict, config: ArchConfig
+) -> tuple[Dataset, torch.device]:
+    """--data, else the export's own data, on the device; refused unless it fits config."""
+    from nas.data import DataError, describe, load_data
+
+    source = a.data or (exported.get("data") or {}).get("source")
+    try:
+        device = pick_device(a.device)
+        data = load_data(source, a.data_dir, device=device).to(device)
+    except (ValueError, DataError) as e:
+        raise UsageError(str(e)) from None
+    print(describe(data), flush=True)
+    check_fits_data(config, data)
+    return data, device
+
+
+def _splits(data: Dataset) -> tuple[Any, ...]:
+    """(train x, y, scored x, y, what is scored): train + val and test, or, for data
+    without a test split, train and val (said)."""
+    if len(data.test_x):
+        x, y = data.full_train()
+        return x, y, data.test_x, data.test_y, "test"
+    print(
+        f"note: {data.source} has no test split: trained on train only and scored on the "
+        "validation split, which the search scored on too (an optimistic figure)",
+        flush=True,
+    )
+    return data.train_x, data.train_y, data.val_x, data.val_y, "validation"
+
+
 def _run(argv: list[str] | None) -> int:
-    from nas.cli import UsageError
     from nas.cost import load_config_file
-    from nas.data import DataError, load_fashion_mnist
+    from nas.data import default_augment
 
     a = _parser().parse_args(argv)
     if not (math.isfinite(a.epochs) and 0 < a.epochs <= 1000):
         raise UsageError(f"--epochs must be in (0, 1000], got {a.epochs}")
     config = load_config_file(a.config)
-    try:
-        device = pick_device(a.device)
-        data = load_fashion_mnist(a.data_dir).to(device)
-    except (ValueError, DataError) as e:
-        raise UsageError(str(e)) from None
-    x, y = data.full_train()
+    exported = _exported(a.config)
+    data, device = _data(a, exported, config)
+    augment = a.augment
+    if augment == "auto":
+        augment = (exported.get("budget") or {}).get("augment") or default_augment(data.channels)
+    x, y, test_x, test_y, scored = _splits(data)
     per_epoch = len(x) // a.batch_size
-    budget = _budget(a, per_epoch, len(data.test_x))
+    if per_epoch < 1:
+        raise UsageError(f"{len(x):,} training images are fewer than one batch of {a.batch_size}")
+    budget = replace(_budget(a, per_epoch, len(test_x)), augment=augment)
     out = Path(a.out) if a.out else Path(a.config).with_suffix("")
     if not out.parent.is_dir():
         raise UsageError(f"--out {out}: folder {out.parent} does not exist")
@@ -149,13 +224,13 @@ def _run(argv: list[str] | None) -> int:
         f"recipe {a.recipe}, lr {a.lr}) on {device}",
         flush=True,
     )
-    progress = EpochLines(budget, per_epoch, len(data.test_x))
+    progress = EpochLines(budget, per_epoch, len(test_x))
     with progress:
-        r = train_and_evaluate(
-            config, budget, x, y, data.test_x, data.test_y, model=model, on_step=progress
-        )
+        r = train_and_evaluate(config, budget, x, y, test_x, test_y, model=model, on_step=progress)
     result = {
         "config": config.to_dict(),
+        "data": data.record(),
+        "scored_on": scored,
         "test_accuracy": r.accuracy,
         "test_images": r.eval_images,
         "epochs": a.epochs,
@@ -170,9 +245,10 @@ def _run(argv: list[str] | None) -> int:
         "device": r.device,
         "torch": torch.__version__,
     }
-    written = _write(out, model, config, result)
+    shape = tuple(data.train_x.shape[1:3]) + ((data.channels,) if data.channels > 1 else ())
+    written = _write(out, model, config, result, shape)
     print(
-        f"test accuracy {r.accuracy:.4f} on {r.eval_images:,} test images"
+        f"{scored} accuracy {r.accuracy:.4f} on {r.eval_images:,} {scored} images"
         + (
             f" (BN statistics re-estimated on {budget.bn_recalibration:,} training images: "
             "the run was shorter than an epoch)"
@@ -234,7 +310,9 @@ class EpochLines:
         sys.stdout.flush()
 
 
-def _write(out: Path, model: nn.Module, config: ArchConfig, result: dict) -> list[Path]:
+def _write(
+    out: Path, model: nn.Module, config: ArchConfig, result: dict, shape: tuple[int, ...]
+) -> list[Path]:
     """OUT.pt (checkpoint), OUT.result.json and OUT.pt2 (the torch.export program)."""
     ckpt = out.with_name(out.name + ".pt")
     torch.save(
@@ -243,7 +321,7 @@ def _write(out: Path, model: nn.Module, config: ArchConfig, result: dict) -> lis
     res = out.with_name(out.name + ".result.json")
     res.write_text(json.dumps(result, indent=2) + "\n")
     program = out.with_name(out.name + ".pt2")
-    export_program(model, config, program)
+    export_program(model, config, program, shape)
     return [ckpt, res, program]
 
 

@@ -1,6 +1,6 @@
 """Run a study's trials in one or more persistent worker processes on this machine.
 
-Each worker loads Fashion-MNIST onto its device once, keeps its CUDA context for all its
+Each worker loads the data onto its device once, keeps its CUDA context for all its
 trials, and asks the shared study (through its storage) for one trial at a time. N
 workers on one machine share a counter of trials still to run, so a run of --trials T
 makes exactly T trials whatever their durations; workers on other machines (same
@@ -31,7 +31,7 @@ from nas.budget import TrainBudget
 from nas.cli import Interrupted, interruption, stop_signals
 from nas.concurrent import StopFlag, run_concurrently
 from nas.config import ArchConfig
-from nas.data import FashionMNIST, load_fashion_mnist
+from nas.data import Dataset, load_data
 from nas.metrics import DEFAULT_OBJECTIVES, Limits
 from nas.objective import CATCH, Objective
 from nas.space import SearchSpace
@@ -61,13 +61,14 @@ class WorkerSpec:
     sampler: str
     seed: int | None
     device: str  # "cpu", "cuda" or "cuda:N"
-    data_dir: str | None
+    data_dir: str | None  # Fashion-MNIST's folder (--data-dir)
     max_mmacs: float | None
     workers: int  # how many workers share this machine
     heartbeat: int  # seconds between heartbeats of a running trial (nas.storage)
     concurrency: int = 1  # trials at once in each worker, in threads (nas.concurrent)
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES  # nas.metrics, accuracy first
     limits: Limits = field(default_factory=Limits)  # budgets beside max_mmacs
+    data: str = "fashion-mnist"  # --data: the source nas.data.load_data reads
 
 
 class _TrialSeeded:
@@ -213,7 +214,7 @@ def trial_loop(
     index: int,
     claim: Callable[[], bool],
     on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None],
-    data: FashionMNIST | None = None,
+    data: Dataset | None = None,
 ) -> None:
     """Run trials while claim() grants another, spec.concurrency at a time (data: already
     loaded). claim and on_trial are called from the trial threads."""
@@ -224,7 +225,7 @@ def trial_loop(
         torch.cuda.set_device(device)
     if spec.workers > 1:  # CPU work (fvcore tracing, building) must not oversubscribe cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.workers))
-    data = (data or load_fashion_mnist(spec.data_dir)).to(device)
+    data = (data or load_data(spec.data, spec.data_dir)).to(device)
     storage = open_storage(spec.storage, heartbeat=spec.heartbeat)
     study = optuna.load_study(study_name=spec.study, storage=storage)
     if spec.seed is None:

@@ -25,6 +25,7 @@ STATE = optuna.trial.TrialState
 
 
 def _run(tmp_path: Path, k: int, extra: list[str]) -> dict[int, optuna.trial.FrozenTrial]:
+    tmp_path.mkdir(exist_ok=True)
     url = f"sqlite:///{tmp_path}/k{k}.db"
     argv = [*TINY, *extra, "--sampler", "random", "--seed", "0", "--trials", "3"]
     assert main([*argv, "--concurrency", str(k), "--study", "s", "--storage", url]) == 0
@@ -56,17 +57,27 @@ def _same_results(tmp_path: Path, extra: list[str], device: str, exact: bool) ->
     assert overlapped(list(two.values()))  # K=2 really ran trials side by side
 
 
+@pytest.mark.parametrize("augment", ["none", "crop-flip"])
 def test_same_architectures_same_numbers_with_one_or_two_at_once(
-    tmp_path: Path, real_data_dir
+    tmp_path: Path, real_data_dir, augment: str
 ) -> None:
-    _same_results(tmp_path, ["--device", "cpu"], "cpu", exact=True)
+    """Also with crop-flip: each trial draws its crops and flips from its own generator."""
+    _same_results(tmp_path / augment, ["--device", "cpu", "--augment", augment], "cpu", True)
+    if augment == "crop-flip":  # the augmentation really ran: other losses than without it
+        plain = _run(tmp_path / "none", 1, ["--device", "cpu", "--augment", "none"])
+        url = f"sqlite:///{tmp_path / augment}/k1.db"
+        crop = optuna.load_study(study_name="s", storage=url).trials
+        assert plain[0].params == crop[0].params
+        assert plain[0].user_attrs["final_loss"] != crop[0].user_attrs["final_loss"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("augment", ["none", "crop-flip"])
 def test_same_numbers_on_the_gpu_with_graphs_captured_beside_replays(
-    tmp_path: Path, real_data_dir
+    tmp_path: Path, real_data_dir, augment: str
 ) -> None:
-    _same_results(tmp_path, ["--device", "cuda"], torch.cuda.get_device_name().lower(), False)
+    device = torch.cuda.get_device_name().lower()
+    _same_results(tmp_path / augment, ["--device", "cuda", "--augment", augment], device, False)
 
 
 def test_a_failing_body_stops_the_others_and_its_error_is_raised() -> None:

@@ -209,7 +209,7 @@ def test_out_of_memory_fails_one_trial_and_the_trial_beside_it_goes_on(
 
 def test_nan_loss_fails_each_trial_with_its_reason(tmp_path: Path, real_data_dir, capsys) -> None:
     url = f"sqlite:///{tmp_path}/n.db"
-    argv = [*TINY, "--trials", "2", "--lr", "1000", "--study", "n", "--storage", url]
+    argv = [*TINY, "--trials", "2", "--lr", "10000", "--study", "n", "--storage", url]
     assert main(argv) == 0
     trials = optuna.load_study(study_name="n", storage=url).trials
     assert [t.state for t in trials] == [STATE.FAIL, STATE.FAIL]

@@ -111,3 +111,22 @@ def test_presets_use_their_conventions() -> None:
     cifar, d2l = PRESETS["cifar"], PRESETS["d2l"]
     assert cifar.config(12, (2, 2, 2), 0.5).convention == "paper"
     assert d2l.config(32, (4, 4, 4, 4), 0.5) == D2L_CHAPTER  # the chapter, exactly
+
+
+def test_the_network_normalises_its_input_with_the_data_statistics() -> None:
+    """(x - mean) / std per channel, first: equal in float64 to the same weights fed the
+    normalised input; not a state_dict entry (it comes from the config)."""
+    from dataclasses import replace
+
+    from nas.config import small_densenet
+
+    plain = replace(small_densenet(16), in_channels=3)
+    normed = replace(plain, input_mean=(0.5, 0.25, 0.125), input_std=(0.25, 0.5, 2.0))
+    a, b = build_model(normed, seed=0).double().eval(), build_model(plain, seed=0).double().eval()
+    assert a.state_dict().keys() == b.state_dict().keys()
+    b.load_state_dict(a.state_dict())
+    x = torch.rand(4, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    mean = torch.tensor(normed.input_mean, dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(normed.input_std, dtype=torch.float64).view(1, 3, 1, 1)
+    torch.testing.assert_close(a(x), b((x - mean) / std), rtol=0, atol=0)
+    assert not torch.equal(a(x), b(x))

@@ -223,7 +223,8 @@ def test_small_and_all_infeasible_study_says_what_it_cannot_show(tmp_path: Path)
     assert "Budgets: MACs &lt;= 1 MMACs (fvcore)." in html
     assert "Train budget smoke: 16 steps of 32 images (512)" in html
     assert "accuracies rank nothing" in html and "Only 0 trained trials" in html
-    assert "validation accuracy on 500 images of a fixed 10k validation split" in html
+    assert "validation accuracy on at most 500 images of the data's fixed validation" in html
+    assert "Data: fashion-mnist, 28x28x1 images in 10 classes; 50,000 train, 10,000" in html
     driver = chromium()
     try:
         driver.get(out.as_uri())

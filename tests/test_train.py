@@ -1,4 +1,5 @@
-"""nas.train: the final training command on real Fashion-MNIST, and its bad inputs."""
+"""nas.train: the final training command on real Fashion-MNIST and on real colour
+photographs (CIFAR's layout and an ImageFolder), its programs, and its bad inputs."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ import math
 import re
 import subprocess
 import sys
+from dataclasses import replace
+from pathlib import Path
 
+import numpy as np
+import optuna
 import torch
 
 from conftest import small_config
@@ -114,3 +119,117 @@ def test_short_run_re_estimates_bn_and_says_so(tmp_path, real_data_dir, capsys) 
     assert "(BN statistics re-estimated on 2,560 training images" in out
     assert main([str(cfg), "--epochs", "1", "--out", str(tmp_path / "no" / "x")]) == 2
     assert f"folder {tmp_path / 'no'} does not exist" in capsys.readouterr().err
+
+
+# -- colour images: a CIFAR-format folder and an ImageFolder of real photographs ---------------
+
+RGB_CLASSES = ["china-bottom", "china-top", "flower-bottom", "flower-top"]
+
+
+def rgb_patches(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """32x32 RGB patches of scikit-learn's two bundled photographs (427x640), labelled by
+    photograph and half: real colour pixels, four classes."""
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images  # china.jpg, flower.jpg
+    rng = np.random.default_rng(seed)
+    x, y = np.zeros((n, 32, 32, 3), np.uint8), rng.integers(0, 4, n)
+    for i, label in enumerate(y):
+        photo = photos[0 if RGB_CLASSES[label].startswith("china") else 1]
+        top = RGB_CLASSES[label].endswith("top")
+        r = rng.integers(0, 213 - 32) + (0 if top else 213)
+        c = rng.integers(0, 640 - 32)
+        x[i] = photo[r : r + 32, c : c + 32]
+    return x, y
+
+
+def write_cifar(folder: Path, train, test) -> Path:
+    """CIFAR-10's python layout: rows of 3 planes of 32x32, labels, and batches.meta."""
+    import pickle
+
+    folder.mkdir(parents=True)
+    for name, (x, y) in (("data_batch_1", train), ("test_batch", test)):
+        rows = x.transpose(0, 3, 1, 2).reshape(len(x), -1)
+        batch = {b"data": rows, b"labels": [int(v) for v in y]}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    meta = {b"label_names": [n.encode() for n in RGB_CLASSES]}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return folder
+
+
+def write_image_folder(root: Path, train, test) -> Path:
+    from PIL import Image
+
+    for split, (x, y) in (("train", train), ("test", test)):
+        for i, (image, label) in enumerate(zip(x, y)):
+            folder = root / split / RGB_CLASSES[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / f"{i:05d}.png")
+    return root
+
+
+LOAD_CIFAR_ALONE = """
+import pickle, sys
+sys.modules["nas"] = None
+import numpy as np, torch
+program, test_batch = sys.argv[1], sys.argv[2]
+d = pickle.load(open(test_batch, "rb"), encoding="bytes")
+x = torch.from_numpy(d[b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy())
+y = torch.tensor(d[b"labels"])
+model = torch.export.load(program).module()
+with torch.no_grad():
+    print(int((model(x).argmax(1) == y).sum()) / len(y))
+"""
+
+
+def test_colour_data_search_export_train_and_program(tmp_path, monkeypatch, capsys) -> None:
+    """CIFAR batches and an ImageFolder of the same RGB photographs read as one dataset;
+    a search on the CIFAR folder (crop-flip by default), its export, nas.train on the
+    export's own data, and the .pt2 scoring the test batch in a fresh process without nas
+    exactly as nas.train did."""
+    from nas.data import load_data
+    from nas.export import main as export
+    from nas.search import main as search
+
+    monkeypatch.setenv("NAS_CACHE_DIR", str(tmp_path / "cache"))
+    train, test = rgb_patches(480, seed=0), rgb_patches(120, seed=1)
+    cifar = write_cifar(tmp_path / "cifar", train, test)
+    folder = write_image_folder(tmp_path / "photos", train, test)
+    a, b = load_data(str(cifar)), load_data(str(folder))
+    assert a.fingerprint == b.fingerprint and a.classes == b.classes == tuple(RGB_CLASSES)
+    assert torch.equal(a.train_x, b.train_x) and a.train_x.shape[1:] == (32, 32, 3)
+    monkeypatch.chdir(tmp_path)
+    argv = ["--preset", "tiny", "--budget", "smoke", "--trials", "2", "--device", "cpu"]
+    assert search([*argv, "--data", str(cifar), "--study", "rgb"]) == 0
+    out = capsys.readouterr().out
+    assert "32x32, 3 channels, 4 classes (china-bottom, china-top" in out
+    study = optuna.load_study(study_name="rgb", storage="sqlite:///studies/rgb.db")
+    assert study.user_attrs["budget"]["augment"] == "crop-flip"
+    assert export(["--study", "rgb", "--out", "best.json"]) == 0
+    exported = json.loads((tmp_path / "best.json").read_text())
+    assert exported["data"]["source"] == str(cifar) and exported["config"]["in_channels"] == 3
+    assert main(["best.json", "--epochs", "1", "--batch-size", "32", "--device", "cpu"]) == 0
+    result = json.loads((tmp_path / "best.result.json").read_text())
+    assert result["test_images"] == 120 and result["budget"]["augment"] == "crop-flip"
+    script = tmp_path / "alone.py"
+    script.write_text(LOAD_CIFAR_ALONE)
+    done = subprocess.run(
+        [sys.executable, "-I", str(script), "best.pt2", str(cifar / "test_batch")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout) == result["test_accuracy"]
+
+
+def test_a_config_for_other_data_is_one_line(tmp_path, real_data_dir, capsys) -> None:
+    cfg = tmp_path / "c.json"
+    cfg.write_text(replace(SMALL, in_channels=3).to_json())
+    assert main([str(cfg), "--epochs", "0.01", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "takes 3-channel images in 10 classes" in err and err.count("\n") == 1
+    cfg.write_text(replace(SMALL, num_classes=3).to_json())
+    assert main([str(cfg), "--epochs", "0.01", "--device", "cpu"]) == 2
+    assert "in 3 classes, the data fashion-mnist has 1-channel" in capsys.readouterr().err

@@ -45,7 +45,7 @@ import torch
 from nas.budget import TrainBudget, get_budget
 from nas.config import D2L_CHAPTER, ArchConfig
 from nas.cost import closed_form_mmacs
-from nas.data import load_fashion_mnist
+from nas.data import DataError, load_data
 from nas.fit import pick_device, train_and_evaluate
 from nas.front import kendall_tau, pooled_stdev, spearman_rho
 from nas.model import build_model, count_params
@@ -136,14 +136,18 @@ def run(
     tiny: bool,
     results: Path,
     device: torch.device,
+    source: str | None = None,
 ) -> None:
     """Train the chosen architectures (indices into archs) at every budget, the first
-    SEEDED of them also at seeds 1 and 2; skip what `results` already holds."""
-    data = load_fashion_mnist().to(device)
-    name = device_name(device)
+    SEEDED of them also at seeds 1 and 2, on `source` (nas.data; default Fashion-MNIST),
+    each taking the data's channels, classes and normalisation; skip what `results`
+    already holds."""
+    data = load_data(source).to(device)
+    name, content = device_name(device), data.fingerprint["content_sha256"]
     done = {
         (r["preset"], r["arch"], r["budget"], r["seed"], r["device"])
         for r in load_results(results)
+        if r.get("data") == content
     }
     jobs = [(i, b, 0) for b in ("short", "long", "final") for i in chosen]
     seeded = chosen[: TINY[1] if tiny else SEEDED]
@@ -152,7 +156,7 @@ def run(
     todo = [j for j in jobs if (preset, j[0], j[1], j[2], name) not in done]
     print(f"{preset}: {len(jobs) - len(todo)} of {len(jobs)} runs done before, {len(todo)} to go")
     for n, (i, b, seed) in enumerate(todo, 1):
-        config = ArchConfig.from_dict(archs[i])
+        config = replace(ArchConfig.from_dict(archs[i]), **data.input_spec())
         budget = bs[b].with_seed(seed)
         r = train_and_evaluate(config, budget, data.train_x, data.train_y, data.val_x, data.val_y)
         row = {
@@ -162,6 +166,7 @@ def run(
             "budget_name": budget.name,
             "seed": seed,
             "device": name,
+            "data": content,  # the images' content hash (nas.data fingerprint)
             "val_accuracy": r.accuracy,
             "final_loss": r.final_loss,
             "train_seconds": r.train_seconds,
@@ -232,12 +237,13 @@ def one_device(rows: list[dict], preset: str, on: str | None) -> list[dict]:
     """The preset's rows of one device and torch version: `on` names the device; without
     it, the rows must all come from one. Raises ValueError on a mixture."""
     rows = [r for r in rows if r["preset"] == preset and (on is None or r["device"] == on)]
-    kinds = sorted({(r["device"], r.get("torch", "?")) for r in rows})
+    kinds = sorted({(r["device"], r.get("torch", "?"), r.get("data", "?")) for r in rows})
     if len(kinds) > 1:
-        names = "; ".join(f"{d} (torch {t})" for d, t in kinds)
+        names = "; ".join(f"{d} (torch {t}, data {c})" for d, t, c in kinds)
         raise ValueError(
-            f"results from {len(kinds)} devices or torch versions ({names}): their numbers "
-            "are not comparable; analyse one with --on DEVICE"
+            f"results from {len(kinds)} devices, torch versions or datasets ({names}): their "
+            "numbers are not comparable; analyse one with --on DEVICE (and one dataset per "
+            "results file)"
         )
     return rows
 
@@ -316,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny budgets, 3 archs")
     p.add_argument("--analyse-only", action="store_true", help="no training; analyse --results")
     p.add_argument("--device", default="auto")
+    p.add_argument("--data", metavar="SOURCE", help="the images (as nas.search --data)")
     p.add_argument("--on", help="analyse the results of this device (a name as stored)")
     p.add_argument("--out", help="analysis JSON (and OUT.html, the plotly page)")
     p.add_argument("--make-list", action="store_true", help="(re)write fidelity-archs.json")
@@ -335,7 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     on = a.on
     if not a.analyse_only:
         device = pick_device(a.device)
-        run(a.preset, archs, chosen, a.tiny, results, device)
+        try:
+            run(a.preset, archs, chosen, a.tiny, results, device, a.data)
+        except DataError as e:
+            p.error(str(e))
         on = on or device_name(device)
     try:
         rows = one_device(load_results(results), a.preset, on)

@@ -23,7 +23,7 @@ import torch
 from nas.budget import get_budget
 from nas.config import D2L_CHAPTER
 from nas.cost import load_config_file
-from nas.data import load_fashion_mnist
+from nas.data import load_data
 from nas.fit import pick_device, train_and_evaluate
 from nas.train import RECIPES
 
@@ -34,11 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", default="short")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--device", default="auto")
+    p.add_argument("--data", metavar="SOURCE", help="the images (as nas.search --data)")
     p.add_argument("--out", help="write the results as JSON here")
     a = p.parse_args(argv)
-    config = load_config_file(a.config) if a.config else D2L_CHAPTER
     device = pick_device(a.device)
-    data = load_fashion_mnist().to(device)
+    data = load_data(a.data).to(device)
+    config = load_config_file(a.config) if a.config else D2L_CHAPTER
+    config = replace(config, **data.input_spec())  # the data's channels, classes, statistics
     ours = get_budget(a.budget)
     d2l = replace(ours, name="d2l-recipe", **RECIPES["d2l"])
     results = {}

@@ -30,7 +30,9 @@ __all__ = [
     "error_line",
     "first_line",
     "hide_secrets",
+    "int_at_least",
     "make_parser",
+    "positive_int",
     "public_url",
     "run_cli",
     "stop_signals",
@@ -183,3 +185,19 @@ def run_cli(prog: str, body: Callable[[list[str] | None], int], argv: list[str] 
             raise
         print(hide_secrets(f"{prog}: error: storage failed: {reason}"), file=sys.stderr)
         return 2
+
+
+def int_at_least(text: str, low: int, words: str) -> int:
+    """argparse type helper: an integer >= low ('expected WORDS, got ...' otherwise)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {words}, got {text!r}") from None
+    if v < low:
+        raise argparse.ArgumentTypeError(f"expected {words}, got {v}")
+    return v
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return int_at_least(text, 1, "a positive integer")

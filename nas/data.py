@@ -218,8 +218,9 @@ def _check(raw: Raw, where: str) -> int:
         raise DataError(f"{where}: labels go up to {top}, but there are {n} class names")
     present = np.unique(raw.splits["train"][1])
     if len(present) < 2:
+        name = raw.classes[present[0]] if raw.classes else int(present[0])
         raise DataError(
-            f"{where}: the training images hold one class only ({present.tolist()}); "
+            f"{where}: the training images hold one class only ({name!r}); "
             "a classifier needs at least two"
         )
     return n
@@ -247,13 +248,16 @@ def _build(raw: Raw, source: str, kind: str, where: str) -> Dataset:
     empty_x = np.zeros((0, *train_x.shape[1:]), dtype=np.uint8)
     test_x, test_y = raw.splits.get("test", (empty_x, np.zeros(0, dtype=np.int64)))
     mean, std = channel_stats(train_x)
-    missing = sorted(set(range(n_classes)) - set(np.unique(train_y).tolist()))
-    if missing:
-        notes.append(
-            f"class{'es' if len(missing) > 1 else ''} {missing[:10]} "
-            "ha{} no training images".format("ve" if len(missing) > 1 else "s")
-        )
     classes = tuple(raw.classes or (str(i) for i in range(n_classes)))
+    missing = [
+        classes[i] for i in sorted(set(range(n_classes)) - set(np.unique(train_y).tolist()))
+    ]
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        notes.append(
+            f"{len(missing):,} of {n_classes:,} classes have no training images ({shown}): "
+            "labels are class numbers 0..N-1, so a gap in them makes empty classes"
+        )
     if kind == DEFAULT_SOURCE:
         classes = FASHION_CLASSES
     fingerprint = {
@@ -388,7 +392,7 @@ def load_data(
         check_fits(sum(s[0].nbytes for s in raw.splits.values()), device, str(path))
         if cached:
             raw.notes.insert(0, "decoded images read from the cache")
-    return _build(raw, str(path), kind, str(path))
+    return _build(raw, str(path.resolve()), kind, str(path))
 
 
 def load_fashion_mnist(data_dir: str | Path | None = None) -> Dataset:

@@ -42,6 +42,12 @@ def cache_dir() -> Path:
 def _list(root: Path) -> dict[str, list[tuple[Path, str]]]:
     """split -> [(file, class name)], ordered by file name then class."""
     split_dirs = {s: root / s for s in SPLITS if (root / s).is_dir()}
+    others = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in SPLITS)
+    if split_dirs and others:
+        raise DataError(
+            f"{root} has {', '.join(s + '/' for s in split_dirs)} and also {others[0]}/: put "
+            "class folders inside train/ (and val/, test/), or use no split folders at all"
+        )
     if "train" not in split_dirs:
         if split_dirs:
             raise DataError(
@@ -90,6 +96,9 @@ def _decode(job: tuple[list[str], tuple[int, int], bool]) -> list[np.ndarray | s
     for p in paths:
         try:
             with Image.open(p) as im:
+                if im.mode.startswith("I"):  # 16- or 32-bit grey: scaled to 8 bits, not clipped
+                    wide = np.asarray(im).astype(np.float64) * (255 / 65535)
+                    im = Image.fromarray(np.clip(np.round(wide), 0, 255).astype(np.uint8))
                 im = im.convert("RGB" if rgb else "L")
                 if im.size != size:
                     im = im.resize(size, Image.Resampling.BILINEAR)
@@ -167,8 +176,7 @@ def read_folder(root: Path, size: int | None = None) -> tuple[Raw, bool]:
     target = (size, size) if size else sizes.most_common(1)[0][0]
     if min(target) < 8:
         raise DataError(
-            f"images in {root} are {target[0]}x{target[1]} pixels; nas needs at least 8x8 "
-            "(or --image-size 8 or more)"
+            f"images in {root} are {target[0]}x{target[1]} pixels; nas needs at least 8x8"
         )
     rgb = any(h[1] not in GREY_MODES for h in headers)
     decoded = _pool_map(_decode, [(c, target, rgb) for c in chunks], "decoding", len(everything))

@@ -24,11 +24,12 @@ import torch
 from tqdm import tqdm
 
 from nas.budget import AUGMENTS, BUDGETS, TrainBudget, get_budget
-from nas.cli import UsageError, make_parser, public_url, run_cli
+from nas.cli import UsageError, int_at_least, make_parser, public_url, run_cli
+from nas.cli import positive_int as _positive_int
 from nas.concurrent import GpuMonitor
 from nas.config import D2L_CHAPTER, ConfigError
 from nas.cost import closed_form_mmacs
-from nas.data import DataError, Dataset, default_augment, describe, load_data
+from nas.data import DEFAULT_SOURCE, DataError, Dataset, default_augment, describe, load_data
 from nas.fit import pick_device, train_and_evaluate
 from nas.front import pareto_front, why_no_front
 from nas.metrics import DEFAULT_OBJECTIVES, Limits, describe_limits, metric_names, parse_objectives
@@ -112,24 +113,15 @@ class SearchArgs:
     slurm: SlurmRequest | None = None  # --slurm-array: submit the search (nas.slurm)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+def _image_side(text: str) -> int:
+    v = _positive_int(text)
+    if not 8 <= v <= 1024:
+        raise argparse.ArgumentTypeError(f"expected a side of 8 to 1024 pixels, got {v}")
     return v
 
 
 def _non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
-    return v
+    return int_at_least(text, 0, "an integer >= 0")
 
 
 def _positive_float(text: str) -> float:
@@ -237,9 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--data",
-        default="fashion-mnist",
         metavar="SOURCE",
-        help="the images to search on (default fashion-mnist, Debian's package): a folder "
+        help="the images to search on (default: a continued study's own, else fashion-mnist, "
+        "Debian's package): a folder "
         "of class subfolders of images (or of train/, val/, test/ holding them), a .npz "
         "(train_images/train_labels or x_train/y_train, + val_*, test_*), a folder of "
         "IDX files, or CIFAR-10/100's python batches; see README 'Your data'",
@@ -321,10 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--image-size",
-        type=_positive_int,
+        type=_image_side,
         metavar="N",
-        help="side in pixels the network sees (images are resized on the device; default: "
-        "the preset's, 96 for d2l, the data's own for cifar and tiny)",
+        help="side in pixels (8 to 1024) the network sees (images are resized on the device; "
+        "default: the preset's, 96 for d2l, the data's own for cifar and tiny)",
     )
     g.add_argument("--growth-rate", metavar="LO:HI[:STEP]", help="range of k")
     g.add_argument("--convs", metavar="LO:HI", help="range of conv blocks per dense block")
@@ -400,6 +392,16 @@ def for_data(spec: WorkerSpec, data: Dataset, args: SearchArgs) -> WorkerSpec:
     if args.augment_auto:
         budget = replace(budget, augment=default_augment(data.channels))
     return replace(spec, space=space, budget=budget)
+
+
+def study_source(spec: WorkerSpec) -> str:
+    """Without --data: the data an existing study was searched on, else Fashion-MNIST."""
+    try:
+        storage = open_storage(spec.storage, heartbeat=spec.heartbeat, must_exist=True)
+        attrs = optuna.load_study(study_name=spec.study, storage=storage).user_attrs
+    except (UsageError, KeyError):  # no such storage or study yet
+        return DEFAULT_SOURCE
+    return (attrs.get("data_record") or {}).get("source") or DEFAULT_SOURCE
 
 
 def budget_notes(budget: TrainBudget, data: Dataset) -> list[str]:
@@ -522,14 +524,16 @@ def run_search(args: SearchArgs) -> optuna.Study:
     k = spec.concurrency or (1 if times_gpu_latency(spec) else default_concurrency(device))
     spec = replace(spec, device=device.type, workers=workers, concurrency=k)
     check_gpu_costs(spec, device)
+    spec = replace(spec, data=spec.data or study_source(spec))
     try:
         data = load_data(spec.data, spec.data_dir, device=device)  # loaded by each worker
     except DataError as e:
         raise UsageError(str(e)) from None
     print(describe(data), flush=True)
     spec = for_data(spec, data, args)
-    study, notes = _open_study(spec, device, data)
-    notes = list(data.notes) + notes + budget_notes(spec.budget, data)
+    notes = list(data.notes) + budget_notes(spec.budget, data)  # may refuse: before the study
+    study, study_notes = _open_study(spec, device, data)
+    notes += study_notes
     for line in notes + preflight(spec, args.trials, device, data):
         print(f"note: {line}", flush=True)
     t0 = time.perf_counter()

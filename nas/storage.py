@@ -234,7 +234,7 @@ EXPERIMENT_KEYS = {
     "max_mmacs": "MAC budget (MMACs, fvcore)",
     "limits": "budgets (--max-params, --max-latency-ms, --max-memory-mb)",
     "precision": "training precision",
-    "data": "data (images, splits, normalisation or augmentation: nas.data)",
+    "data": "data (the images, their splits, normalisation or augmentation)",
     "budget": "train budget",
 }
 # Keys added after studies were first written: a study without one has this value.
@@ -322,7 +322,8 @@ def open_or_create_study(
             break
         time.sleep(0.1)
         stored = study.user_attrs
-    for key, label in EXPERIMENT_KEYS.items():
+    # the data first: other images also change the space (channels, classes, statistics)
+    for key, label in sorted(EXPERIMENT_KEYS.items(), key=lambda kv: kv[0] != "data"):
         if key in BUDGET_KEYS:  # budgets may change: update_budgets
             continue
         if key not in stored and key in LATER_KEYS:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from nas.budget import TrainBudget
-from nas.cli import UsageError
+from nas.cli import UsageError, positive_int
 from nas.config import ArchConfig
 from nas.data import Dataset, to_input
 from nas.fit import pick_device, train_and_evaluate
@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--epochs", type=float, default=10.0, help="epochs of train + val images (default 10)"
     )
-    p.add_argument("--batch-size", type=int, default=256, help="default 256 (as d2l)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="default 256 (as d2l)")
     p.add_argument("--lr", type=float, default=0.1, help="peak learning rate (default 0.1)")
     p.add_argument(
         "--recipe",
@@ -128,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _budget(a: argparse.Namespace, per_epoch: int, test_images: int) -> TrainBudget:
+def _budget(a: argparse.Namespace, per_epoch: int, test_images: int, n: int) -> TrainBudget:
     """The final training's budget: whole batches (d2l's loader would also run the last
     partial batch of 96 images; every step here has the same shape, as a CUDA graph
     needs)."""
@@ -141,7 +141,7 @@ def _budget(a: argparse.Namespace, per_epoch: int, test_images: int) -> TrainBud
         seed=a.seed,
         # Shorter than an epoch, BN's running statistics lag the weights (0.02 epoch scored
         # 0.12, near chance, on the test set): re-estimate them as the smoke budget does.
-        bn_recalibration=SHORT_RUN_BN_IMAGES if a.epochs < 1 else 0,
+        bn_recalibration=min(SHORT_RUN_BN_IMAGES, n) if a.epochs < 1 else 0,
         **RECIPES[a.recipe],
     )
 
@@ -177,9 +177,17 @@ def _data(
         device = pick_device(a.device)
         data = load_data(source, a.data_dir, device=device).to(device)
     except (ValueError, DataError) as e:
-        raise UsageError(str(e)) from None
+        where = f" (the data {a.config} was searched on; --data names another)"
+        raise UsageError(str(e) + (where if source and not a.data else "")) from None
     print(describe(data), flush=True)
     check_fits_data(config, data)
+    if config.input_mean and (config.input_mean, config.input_std) != (data.mean, data.std):
+        print(
+            f"note: the network normalises its input with the statistics of the data it was "
+            f"searched on (mean {list(config.input_mean)}), not this data's "
+            f"({list(data.mean)})",
+            flush=True,
+        )
     return data, device
 
 
@@ -213,8 +221,11 @@ def _run(argv: list[str] | None) -> int:
     x, y, test_x, test_y, scored = _splits(data)
     per_epoch = len(x) // a.batch_size
     if per_epoch < 1:
-        raise UsageError(f"{len(x):,} training images are fewer than one batch of {a.batch_size}")
-    budget = replace(_budget(a, per_epoch, len(test_x)), augment=augment)
+        raise UsageError(
+            f"{len(x):,} training images are fewer than one batch of {a.batch_size}: "
+            f"use --batch-size {max(1, len(x) // 8)} or so"
+        )
+    budget = replace(_budget(a, per_epoch, len(test_x), len(x)), augment=augment)
     out = Path(a.out) if a.out else Path(a.config).with_suffix("")
     if not out.parent.is_dir():
         raise UsageError(f"--out {out}: folder {out.parent} does not exist")
@@ -224,7 +235,7 @@ def _run(argv: list[str] | None) -> int:
         f"recipe {a.recipe}, lr {a.lr}) on {device}",
         flush=True,
     )
-    progress = EpochLines(budget, per_epoch, len(test_x))
+    progress = EpochLines(budget, per_epoch, len(test_x), scored)
     with progress:
         r = train_and_evaluate(config, budget, x, y, test_x, test_y, model=model, on_step=progress)
     result = {
@@ -268,10 +279,13 @@ class EpochLines:
     (as d2l prints it), also when the output goes to a file; the loss is summed on the
     device, so no step waits for it."""
 
-    def __init__(self, budget: TrainBudget, per_epoch: int, test_images: int) -> None:
+    def __init__(
+        self, budget: TrainBudget, per_epoch: int, test_images: int, scored: str = "test"
+    ) -> None:
         from tqdm import tqdm
 
         self.budget, self.per_epoch, self.test_images = budget, per_epoch, test_images
+        self.scored = scored  # "test", or "validation" for data without a test split
         self.epochs = math.ceil(budget.steps / per_epoch)
         self.epoch_losses: list[float] = []
         self.bar = tqdm(total=budget.steps, unit="step", dynamic_ncols=True, disable=None)
@@ -303,7 +317,7 @@ class EpochLines:
             )
             self.loss_sum.zero_()
         if last:  # then nas.fit scores: minutes on a CPU
-            what = f"{self.test_images:,} test images"
+            what = f"{self.test_images:,} {self.scored} images"
             if self.budget.bn_recalibration:
                 what = f"BN re-estimate on {self.budget.bn_recalibration:,} train images, {what}"
             tqdm.write(f"scoring ({what}) ...", file=sys.stdout)

@@ -68,7 +68,7 @@ class WorkerSpec:
     concurrency: int = 1  # trials at once in each worker, in threads (nas.concurrent)
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES  # nas.metrics, accuracy first
     limits: Limits = field(default_factory=Limits)  # budgets beside max_mmacs
-    data: str = "fashion-mnist"  # --data: the source nas.data.load_data reads
+    data: str | None = None  # --data: the source nas.data.load_data reads (None: default)
 
 
 class _TrialSeeded:

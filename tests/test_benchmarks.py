@@ -181,3 +181,13 @@ def test_storage_load_smoke(tmp_path: Path) -> None:
     [run] = json.loads(out.read_text())["runs"]
     assert run["clients"] == 3 and run["client_errors"] == 0 and run["trials_complete"] >= 3
     assert run["peak_server_connections"] >= 3 and run["overhead_p50_s"] > 0
+
+
+def test_fidelity_refuses_to_mix_datasets() -> None:
+    """Rows of one device and torch version, but of two datasets (--data), are not
+    analysed together."""
+    fidelity = load("fidelity")
+    row = {"preset": "cifar", "device": "cpu", "torch": "2.13.0", "data": "aaaa"}
+    assert fidelity.one_device([row, dict(row)], "cifar", None) == [row, row]
+    with pytest.raises(ValueError, match=r"datasets .*data aaaa\).*data bbbb\)"):
+        fidelity.one_device([row, {**row, "data": "bbbb"}], "cifar", None)

@@ -288,6 +288,9 @@ def test_a_study_refuses_other_data_and_refine_reads_its_own(tmp_path, monkeypat
     err = capsys.readouterr().err
     assert "created with another data (" in err and "content_sha256" in err
     assert err.count("\n") == 1
+    capsys.readouterr()
+    assert search([*argv, "--trials", "1"]) == 0  # without --data: the study's own
+    assert f"data {path} (npz): 8x8, 1 channel, 6 classes" in capsys.readouterr().out
     assert refine(["--study", "d", "--budget", "smoke-long", "--top", "2", "--device", "cpu"]) == 0
     refined = optuna.load_study(
         study_name="d-refined-smoke-long", storage="sqlite:///studies/d.db"

@@ -60,6 +60,8 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[Path, str]]:
     idx.mkdir()
     write_idx(idx / "train-images-idx3-ubyte.gz", images(12))
     write_idx(idx / "train-labels-idx1-ubyte.gz", labels(11))
+    stray = image_folder(tmp / "stray" / "train", {"a": 3, "b": 3}).parent
+    image_folder(stray / "dog", {"x": 2})
     cifar = tmp / "cifar"
     cifar.mkdir()
     batch = {b"data": images(6, side=8, channels=3).reshape(6, -1), b"labels": list(range(6))}
@@ -69,6 +71,7 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[Path, str]]:
     return {
         "missing path": (tmp / "nowhere", "does not exist"),
         "labels beyond the class names": (cifar, "labels go up to 5, but there are 3 class"),
+        "a class folder beside train/": (stray, "has train/ and also dog/: put class folders"),
         "empty folder": (tmp / "empty", "is empty"),
         "one class only": (one, "one class only"),
         "class folder without images": (no_images, "class folder " + str(no_images / "b")),
@@ -185,3 +188,26 @@ def test_mixed_sizes_resized_to_the_most_common_and_said(tmp_path, monkeypatch) 
     d = load_data(str(root))
     assert d.train_x.shape[1:] == (12, 12, 1)
     assert any("1 of 21 images resized to 12x12" in n for n in d.notes)
+
+
+def test_sixteen_bit_grey_is_scaled_to_eight_bits_not_clipped(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("NAS_CACHE_DIR", str(tmp_path / "cache"))
+    root = image_folder(tmp_path / "imgs", {"a": 6, "b": 6})
+    wide = np.full((12, 12), 65535, dtype=np.uint16)
+    wide[0, 0] = 257 * 100
+    Image.fromarray(wide).save(root / "a" / "wide.png")  # a 16-bit PNG
+    assert Image.open(root / "a" / "wide.png").mode.startswith("I")
+    d = load_data(str(root))
+    x = np.concatenate([d.train_x.numpy(), d.val_x.numpy()])
+    hit = [im for im in x if im[0, 0, 0] == 100 and (im[1:, :, 0] == 255).all()]
+    assert len(hit) == 1  # 65535 -> 255 and 25700 -> 100, not clipped to 255 everywhere
+
+
+def test_gaps_in_labels_are_counted_in_a_note(tmp_path) -> None:
+    path = npz(tmp_path / "gap.npz", x_train=images(60), y_train=(np.arange(60) % 2) * 40)
+    d = load_data(str(path))
+    assert len(d.classes) == 41
+    assert any(
+        n.startswith("39 of 41 classes have no training images (1, 2, 3, 4, 5, ...)")
+        for n in d.notes
+    )

@@ -232,8 +232,8 @@ def test_other_precision_or_split_is_refused(tmp_path: Path, real_data_dir, caps
     monkeypatch.setattr(nas.data, "SPLIT_SEED", 1)  # as a version with another split would
     assert main([*TINY, "--trials", "1", "--study", "s", "--storage", url]) == 2
     err = capsys.readouterr().err
-    # another split is another training split: its mean and std, in the space, differ first
-    assert "was created with another search space (input_mean [0.286261] there, " in err
+    assert "another data (the images, their splits, normalisation or augmentation) (" in err
+    assert "val_from 'held out of train by key 0: " in err
     assert err.count("\n") == 1 and len(load(url, "s").trials) == 1
 
 

@@ -98,6 +98,7 @@ def test_train_cli_bad_input(tmp_path, capsys) -> None:
         (["--epochs", "0"], "--epochs must be in"),
         (["--epochs", "x"], "invalid float value"),
         (["--recipe", "adam"], "invalid choice"),
+        (["--batch-size", "0"], "expected a positive integer, got 0"),
     ):
         assert main([str(cfg), *bad]) == 2
         err = capsys.readouterr().err

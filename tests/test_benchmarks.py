@@ -145,7 +145,7 @@ def test_analyse_on_fixed_results_with_known_answers() -> None:
     assert noise["dof"] == 3
     assert abs(noise["pooled_stdev"] - ((2 * 1e-4 + 1 * 8e-4) / 3) ** 0.5) < 1e-12
     mixed = [*rows, {**rows[0], "device": "NVIDIA H200"}]
-    with pytest.raises(ValueError, match="2 devices or torch versions"):
+    with pytest.raises(ValueError, match="2 devices, torch versions or datasets"):
         fidelity.one_device(mixed, "cifar", None)
     assert fidelity.one_device(mixed, "cifar", "cpu") == rows
 

@@ -19,6 +19,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -214,7 +215,11 @@ def _save_cache(folder: Path, raw: Raw) -> None:
         meta = {"splits": list(raw.splits), "classes": raw.classes, "notes": raw.notes}
         (tmp / "meta.json").write_text(json.dumps(meta))
         os.replace(tmp, folder)
-    except OSError as e:  # a read-only home: decode again next time, say so once
+    except OSError as e:
+        if (folder / "meta.json").exists():  # another process cached the same images first
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        # a read-only home: decode again next time, say so once
         print(f"note: decoded images not cached in {folder} ({e})", file=sys.stderr)
 
 

@@ -406,8 +406,9 @@ def describe(data: Dataset) -> str:
     test = f"{len(data.test_x):,} test" if len(data.test_x) else "no test split"
     val = "val" if data.fingerprint["val_from"] == "given" else "val (held out of train)"
     names = ", ".join(data.classes[:4]) + (", ..." if len(data.classes) > 4 else "")
+    kind = "" if data.kind == data.source else f" ({data.kind})"
     return (
-        f"data {data.source} ({data.kind}): {h}x{w}, {c} channel{'s' if c > 1 else ''}, "
+        f"data {data.source}{kind}: {h}x{w}, {c} channel{'s' if c > 1 else ''}, "
         f"{len(data.classes)} classes ({names}); {len(data.train_x):,} train, "
         f"{len(data.val_x):,} {val}, {test}"
     )

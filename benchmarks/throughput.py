@@ -51,7 +51,7 @@ from nas.budget import TrainBudget, get_budget
 from nas.concurrent import GpuMonitor
 from nas.config import D2L_CHAPTER
 from nas.cost import closed_form_macs, measure_cost
-from nas.data import FashionMNIST, load_fashion_mnist, to_input
+from nas.data import Dataset, load_fashion_mnist, to_input
 from nas.fit import evaluate, pick_device, train_and_evaluate
 from nas.model import build_model
 from nas.search import CANDIDATE_CONCURRENCY
@@ -87,14 +87,14 @@ def tflops(macs: int, images_per_second: float) -> float:
     return 3 * 2 * macs * images_per_second / 1e12
 
 
-def first_epoch_order(data: FashionMNIST, budget: TrainBudget) -> torch.Tensor:
+def first_epoch_order(data: Dataset, budget: TrainBudget) -> torch.Tensor:
     """The training images in the order nas.fit draws them in its first epoch."""
     device = data.train_x.device
     gen = torch.Generator(device=device).manual_seed(budget.seed)
     return torch.randperm(len(data.train_x), device=device, generator=gen)
 
 
-def d2l_loop(data: FashionMNIST, budget: TrainBudget, device: torch.device) -> dict[str, Any]:
+def d2l_loop(data: Dataset, budget: TrainBudget, device: torch.device) -> dict[str, Any]:
     """The chapter's loop: host tensors resized to 96x96, .to(device) each step, fp32;
     the same images in the same order as nas.fit (budget.steps whole batches)."""
     bs, steps = budget.batch_size, budget.steps
@@ -126,7 +126,7 @@ def d2l_loop(data: FashionMNIST, budget: TrainBudget, device: torch.device) -> d
 
 
 def compare_loops(
-    data: FashionMNIST, budget: TrainBudget, device: torch.device, reps: int = 3
+    data: Dataset, budget: TrainBudget, device: torch.device, reps: int = 3
 ) -> dict[str, Any]:
     """(a) and (b): untimed warm-up of each, then `reps` timed runs in alternating order."""
     runs: dict[str, Callable[[TrainBudget], dict[str, Any]]] = {
@@ -150,7 +150,7 @@ def compare_loops(
     return out
 
 
-def ours(data: FashionMNIST, budget: TrainBudget, graph: bool) -> dict[str, Any]:
+def ours(data: Dataset, budget: TrainBudget, graph: bool) -> dict[str, Any]:
     r = train_and_evaluate(
         D2L_CHAPTER, budget, data.train_x, data.train_y, data.val_x, data.val_y, cuda_graph=graph
     )

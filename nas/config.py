@@ -118,7 +118,6 @@ class ArchConfig:
             v = getattr(self, name)
             if isinstance(v, list):
                 v = tuple(v)
-                object.__setattr__(self, name, v)
             if not isinstance(v, tuple) or not all(
                 isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
                 for x in v

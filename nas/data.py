@@ -44,7 +44,6 @@ __all__ = [
     "DEFAULT_DATA_DIR",
     "DataError",
     "Dataset",
-    "FashionMNIST",
     "crop_flip",
     "describe",
     "load_data",
@@ -142,9 +141,6 @@ class Dataset:
             "mean": list(self.mean),
             "std": list(self.std),
         }
-
-
-FashionMNIST = Dataset  # the name before other data were taken
 
 
 def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
@@ -352,14 +348,12 @@ def _idx_bytes(path: Path) -> int:
 def load_data(
     source: str | None = None,
     data_dir: str | Path | None = None,
-    image_size: int | None = None,
     device: torch.device | None = None,
 ) -> Dataset:
     """Read SOURCE ("fashion-mnist", the default, or a path) on the CPU.
 
-    `image_size`: the side folder images of mixed sizes are decoded to (else the most
-    common size). `device`: where the data will go; data larger than half its memory is
-    refused before it is read.
+    `device`: where the data will go; data larger than half its memory is refused before
+    it is read (a folder: once decoded).
     """
     source = source or DEFAULT_SOURCE
     if source == DEFAULT_SOURCE:
@@ -388,7 +382,7 @@ def load_data(
     else:
         from nas.decode import read_folder
 
-        raw, cached = read_folder(path, image_size)
+        raw, cached = read_folder(path)
         check_fits(sum(s[0].nbytes for s in raw.splits.values()), device, str(path))
         if cached:
             raw.notes.insert(0, "decoded images read from the cache")

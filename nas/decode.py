@@ -7,10 +7,10 @@ from an array in index order (00000.png, 00001.png, ...) reads back in that orde
 
 Decoding runs with Pillow in worker processes with a progress bar. First each file's
 header gives its size and mode (no pixels decoded); every image is then decoded to the
-most common size (or `size`, if given: resized bilinearly, as Pillow does) and to grey if
+most common size (others resized bilinearly, as Pillow does) and to grey if
 all are grey, else RGB. The arrays are cached as .npy files under $NAS_CACHE_DIR (default
-~/.cache/nas/data), keyed by the files' names, sizes and modification times and the
-target size: a second run reads them at once, and a changed file makes a new key.
+~/.cache/nas/data), keyed by the files' names, sizes and modification times: a second
+run reads them at once, and a changed file makes a new key.
 """
 
 from __future__ import annotations
@@ -110,8 +110,8 @@ def _decode(job: tuple[list[str], tuple[int, int], bool]) -> list[np.ndarray | s
     return out
 
 
-def _key(root: Path, files: dict[str, list[tuple[Path, str]]], size: int | None) -> str:
-    h = hashlib.sha256(f"{CACHE_VERSION} {root.resolve()} {size}".encode())
+def _key(root: Path, files: dict[str, list[tuple[Path, str]]]) -> str:
+    h = hashlib.sha256(f"{CACHE_VERSION} {root.resolve()}".encode())
     for split, items in files.items():
         for p, c in items:
             st = p.stat()
@@ -156,10 +156,10 @@ def _headers(paths: list[str]) -> list[tuple[tuple[int, int], str] | str]:
     return [_header(p) for p in paths]
 
 
-def read_folder(root: Path, size: int | None = None) -> tuple[Raw, bool]:
+def read_folder(root: Path) -> tuple[Raw, bool]:
     """The folder's splits as arrays, and whether they came from the cache."""
     files = _list(root)
-    key = _key(root, files, size)
+    key = _key(root, files)
     cached = cache_dir() / key
     if (cached / "meta.json").exists():
         return _load_cache(cached), True
@@ -174,7 +174,7 @@ def read_folder(root: Path, size: int | None = None) -> tuple[Raw, bool]:
     if failures:
         raise _bad(failures)
     sizes = Counter(h[0] for h in headers)
-    target = (size, size) if size else sizes.most_common(1)[0][0]
+    target = sizes.most_common(1)[0][0]
     if min(target) < 8:
         raise DataError(
             f"images in {root} are {target[0]}x{target[1]} pixels; nas needs at least 8x8"
@@ -197,7 +197,7 @@ def read_folder(root: Path, size: int | None = None) -> tuple[Raw, bool]:
     if resized:
         notes.append(
             f"{resized:,} of {len(everything):,} images resized to {target[0]}x{target[1]} "
-            f"({'the most common size' if not size else '--image-size'})"
+            "(the most common size)"
         )
     raw = Raw(splits, classes, notes)
     _save_cache(cached, raw)

@@ -37,7 +37,7 @@ from nas.budget import get_budget
 from nas.cli import error_line, make_parser, run_cli
 from nas.concurrent import StopFlag, nvidia_smi, run_concurrently
 from nas.config import D2L_CHAPTER, small_densenet
-from nas.data import FashionMNIST, load_fashion_mnist, resolve_data_dir
+from nas.data import Dataset, load_fashion_mnist, resolve_data_dir
 from nas.fit import pick_device, train_and_evaluate
 from nas.gpu import GRAPHS, STREAMS, release_memory
 from nas.measure import cpu_latency, gpu_latency_and_throughput
@@ -111,7 +111,7 @@ def _sgd_exact() -> tuple[bool, str]:
     return worst < SGD_LIMIT, f"max relative difference {worst:.1e} (limit {SGD_LIMIT:.0e})"
 
 
-def _graph_step(data: FashionMNIST) -> tuple[bool, str]:
+def _graph_step(data: Dataset) -> tuple[bool, str]:
     """Eight steps eagerly and as graph replays, same weights, same batches; then eagerly
     with the LR frozen at the capture's value, the bug the comparison exists for."""
     config = small_densenet()
@@ -150,14 +150,14 @@ def _graph_step(data: FashionMNIST) -> tuple[bool, str]:
     )
 
 
-def _two_steps(data: FashionMNIST) -> tuple[bool, str]:
+def _two_steps(data: Dataset) -> tuple[bool, str]:
     b = replace(get_budget("smoke"), train_images=128, batch_size=64, val_images=200)
     r = train_and_evaluate(small_densenet(), b, data.train_x, data.train_y, data.val_x, data.val_y)
     ok = r.steps == 2 and r.step_memory_bytes is None
     return ok, f"{r.steps} steps, step mode {r.step_mode!r}, accuracy {r.accuracy:.3f}"
 
 
-def _trials_at_k2(data: FashionMNIST) -> tuple[bool, str]:
+def _trials_at_k2(data: Dataset) -> tuple[bool, str]:
     """40 tiny trials, two at a time, as nas.search --concurrency 2 runs them."""
     device = data.train_x.device
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
@@ -225,7 +225,7 @@ def _latency(device: torch.device) -> tuple[bool, str]:
     )
 
 
-def _graph_vs_eager(data: FashionMNIST) -> tuple[bool, str]:
+def _graph_vs_eager(data: Dataset) -> tuple[bool, str]:
     b = replace(get_budget("short"), train_images=256 * 40, val_images=500)
     rates = {}
     for graph in (False, True):
@@ -246,7 +246,7 @@ def run_checks(
 ) -> list[Check]:
     """Run every check that applies to `device`; report(check) as each ends."""
     checks: list[Check] = []
-    data: FashionMNIST | None = None
+    data: Dataset | None = None
 
     def check(name: str, fn: Callable[[], tuple[bool, str]], gpu_only: bool = False) -> None:
         if gpu_only and device.type != "cuda":
@@ -271,7 +271,7 @@ def run_checks(
             f"{time.perf_counter() - t0:.1f} s"
         )
 
-    def needs_data(fn: Callable[[FashionMNIST], tuple[bool, str]]) -> Callable:
+    def needs_data(fn: Callable[[Dataset], tuple[bool, str]]) -> Callable:
         def run() -> tuple[bool, str]:
             if data is None:
                 return False, "no data (see the data check)"

@@ -108,7 +108,7 @@ def read_idx(path: Path, expected_dims: int, how_to_get: str = "") -> np.ndarray
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
-def _idx_pair(folder: Path, split: str, how_to_get: str) -> tuple[Path, Path] | None:
+def _idx_pair(folder: Path, split: str) -> tuple[Path, Path] | None:
     """The images and labels files of one split ("train" or "test"), or None."""
     words = ("train",) if split == "train" else ("t10k", "test")
     found = sorted(
@@ -127,7 +127,7 @@ def read_idx_folder(folder: Path, how_to_get: str = "") -> Raw:
     """train (and test, where present) from a folder of IDX files."""
     splits = {}
     for split in ("train", "test"):
-        pair = _idx_pair(folder, split, how_to_get)
+        pair = _idx_pair(folder, split)
         if pair is None:
             if split == "train":
                 hint = f": {how_to_get}" if how_to_get else ""

@@ -223,8 +223,9 @@ def make_step(
     dtype = next(model.parameters()).dtype  # float32; float64 in the exactness tests
     static_idx = torch.zeros(batch_size, dtype=torch.long, device=device)
     # crop offsets and flips: drawn outside the step (a graph replays fixed kernels)
-    aug = torch.zeros(batch_size, 3, dtype=torch.long, device=device)
-    static_aug = aug if augment == "crop-flip" else None
+    static_aug = None
+    if augment == "crop-flip":
+        static_aug = torch.zeros(batch_size, 3, dtype=torch.long, device=device)
 
     def body() -> torch.Tensor:
         images = train_x[static_idx]

@@ -265,6 +265,11 @@ def trial_loop(
                     flush=True,
                 )
 
+    # Trials of a killed worker become failed, each with its retry queued, here, before any
+    # slot asks for a trial: Optuna does it at the start of every trial too, but with K
+    # slots one slot could ask while another is still queueing the retries, and run a new
+    # trial in a retry's place (left WAITING at the end of the run).
+    optuna.storages.fail_stale_trials(study)
     run_concurrently(spec.concurrency, device, one_slot, stop)
 
 

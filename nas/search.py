@@ -394,14 +394,18 @@ def for_data(spec: WorkerSpec, data: Dataset, args: SearchArgs) -> WorkerSpec:
     return replace(spec, space=space, budget=budget)
 
 
-def study_source(spec: WorkerSpec) -> str:
-    """Without --data: the data an existing study was searched on, else Fashion-MNIST."""
+def study_source(spec: WorkerSpec) -> tuple[str, optuna.storages.BaseStorage | None]:
+    """Without --data: the data an existing study was searched on, else Fashion-MNIST;
+    and the storage, when it exists already (opened once: _open_study takes it)."""
     try:
         storage = open_storage(spec.storage, heartbeat=spec.heartbeat, must_exist=True)
+    except UsageError:  # no such storage yet (it is made once the data has been read)
+        return DEFAULT_SOURCE, None
+    try:
         attrs = optuna.load_study(study_name=spec.study, storage=storage).user_attrs
-    except (UsageError, KeyError):  # no such storage or study yet
-        return DEFAULT_SOURCE
-    return (attrs.get("data_record") or {}).get("source") or DEFAULT_SOURCE
+    except KeyError:  # no such study yet
+        return DEFAULT_SOURCE, storage
+    return (attrs.get("data_record") or {}).get("source") or DEFAULT_SOURCE, storage
 
 
 def budget_notes(budget: TrainBudget, data: Dataset) -> list[str]:
@@ -524,7 +528,10 @@ def run_search(args: SearchArgs) -> optuna.Study:
     k = spec.concurrency or (1 if times_gpu_latency(spec) else default_concurrency(device))
     spec = replace(spec, device=device.type, workers=workers, concurrency=k)
     check_gpu_costs(spec, device)
-    spec = replace(spec, data=spec.data or study_source(spec))
+    storage = None
+    if spec.data is None:
+        source, storage = study_source(spec)
+        spec = replace(spec, data=source)
     try:
         data = load_data(spec.data, spec.data_dir, device=device)  # loaded by each worker
     except DataError as e:
@@ -532,7 +539,7 @@ def run_search(args: SearchArgs) -> optuna.Study:
     print(describe(data), flush=True)
     spec = for_data(spec, data, args)
     notes = list(data.notes) + budget_notes(spec.budget, data)  # may refuse: before the study
-    study, study_notes = _open_study(spec, device, data)
+    study, study_notes = _open_study(spec, device, data, storage)
     notes += study_notes
     for line in notes + preflight(spec, args.trials, device, data):
         print(f"note: {line}", flush=True)
@@ -543,11 +550,15 @@ def run_search(args: SearchArgs) -> optuna.Study:
 
 
 def _open_study(
-    spec: WorkerSpec, device: torch.device, data: Dataset
+    spec: WorkerSpec,
+    device: torch.device,
+    data: Dataset,
+    storage: optuna.storages.BaseStorage | None = None,
 ) -> tuple[optuna.Study, list[str]]:
     """Open or create the study (refusing another experiment), take the budgets, queue
-    the d2l reference where due, and print the header; returns notes for the user."""
-    storage = open_storage(spec.storage, heartbeat=spec.heartbeat)
+    the d2l reference where due, and print the header; returns notes for the user.
+    `storage`: spec.storage already opened (else opened here)."""
+    storage = storage or open_storage(spec.storage, heartbeat=spec.heartbeat)
     experiment = {
         "space": spec.space.to_dict(),
         "objectives": list(spec.objectives),

@@ -34,6 +34,7 @@ import argparse
 import json
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -55,9 +56,10 @@ from nas.data import Dataset, load_fashion_mnist, to_input
 from nas.fit import evaluate, pick_device, train_and_evaluate
 from nas.model import build_model
 from nas.search import CANDIDATE_CONCURRENCY
-from nas.search import main as search_main
 from nas.space import PRESETS, sample
 from nas.storage import open_storage
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def sync(device: torch.device) -> None:
@@ -174,8 +176,11 @@ def search_run(
     data_dir: str | None,
     device: torch.device,
 ) -> dict[str, Any]:
-    """`nas.search` with --concurrency k, random sampler, seed 0: the same architectures
-    for every k (trial n draws from the seed and n), so their accuracies can be compared."""
+    """`python -m nas.search` with --concurrency k in a fresh process (no cuDNN plans,
+    cache or warm allocator inherited from another K), random sampler, seed 0: the same
+    architectures for every k (trial n draws from the seed and n), so their accuracies
+    can be compared. Rates are over the trials' own span (first start to last end), so
+    the process's start (imports, CUDA context, data onto the device) counts for no K."""
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/bench.db"
         argv = [
@@ -187,13 +192,16 @@ def search_run(
             argv += ["--data-dir", data_dir]
         with GpuMonitor(device) as gpu:
             t = time.perf_counter()
-            rc = search_main(argv)
-            wall = time.perf_counter() - t
+            rc = subprocess.run([sys.executable, "-m", "nas.search", *argv], cwd=ROOT).returncode
+            process_wall = time.perf_counter() - t
         if rc != 0:
             raise RuntimeError(f"nas.search exited {rc}")
         study = optuna.load_study(study_name="bench", storage=open_storage(url))
         done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     trained = [t for t in done if t.user_attrs.get("trained")]
+    wall = (
+        max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)
+    ).total_seconds()
     parts: dict[str, list[float]] = {}
     overhead, durations = [], []
     for t in trained:
@@ -215,6 +223,7 @@ def search_run(
         "trained": len(trained),
         "failed": trials - len(done),
         "wall_seconds": wall,
+        "process_seconds": process_wall,
         "trials_per_minute": 60 * len(done) / wall,
         "images_per_second_total": images / wall,
         "tflops_total": flops / wall / 1e12,
@@ -228,33 +237,61 @@ def search_run(
     }
 
 
+def run_order(ks: list[int], repeats: int) -> list[tuple[int, int]]:
+    """(repeat, K) in alternating order, ABBA-style: 1 4, 4 1, 1 4, ... so that neither K
+    always runs first (a warmer GPU, a fuller page cache)."""
+    return [(r, k) for r in range(repeats) for k in (ks if r % 2 == 0 else ks[::-1])]
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One (preset, K) over its repeats: the run of median trials/min (the lower median:
+    of 2, the slower), with every repeat's rate beside it."""
+    ordered = sorted(runs, key=lambda r: r["trials_per_minute"])
+    out = dict(ordered[(len(ordered) - 1) // 2])
+    out["repeats"] = len(runs)
+    out["trials_per_minute_repeats"] = [r["trials_per_minute"] for r in runs]
+    return out
+
+
 def search_runs(
-    plan: list[tuple[str, int]],
+    presets: list[str],
+    ks: list[int],
+    repeats: int,
     trials: int,
     budget: str,
     extra: list[str],
     a: argparse.Namespace,
     device: torch.device,
 ) -> list[dict[str, Any]]:
-    """(c): each (preset, K) search once; with --results, one JSON line per finished search
-    and finished ones are not run again (a run cut short resumes where it stopped)."""
-    done: dict[tuple[str, int, int, str], dict[str, Any]] = {}
+    """(c): per preset, one untimed warm-up search (2 trials), then each K `repeats` times
+    in alternating order, each in a fresh process; the median repeat per (preset, K).
+    With --results, one JSON line per finished search, and finished ones are not run
+    again (a run cut short resumes where it stopped)."""
+    done: dict[tuple[str, int, int, str, int], dict[str, Any]] = {}
     path = Path(a.results) if a.results else None
     if path is not None and path.exists():
         for line in path.read_text().splitlines():
             r = json.loads(line)
-            done[(r["preset"], r["concurrency"], r["trials"], r["budget"])] = r
-    out = []
-    for preset, k in plan:
-        key = (preset, k, trials, budget)
-        if key not in done:
-            r = search_run(preset, k, trials, budget, extra, a.data_dir, device)
-            r["trials"] = trials  # asked for; r["trained"] and r["failed"] say what became of them
-            if path is not None:
-                with path.open("a") as f:
-                    f.write(json.dumps(r) + "\n")
+            key = (r["preset"], r["concurrency"], r["trials"], r["budget"], r.get("repeat", 0))
             done[key] = r
-        out.append(done[key])
+    out = []
+    for preset in presets:
+        order = run_order(ks, repeats)
+        if any((preset, k, trials, budget, r) not in done for r, k in order):
+            print(f"  {preset}: untimed warm-up search (2 trials, K={ks[0]})", flush=True)
+            search_run(preset, ks[0], 2, budget, extra, a.data_dir, device)
+        for rep, k in order:
+            key = (preset, k, trials, budget, rep)
+            if key not in done:
+                r = search_run(preset, k, trials, budget, extra, a.data_dir, device)
+                r["trials"] = trials  # asked for; "trained" and "failed" say what became of them
+                r["repeat"] = rep
+                if path is not None:
+                    with path.open("a") as f:
+                        f.write(json.dumps(r) + "\n")
+                done[key] = r
+        for k in ks:
+            out.append(median_run([done[(preset, k, trials, budget, r)] for r in range(repeats)]))
     return out
 
 
@@ -355,7 +392,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--concurrency", help="K values to compare in (c), first the baseline (default 1,auto)"
     )
-    p.add_argument("--presets", default="cifar,d2l", help="presets searched in (c)")
+    p.add_argument(
+        "--presets", help="presets searched in (c) (default cifar,d2l; cifar with --tiny)"
+    )
+    p.add_argument(
+        "--repeats", type=int, default=2, help="searches per (preset, K) in (c), alternating order"
+    )
     p.add_argument(
         "--hundred", action="store_true", help="also 100 short trials per preset at candidate K"
     )
@@ -365,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir")
     p.add_argument("--out", help="write all results as JSON here")
     a = p.parse_args(argv)
+    a.presets = a.presets or ("cifar" if a.tiny else "cifar,d2l")
     device = pick_device(a.device)
     data = load_fashion_mnist(a.data_dir).to(device)
     if a.tiny:
@@ -372,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
             get_budget("smoke"), name="tiny", train_images=64, batch_size=32, val_images=100
         )
         search_budget, extra, trials = "smoke", ["--growth-rate", "8:12:4", "--convs", "1:2"], 2
-        presets, candidate_k = ["cifar"], 2
+        presets, candidate_k = a.presets.split(","), 2
     else:
         budget, search_budget, extra, trials = get_budget("short"), "short", [], a.trials
         presets, candidate_k = a.presets.split(","), CANDIDATE_CONCURRENCY
@@ -422,14 +465,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.empty_cache()
     if "c" in parts:
         ks = [int(x) for x in a.concurrency.split(",")] if a.concurrency else [1, candidate_k]
-        runs = search_runs(
-            [(p, k) for p in presets for k in ks], trials, search_budget, extra, a, device
-        )
+        runs = search_runs(presets, ks, a.repeats, trials, search_budget, extra, a, device)
         res["c_search"] = runs
         if a.hundred and not a.tiny:
-            res["c_hundred"] = search_runs(
-                [(p, candidate_k) for p in presets], 100, "short", [], a, device
-            )
+            res["c_hundred"] = search_runs(presets, [candidate_k], 1, 100, "short", [], a, device)
         print(f"\n(c) nas.search, {search_budget} budget, random sampler seed 0, K at once:")
         for r in runs + res.get("c_hundred", []):
             split = ", ".join(f"{n} {v:.3f}" for n, v in r["median_parts_seconds"].items())
@@ -437,7 +476,9 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  {r['preset']:<5} K={r['concurrency']:<2} {r['trials']:>3} trials "
                 f"({r['failed']} failed): {r['wall_seconds']:6.1f} s, "
-                f"{r['trials_per_minute']:5.1f} trials/min, "
+                f"{r['trials_per_minute']:5.1f} trials/min (repeats: "
+                + ", ".join(f"{v:.1f}" for v in r["trials_per_minute_repeats"])
+                + "), "
                 f"{r['images_per_second_total']:>8,.0f} img/s, {r['tflops_total']:6.2f} TFLOP/s"
                 + (f" of {res['bf16_peak_tflops']:.0f}" if res["bf16_peak_tflops"] else "")
                 + (f", GPU busy {util:.0f}%" if util is not None else "")

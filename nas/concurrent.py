@@ -5,7 +5,7 @@ on it. Threads of one process can share it: each trial runs in its own thread on
 CUDA stream with its own CUDA graph and graph memory pool (nas.step), and a graph replay
 releases the GIL, so replays of different trials overlap on the GPU while another
 thread samples, counts MACs with fvcore or writes to storage. What must not interleave
-is serialised: graph captures (nas.gpu.CAPTURE_LOCK), seeding and drawing initial
+is serialised: graph captures (nas.gpu.GRAPH_LOCK), seeding and drawing initial
 weights (nas.model), fvcore tracing (nas.cost) and sampling (nas.objective). A trial
 synchronises its own stream, never the device.
 

@@ -12,13 +12,28 @@ nas.concurrent):
    capture (`graph.__enter__` does both): the warm-up stream is joined to the caller's
    stream instead, so trials beside this one keep their pace (emptying the cache calls
    cudaFree, which waits for the whole device). The cache is emptied, under the capture
-   lock, after every trial (nas.objective) and when a capture runs out of memory, which
-   is then retried once (nas.step): during a capture the allocator cannot return cached
-   blocks on an out-of-memory (its retry is skipped while any capture is under way), so
-   blocks other pools keep could make a capture fail although the network fits.
+   lock, only when it is needed: when a capture runs out of memory, which is then
+   retried once (nas.step; during a capture the allocator cannot return cached blocks on
+   an out-of-memory, its retry being skipped while any capture is under way, so blocks
+   other pools keep could make a capture fail although the network fits), and after a
+   trial whose end leaves more than RELEASE_BYTES of the cache unused (release_if_large,
+   nas.objective): a finished trial's graph pool stays cached until then.
 2. `capture_error_mode="thread_local"` instead of "global": other threads go on
-   replaying and allocating while one thread captures. Only one capture at a time in a
-   process (CAPTURE_LOCK), as the notes require.
+   allocating while one thread captures. Only one capture at a time in a process
+   (GRAPH_LOCK), as the notes require. Replays beside a capture depend on the installed
+   PyTorch (GRAPH_LOCK.exclusive, named by nas.doctor). Before 2.13 a capture marks the
+   default CUDA generator itself as capturing (CUDAGeneratorState::capture_prologue sets
+   its `capturing_` flag, capture_epilogue clears it) and every replay, of any graph,
+   checks that flag through replay_prologue -> increase(), so a replay on another thread
+   during a capture raises "Offset increment outside graph capture encountered
+   unexpectedly" (pytorch issue #172390). 2.13 keeps that state per capture (PR #176752,
+   `CUDAGeneratorCaptureState`). Where the flag is per generator, replays and the
+   dropping of a graph (whose destructor unregisters it from the generator's unlocked
+   set of graphs) wait for a capture and hold it off: a replay is one launch of
+   microseconds. A capture that fails after capture_prologue (cudaStreamEndCapture's
+   error, or an error inside the capture) never reaches capture_epilogue and leaves the
+   flag set for good, so every later replay in the process would raise: a one-kernel
+   capture is then made and ended, whose prologue and epilogue clear it (_clear_rng_flag).
 3. Streams are made once per (device, trial slot, role) and kept for the life of the
    process (StreamBook), not once per graph: `torch.cuda.Stream()` hands out streams
    round-robin from a pool of 32 per priority (c10/cuda/CUDAStream.h, "Stream pool
@@ -42,9 +57,11 @@ slower rather than stopping.
 from __future__ import annotations
 
 import gc
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -52,25 +69,76 @@ import torch
 from nas.cli import exception_chain, first_line
 
 __all__ = [
-    "CAPTURE_LOCK",
     "GRAPHS",
+    "GRAPH_LOCK",
     "STREAMS",
     "CudaGraphRunner",
+    "GraphLock",
     "GraphPolicy",
     "StreamBook",
     "capture_forward",
+    "clear_rng_flag",
     "current_slot",
     "is_out_of_memory",
     "out_of_memory",
+    "release_if_large",
     "release_memory",
+    "release_threshold",
+    "should_release",
+    "rng_flag_per_generator",
     "slot_stream",
 ]
 
 T = TypeVar("T")
 
-# One capture at a time in a process: a capture owns the allocator's routing to its pool
-# and the CUDA generator's capture state. Emptying the cache takes it too.
-CAPTURE_LOCK = threading.Lock()
+
+def rng_flag_per_generator(version: str | None = None, header: str | None = None) -> bool:
+    """Whether this PyTorch marks the CUDA generator itself as capturing during a capture
+    (module docstring, 2): read from the installed ATen header where the wheel ships it
+    (`CUDAGeneratorCaptureState` declared: per capture), else from the version (per
+    capture from 2.13 on; 2.12 is treated as per generator, unverified)."""
+    if header is None and version is None:
+        path = Path(torch.__file__).parent / "include/ATen/cuda/CUDAGeneratorImpl.h"
+        header = path.read_text(errors="replace") if path.is_file() else None
+    if header is not None:
+        return "CUDAGeneratorCaptureState" not in header
+    major, minor = (int(x) for x in re.findall(r"\d+", version or torch.__version__)[:2])
+    return (major, minor) < (2, 13)
+
+
+class GraphLock:
+    """Captures one at a time in a process (a capture owns the allocator's routing to its
+    pool; emptying the cache takes the lock too). With `exclusive`, replays and the
+    dropping of graphs wait for a capture as well (module docstring, 2)."""
+
+    def __init__(self, exclusive: bool) -> None:
+        self.exclusive = exclusive
+        self._lock = threading.Lock()
+
+    def capture(self) -> threading.Lock:
+        return self._lock
+
+    @contextmanager
+    def replay(self) -> Iterator[None]:
+        if self.exclusive:
+            with self._lock:
+                yield
+        else:
+            yield
+
+    def describe(self) -> str:
+        if self.exclusive:
+            return (
+                f"torch {torch.__version__} marks the CUDA generator as capturing: "
+                "replays wait for captures"
+            )
+        return (
+            f"torch {torch.__version__} keeps RNG capture state per capture: replays run "
+            "beside captures"
+        )
+
+
+GRAPH_LOCK = GraphLock(exclusive=rng_flag_per_generator())
 
 
 class StreamBook:
@@ -179,14 +247,45 @@ def release_memory(collect: bool = True) -> None:
     """Give cached device memory back to CUDA, under the capture lock (emptying the cache
     while another thread captures would break its capture). `collect` first drops Python
     cycles that may hold tensors (a failed trial's traceback)."""
-    if collect:
-        gc.collect()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        with CAPTURE_LOCK:
-            try:
-                torch.cuda.empty_cache()
-            except RuntimeError as e:  # allocator left mid-capture by a broken capture_end
-                GRAPHS.turn_off(f"cannot empty the CUDA cache ({first_line(e)})")
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        if collect:
+            gc.collect()
+        return
+    with GRAPH_LOCK.capture():  # the collection may drop graphs (module docstring, 2)
+        if collect:
+            gc.collect()
+        try:
+            torch.cuda.empty_cache()
+        except RuntimeError as e:  # allocator left mid-capture by a broken capture_end
+            GRAPHS.turn_off(f"cannot empty the CUDA cache ({first_line(e)})")
+
+
+# After a trial: empty the cache only when its unused blocks exceed this many bytes
+# (emptying calls cudaFree, which waits for the whole device, the other trials too). A
+# finished trial's graph pool stays cached until then; a capture that runs out of memory
+# empties the cache itself (nas.step), and eager allocations do (the allocator's retry).
+RELEASE_BYTES = 2 * 2**30  # or an eighth of the device, whichever is less
+
+
+def release_threshold(total: int) -> int:
+    return min(RELEASE_BYTES, total // 8)
+
+
+def should_release(reserved: int, allocated: int, total: int) -> bool:
+    """Whether a cache holding `reserved - allocated` unused bytes is worth emptying."""
+    return reserved - allocated > release_threshold(total)
+
+
+def release_if_large(device: torch.device) -> bool:
+    """After a trial: give cached memory back only past release_threshold. True if it did."""
+    if device.type != "cuda" or not torch.cuda.is_initialized():
+        return False
+    total = torch.cuda.get_device_properties(device).total_memory
+    reserved = torch.cuda.memory_reserved(device)
+    if not should_release(reserved, torch.cuda.memory_allocated(device), total):
+        return False
+    release_memory(collect=False)
+    return True
 
 
 class CudaGraphRunner:
@@ -229,17 +328,32 @@ class CudaGraphRunner:
                 graph.capture_end()
             except BaseException:
                 _abandon(graph, self.device, pool)
+                if GRAPH_LOCK.exclusive:
+                    clear_rng_flag(self._clear_rng_flag)
                 raise
             return out
 
-        with CAPTURE_LOCK:  # no emptying of the cache first (module docstring, 1)
+        with GRAPH_LOCK.capture():  # no emptying of the cache first (module docstring, 1)
             out = self._joined(captured)
         self.graph, self.pool = graph, tuple(pool)
         return out
 
+    def _clear_rng_flag(self) -> None:
+        """A one-kernel capture on the capture stream: its capture_begin's prologue and
+        capture_end's epilogue clear the generator's capturing flag (module docstring, 2).
+        Called with the capture lock held, on the capture stream."""
+        x = torch.zeros(1, device=self.device)  # on the capture stream, outside any capture
+        graph = torch.cuda.CUDAGraph()
+        graph.capture_begin(capture_error_mode="thread_local")
+        x.add_(1)
+        graph.capture_end()
+        graph.reset()
+        del graph
+
     def replay(self) -> None:
         assert self.graph is not None, "replay before a capture"
-        self.graph.replay()
+        with GRAPH_LOCK.replay():
+            self.graph.replay()
 
     def pool_bytes(self) -> int | None:
         """Bytes the allocator holds in this graph's pool; None before a capture."""
@@ -252,9 +366,19 @@ class CudaGraphRunner:
         )
 
     def reset(self) -> None:
-        if self.graph is not None:
-            self.graph.reset()
-        self.graph, self.pool = None, None
+        with GRAPH_LOCK.replay():  # the graph's destructor runs here (module docstring, 2)
+            if self.graph is not None:
+                self.graph.reset()
+            self.graph, self.pool = None, None
+
+
+def clear_rng_flag(clear: Callable[[], None]) -> None:
+    """After a failed capture where the flag is per generator: run `clear` (a one-kernel
+    capture); if even that fails, graphs go off for the process with the reason."""
+    try:
+        clear()
+    except Exception as e:  # noqa: BLE001 - recorded as the reason graphs went off
+        GRAPHS.turn_off(f"the CUDA generator stayed marked as capturing ({first_line(e)})")
 
 
 def _abandon(graph: torch.cuda.CUDAGraph, device: torch.device, pool: tuple[int, int]) -> None:

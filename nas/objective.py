@@ -42,7 +42,7 @@ from nas.config import ArchConfig, ConfigError
 from nas.cost import measure_cost
 from nas.data import Dataset
 from nas.fit import Diverged, TrainResult, train_and_evaluate
-from nas.gpu import out_of_memory, release_memory
+from nas.gpu import out_of_memory, release_if_large, release_memory
 from nas.measure import MEMORY_NOTE, Measured, cpu_latency, gpu_latency_and_throughput
 from nas.metrics import DEFAULT_OBJECTIVES, METRICS, Limits, budget_checks, budget_excess
 from nas.space import SearchSpace, sample
@@ -138,7 +138,8 @@ class Objective:
         reason = None
         try:
             values = self._run(trial)
-            release_memory(collect=False)  # this trial's graph pools back to CUDA
+            # this trial's graph pools go back to CUDA only when the cache is large
+            release_if_large(self.data.train_x.device)
             return values
         except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP (nas.cli)
             trial.set_user_attr("fail_reason", f"interrupted ({interruption(e)[0]})")

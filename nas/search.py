@@ -50,6 +50,7 @@ from nas.workers import (
     make_sampler,
     run_workers,
     tally_trial,
+    times_gpu_latency,
     trial_line,
     trial_loop,
 )
@@ -429,14 +430,6 @@ def budget_notes(budget: TrainBudget, data: Dataset) -> list[str]:
             f"{budget.name!r} asks for {budget.val_images:,})"
         )
     return notes
-
-
-def times_gpu_latency(spec: WorkerSpec) -> bool:
-    """GPU latency is an objective or a budget of this search."""
-    limits = spec.limits
-    return "latency-gpu" in spec.objectives or (
-        limits.latency_ms is not None and limits.latency_device == "gpu"
-    )
 
 
 def check_gpu_costs(spec: WorkerSpec, device: torch.device) -> None:

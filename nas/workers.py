@@ -43,6 +43,7 @@ __all__ = [
     "make_sampler",
     "run_workers",
     "tally_trial",
+    "times_gpu_latency",
     "trial_line",
     "trial_loop",
 ]
@@ -69,6 +70,14 @@ class WorkerSpec:
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES  # nas.metrics, accuracy first
     limits: Limits = field(default_factory=Limits)  # budgets beside max_mmacs
     data: str | None = None  # --data: the source nas.data.load_data reads (None: default)
+
+
+def times_gpu_latency(spec: WorkerSpec) -> bool:
+    """GPU latency is an objective or a budget of this search."""
+    limits = spec.limits
+    return "latency-gpu" in spec.objectives or (
+        limits.latency_ms is not None and limits.latency_device == "gpu"
+    )
 
 
 class _TrialSeeded:
@@ -234,8 +243,11 @@ def trial_loop(
         study.sampler = make_sampler(spec.sampler, spec.seed, per_trial=True)
     label = f"[w{index}] " if spec.workers > 1 else ""
     stop = StopFlag()
-    # GPU latency and throughput are timed only with the GPU to one trial at a time
+    # GPU latency and throughput are timed where the search asks for them (an objective
+    # or a budget), which needs the GPU to one trial at a time (nas.search refuses more):
+    # a search that does not ask spends the same per trial at any --concurrency
     alone = device.type == "cuda" and spec.concurrency == 1 and spec.workers == 1
+    alone = alone and times_gpu_latency(spec)
     objective = Objective(
         spec.space,
         spec.budget,

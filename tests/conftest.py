@@ -249,3 +249,16 @@ def cost_study(tmp_path_factory, real_data_dir) -> tuple[str, str]:
     url = f"sqlite:///{tmp_path_factory.mktemp('costs')}/c.db"
     assert main([*COST_STUDY_ARGS, "--study", "c", "--storage", url]) == 0
     return url, "c"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`@pytest.mark.cuda` is the one way a GPU test is named: skipped without a CUDA GPU,
+    and selected alone on a lent GPU with `-m cuda` (benchmarks/gpu_all.sh)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

@@ -19,9 +19,9 @@ def load(name: str):
     return module
 
 
-def test_throughput_tiny(tmp_path: Path, real_data_dir, capsys) -> None:
+def test_throughput_tiny(tmp_path: Path, real_data_dir, capfd) -> None:
     out, results = tmp_path / "t.json", tmp_path / "t.jsonl"
-    argv = ["--tiny", "--device", "cpu", "--results", str(results)]
+    argv = ["--tiny", "--device", "cpu", "--results", str(results), "--repeats", "2"]
     assert load("throughput").main([*argv, "--out", str(out)]) == 0
     r = json.loads(out.read_text())
     loops = r["a_b_loops"]
@@ -31,17 +31,26 @@ def test_throughput_tiny(tmp_path: Path, real_data_dir, capsys) -> None:
         assert run["images_per_second"] == sorted(run["images_per_second_runs"])[1]  # median
     assert [(c["preset"], c["concurrency"]) for c in r["c_search"]] == [("cifar", 1), ("cifar", 2)]
     assert all(c["trials"] == 2 and c["failed"] == 0 for c in r["c_search"])
+    assert all(c["repeats"] == 2 for c in r["c_search"])
+    assert all(len(c["trials_per_minute_repeats"]) == 2 for c in r["c_search"])
+    # each search a fresh process, K=1 and K=2 in alternating order after one warm-up
+    lines = results.read_text().splitlines()
+    assert [(json.loads(x)["repeat"], json.loads(x)["concurrency"]) for x in lines] == [
+        (0, 1),
+        (0, 2),
+        (1, 2),
+        (1, 1),
+    ]
+    assert capfd.readouterr().out.count("untimed warm-up search") == 1
     parts = r["c_search"][0]["median_parts_seconds"]
     assert {"sample", "cost_and_attrs", "warmup", "steady_train", "eval"} <= set(parts)
     [compare] = r["c_compare"].values()  # the same architectures, alone and two at once
     assert compare["architectures"] >= 2 and compare["identical"] == compare["architectures"]
     assert r["d_cpu_side"]["median_seconds"]["fvcore"] > 0
-    # resumable: the finished searches are read back, not run again
-    lines = results.read_text().splitlines()
-    capsys.readouterr()
+    # resumable: the finished searches are read back, not run again (nor the warm-up)
     assert load("throughput").main([*argv, "--parts", "c"]) == 0
     assert results.read_text().splitlines() == lines
-    assert "study 'bench'" not in capsys.readouterr().out  # no search started
+    assert "study 'bench'" not in capfd.readouterr().out  # no search started
 
 
 def test_fidelity_tiny_resumes_and_analyses(tmp_path: Path, real_data_dir, capsys) -> None:

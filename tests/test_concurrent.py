@@ -71,7 +71,7 @@ def test_same_architectures_same_numbers_with_one_or_two_at_once(
         assert plain[0].user_attrs["final_loss"] != crop[0].user_attrs["final_loss"]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
 @pytest.mark.parametrize("augment", ["none", "crop-flip"])
 def test_same_numbers_on_the_gpu_with_graphs_captured_beside_replays(
     tmp_path: Path, real_data_dir, augment: str

@@ -9,8 +9,6 @@ import torch
 
 from nas import doctor
 
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
 
 def test_on_a_cpu_the_cpu_checks_pass_and_the_gpu_checks_are_named_as_skipped(
     real_data_dir, capsys
@@ -58,23 +56,21 @@ def test_asking_for_a_gpu_without_one_is_one_line(capsys) -> None:
 
 
 @pytest.mark.cuda
-@CUDA
 def test_forty_trials_at_k2_share_no_stream_and_hold_memory_flat(real_data) -> None:
     """More trials than PyTorch's pool of 32 streams, two at a time, each capturing a step
-    and timing a latency: none fails, every stream distinct, memory reserved flat."""
+    and timing a latency: none fails, every stream distinct, live memory flat,
+    reserved memory at most the release threshold over it."""
     ok, figure = doctor._trials_at_k2(real_data.to("cuda"))
     assert ok, figure
 
 
 @pytest.mark.cuda
-@CUDA
 def test_a_run_shorter_than_the_warm_up_on_a_gpu(real_data) -> None:
     ok, figure = doctor._two_steps(real_data.to("cuda"))
     assert ok, figure
 
 
 @pytest.mark.cuda
-@CUDA
 def test_graph_replays_equal_eager_steps_within_one_bf16_rounding(real_data) -> None:
     ok, figure = doctor._graph_step(real_data.to("cuda"))
     assert ok, figure

@@ -43,14 +43,14 @@ def test_a_latency_measured_in_one_thread_leaves_another_threads_count() -> None
     assert seen == [torch.get_num_threads()]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
 def test_gpu_latency_and_throughput() -> None:
     latency, throughput = gpu_latency_and_throughput(small_config(), torch.device("cuda"))
     assert latency.unit == "ms" and 0 < latency.value < 100 and latency.runs == 50
     assert throughput.unit == "images/s" and throughput.value > 1000
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
 def test_training_memory_lies_between_what_it_must_hold_and_what_was_reserved(
     real_data,
 ) -> None:

@@ -189,7 +189,6 @@ def test_a_capture_out_of_memory_is_retried_once_then_raised(ours, graphs_on) ->
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_graph_step_matches_eager() -> None:
     """With cuDNN's deterministic algorithms, replays run the same kernels on the same
     inputs as the eager steps: the losses are bit-identical (the tolerance is 0 because

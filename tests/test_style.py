@@ -20,3 +20,15 @@ def test_no_function_runs_past_80_lines() -> None:
                 if lines > LIMIT and node.name not in ARGPARSE_BUILDERS:
                     long.append(f"{path.name}:{node.lineno} {node.name} ({lines} lines)")
     assert not long, long
+
+
+def test_gpu_tests_are_named_by_the_cuda_marker_alone() -> None:
+    """A test skipped by its own `torch.cuda.is_available()` check would run on the CPU
+    part of a GPU run, or be left out of `pytest -m cuda` (benchmarks/gpu_all.sh)."""
+    tests = Path(__file__).resolve().parent
+    own = [
+        p.name
+        for p in sorted(tests.glob("test_*.py"))
+        if p.name != "test_style.py" and "skipif(not torch.cuda.is_available()" in p.read_text()
+    ]
+    assert not own, own

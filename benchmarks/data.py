@@ -2,7 +2,7 @@
 
 Writes Fashion-MNIST's 60,000 training and 10,000 test images as an ImageFolder of PNGs
 (FOLDER/train/<label>/NNNNN.png, FOLDER/test/...), then times
-  cold    nas.data.load_data on it with an empty cache (Pillow, in parallel, then cached);
+  cold    nas.data.dataset.load_data on it with an empty cache (Pillow, in parallel, then cached);
   warm    the same again, read from the cache;
   search  `python -m nas.search --data FOLDER --trials 1 --preset tiny --budget smoke` in a
           fresh process (cache warm), to the line of its first trial;
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from nas.data import load_data, load_fashion_mnist
+from nas.data.dataset import load_data, load_fashion_mnist
 
 
 def write_png_folder(folder: Path) -> float:

@@ -42,14 +42,14 @@ from typing import Any
 
 import torch
 
-from nas.budget import TrainBudget, get_budget
-from nas.config import D2L_CHAPTER, ArchConfig
+from nas.arch.config import D2L_CHAPTER, ArchConfig
+from nas.arch.model import build_model, count_params
+from nas.arch.space import PRESETS, SearchSpace
 from nas.cost import closed_form_mmacs
-from nas.data import DataError, load_data
-from nas.fit import pick_device, train_and_evaluate
-from nas.front import kendall_tau, pooled_stdev, spearman_rho
-from nas.model import build_model, count_params
-from nas.space import PRESETS, SearchSpace
+from nas.data.dataset import DataError, load_data
+from nas.results.front import kendall_tau, pooled_stdev, spearman_rho
+from nas.training.budget import TrainBudget, get_budget
+from nas.training.fit import pick_device, train_and_evaluate
 
 ARCHS = Path(__file__).with_name("fidelity-archs.json")
 PER_PRESET = 24
@@ -139,7 +139,7 @@ def run(
     source: str | None = None,
 ) -> None:
     """Train the chosen architectures (indices into archs) at every budget, the first
-    SEEDED of them also at seeds 1 and 2, on `source` (nas.data; default Fashion-MNIST),
+    SEEDED of them also at seeds 1 and 2, on `source` (nas.data.dataset; default Fashion-MNIST),
     each taking the data's channels, classes and normalisation; skip what `results`
     already holds."""
     data = load_data(source).to(device)
@@ -166,7 +166,7 @@ def run(
             "budget_name": budget.name,
             "seed": seed,
             "device": name,
-            "data": content,  # the images' content hash (nas.data fingerprint)
+            "data": content,  # the images' content hash (nas.data.dataset fingerprint)
             "val_accuracy": r.accuracy,
             "final_loss": r.final_loss,
             "train_seconds": r.train_seconds,

@@ -108,7 +108,7 @@ if ! $py -c "import nas.search, nas.doctor, nas.report, optuna, fvcore, plotly; 
     2>&1 | tail -n 1 | tee -a "$log" | grep -q "^imports: ok"; then
   echo "imports: FAILED (python $py, PYTHONPATH $PYTHONPATH)" | tee -a "$log"; exit 2
 fi
-if ! $py -c "from nas.data import load_fashion_mnist as f; d = f(); \
+if ! $py -c "from nas.data.dataset import load_fashion_mnist as f; d = f(); \
 print(f'data: {len(d.train_x):,} train, {len(d.val_x):,} validation images from $NAS_DATA_DIR')" \
     2>&1 | tail -n 1 | tee -a "$log" | grep -q "^data: "; then
   echo "data: FAILED (NAS_DATA_DIR $NAS_DATA_DIR)" | tee -a "$log"; exit 2
@@ -118,7 +118,7 @@ part doctor 60 $py -m nas.doctor --device "$device"
 
 # the files that hold GPU tests only: the others need packages the GPU machine lacks
 part cuda-tests 90 $py -m pytest -q -p no:cacheprovider -m cuda \
-  $(grep -l "pytest.mark.cuda" tests/test_*.py)
+  $(grep -rl --include="test_*.py" "pytest.mark.cuda" tests | sort)
 
 part throughput-cifar 120 $py benchmarks/throughput.py --parts c --presets cifar \
   --trials "$trials" --concurrency 1,4 --device "$device" "${tiny[@]}" \

@@ -2,7 +2,7 @@
 networks as latency does?
 
   (a) stability: each of N networks of a preset's space (random, seed 0) has its CPU
-      latency measured twice, as a trial measures it (nas.measure.cpu_latency: median of
+      latency measured twice, as a trial measures it (nas.training.measure.cpu_latency: median of
       up to 21 runs on one thread); reported: the relative difference of the two medians,
       its median and its largest over the networks (and the same for the fastest run);
   (b) rank agreement over a real study: `nas.search` of --trials smoke trials of the tiny
@@ -31,11 +31,11 @@ from typing import Any
 import optuna
 import torch
 
+from nas.arch.space import PRESETS, sample
 from nas.cost import measure_cost
-from nas.front import kendall_tau, spearman_rho
-from nas.measure import cpu_latency
+from nas.results.front import kendall_tau, spearman_rho
 from nas.search import main as search_main
-from nas.space import PRESETS, sample
+from nas.training.measure import cpu_latency
 
 
 def configs(preset: str, n: int, seed: int = 0) -> list:

@@ -25,11 +25,11 @@ from typing import Any
 
 import optuna
 
+from nas.arch.space import PRESETS, params_of, sample
 from nas.cost import closed_form_mmacs
-from nas.front import hypervolume_history, hypervolume_reference, pareto_front
-from nas.space import PRESETS, params_of, sample
-from nas.storage import open_storage
-from nas.workers import make_sampler
+from nas.parallel.workers import make_sampler
+from nas.results.front import hypervolume_history, hypervolume_reference, pareto_front
+from nas.study.storage import open_storage
 
 SPACE = PRESETS["cifar"]
 
@@ -45,7 +45,7 @@ def random_config(rng: random.Random):
 
 
 def fill(study: optuna.Study, n: int, seed: int) -> None:
-    """n finished trials with the distributions nas.space.sample declares."""
+    """n finished trials with the distributions nas.arch.space.sample declares."""
     rng = random.Random(seed)
     probe = optuna.trial.FixedTrial(params_of(random_config(rng)))
     sample(probe, SPACE)

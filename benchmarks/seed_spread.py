@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from nas.budget import get_budget
-from nas.config import D2L_CHAPTER
+from nas.arch.config import D2L_CHAPTER
 from nas.cost import load_config_file
-from nas.data import load_data
-from nas.fit import pick_device, train_and_evaluate
+from nas.data.dataset import load_data
 from nas.train import RECIPES
+from nas.training.budget import get_budget
+from nas.training.fit import pick_device, train_and_evaluate
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """How many nas workers one PostgreSQL holds: N client processes against one study.
 
 Each client is a process like a nas worker without the training (no torch): it opens the
-storage through nas.storage.open_storage (heartbeats on, stale trials retried once, as
+storage through nas.study.storage.open_storage (heartbeats on, stale trials retried once, as
 `nas.search`), and runs Optuna's optimize loop; each trial sets nas's user attributes,
 sleeps --trial-seconds (a short trial) and returns two objective values. Against a local
 server with PostgreSQL's default max_connections (100), for each N: trials stored per
@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CLIENT = r"""
 import json, random, sys, time
 import optuna
-from nas.storage import open_storage
+from nas.study.storage import open_storage
 
 url, name, trial_seconds, until, heartbeat, jitter = sys.argv[1:7]
 trial_seconds, until, heartbeat = float(trial_seconds), float(until), int(heartbeat)

@@ -4,7 +4,7 @@
       fp32 loop, the batch copied from host memory every step, plain SGD at a constant
       LR 0.1, batch 256; unlike the chapter's loader it reads whole batches in our order;
   (b) this project's trial training on the same network and the same images in the same
-      order, eager and as a CUDA graph (nas.step), with validation accuracy for each.
+      order, eager and as a CUDA graph (nas.training.step), with validation accuracy for each.
       (a) and (b) each get the same untimed warm-up first, then run 3 times in
       alternating order (a b c, c b a, a b c); the median is reported;
   (c) `nas.search` of 40 `short` trials of the cifar and of the d2l preset, each with
@@ -48,16 +48,16 @@ import optuna
 import torch
 import torch.nn.functional as F
 
-from nas.budget import TrainBudget, get_budget
-from nas.concurrent import GpuMonitor
-from nas.config import D2L_CHAPTER
+from nas.arch.config import D2L_CHAPTER
+from nas.arch.model import build_model
+from nas.arch.space import PRESETS, sample
 from nas.cost import closed_form_macs, measure_cost
-from nas.data import Dataset, load_fashion_mnist, to_input
-from nas.fit import evaluate, pick_device, train_and_evaluate
-from nas.model import build_model
+from nas.data.dataset import Dataset, load_fashion_mnist, to_input
+from nas.parallel.threads import GpuMonitor
 from nas.search import CANDIDATE_CONCURRENCY
-from nas.space import PRESETS, sample
-from nas.storage import open_storage
+from nas.study.storage import open_storage
+from nas.training.budget import TrainBudget, get_budget
+from nas.training.fit import evaluate, pick_device, train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +90,7 @@ def tflops(macs: int, images_per_second: float) -> float:
 
 
 def first_epoch_order(data: Dataset, budget: TrainBudget) -> torch.Tensor:
-    """The training images in the order nas.fit draws them in its first epoch."""
+    """The training images in the order nas.training.fit draws them in its first epoch."""
     device = data.train_x.device
     gen = torch.Generator(device=device).manual_seed(budget.seed)
     return torch.randperm(len(data.train_x), device=device, generator=gen)
@@ -98,7 +98,7 @@ def first_epoch_order(data: Dataset, budget: TrainBudget) -> torch.Tensor:
 
 def d2l_loop(data: Dataset, budget: TrainBudget, device: torch.device) -> dict[str, Any]:
     """The chapter's loop: host tensors resized to 96x96, .to(device) each step, fp32;
-    the same images in the same order as nas.fit (budget.steps whole batches)."""
+    the same images in the same order as nas.training.fit (budget.steps whole batches)."""
     bs, steps = budget.batch_size, budget.steps
     idx = first_epoch_order(data, budget)[: steps * bs]
     host_x = to_input(data.train_x[idx].cpu(), 96, torch.float32)  # (N, 1, 96, 96)

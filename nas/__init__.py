@@ -8,9 +8,9 @@ concurrent, workers, storage -> search (CLI) -> front -> refine, report, export,
 
 from __future__ import annotations
 
-from nas.budget import BUDGETS, TrainBudget
-from nas.config import D2L_CHAPTER, ArchConfig, ConfigError
-from nas.space import PRESETS, SearchSpace, sample
+from nas.arch.config import D2L_CHAPTER, ArchConfig, ConfigError
+from nas.arch.space import PRESETS, SearchSpace, sample
+from nas.training.budget import BUDGETS, TrainBudget
 
 __all__ = [
     "BUDGETS",

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from typing import NoReturn
 from urllib.parse import unquote
 
-from nas.config import ConfigError
+from nas.arch.config import ConfigError
 
 __all__ = [
     "Interrupted",

@@ -1,5 +1,5 @@
 """What an architecture costs: parameters and multiply-adds, measured and in closed form.
-(What it costs to run, latency and memory, is nas.measure's; `nas.cost` prints both.)
+(What it costs to run, latency and memory, is nas.training.measure's; `nas.cost` prints both.)
 
 fvcore's FlopCountAnalysis traces the eval-mode model at batch 1 and counts one fused
 multiply-add as one "flop"; every number from it is labelled "MACs (fvcore)". It counts
@@ -21,8 +21,8 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from nas.arch.config import ArchConfig, ConfigError
 from nas.cli import UsageError, make_parser, run_cli
-from nas.config import ArchConfig, ConfigError
 
 __all__ = [
     "Cost",
@@ -98,7 +98,7 @@ def measure_cost(config: ArchConfig) -> Cost:
 def _measure_cost(config: ArchConfig) -> Cost:
     import torch
 
-    from nas.model import build_model, count_params
+    from nas.arch.model import build_model, count_params
 
     # fvcore's helpers use torch.jit.script, deprecated (DeprecationWarning in torch 2.13,
     # FutureWarning in others): library noise, not the user's business
@@ -178,7 +178,7 @@ def _run(argv: list[str] | None) -> int:
     config = load_config_file(args.config)
     cost = measure_cost(config)
     closed = closed_form_macs(config)
-    from nas.measure import cpu_latency
+    from nas.training.measure import cpu_latency
 
     latency = cpu_latency(config).to_dict()
     if args.json:

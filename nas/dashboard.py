@@ -3,7 +3,7 @@
 The same as `optuna-dashboard STORAGE --artifact-dir studies/STUDY-artifacts`, after
 checking that the study exists. Objective names come from the study's metric names;
 infeasible (over a budget: MACs, parameters, latency, memory) trials carry the constraint
-format optuna-dashboard 0.21 reads (see nas.objective); `python -m nas.report` stores the
+format optuna-dashboard 0.21 reads (see nas.study.objective); `python -m nas.report` stores the
 report page and the Pareto trials' architecture JSON as artifacts.
 """
 
@@ -13,9 +13,9 @@ import socket
 import sys
 from pathlib import Path
 
-from nas.artifacts import default_artifact_dir
 from nas.cli import UsageError, make_parser, run_cli
-from nas.storage import default_storage_url, load_study, open_storage
+from nas.results.artifacts import default_artifact_dir
+from nas.study.storage import default_storage_url, load_study, open_storage
 
 __all__ = ["main"]
 

@@ -4,7 +4,7 @@ One line per check, PASS / FAIL / SKIP with the figure that decided it; exit sta
 only if every check that ran passed. On a GPU (under a minute on an H200):
 
 - environment: torch, CUDA, driver, GPU, bf16, and whether graph replays wait for
-  captures on this PyTorch (nas.gpu.GRAPH_LOCK);
+  captures on this PyTorch (nas.training.gpu.GRAPH_LOCK);
 - data: Fashion-MNIST found and read;
 - SGD: the capturable optimizer equals torch.optim.SGD over 6 steps in float64;
 - graph step: CUDA-graph replays equal eager steps (cuDNN deterministic, bf16 autocast;
@@ -14,7 +14,7 @@ only if every check that ran passed. On a GPU (under a minute on an H200):
 - 40 trials at K=2: tiny networks, a few steps each, two at a time in threads, as
   `nas.search --concurrency 2` runs them: none fails, every stream distinct,
   live memory flat (the least of the first ten trials against the last ten), reserved
-  never more than nas.gpu.RELEASE_BYTES over it (the cache is emptied only then: how
+  never more than nas.training.gpu.RELEASE_BYTES over it (the cache is emptied only then: how
   often is shown);
 - latency: the d2l chapter network's GPU latency at batch 1 and the spread of its runs;
 - graph vs eager: that network's training images/s both ways.
@@ -36,21 +36,21 @@ from dataclasses import asdict, dataclass, replace
 import optuna
 import torch
 
-from nas.budget import get_budget
+from nas.arch.config import D2L_CHAPTER, small_densenet
+from nas.arch.model import build_model
+from nas.arch.space import PRESETS, sample
 from nas.cli import error_line, make_parser, run_cli
-from nas.concurrent import StopFlag, nvidia_smi, run_concurrently
-from nas.config import D2L_CHAPTER, small_densenet
-from nas.data import Dataset, load_fashion_mnist, resolve_data_dir
-from nas.fit import pick_device, train_and_evaluate
-from nas.gpu import GRAPH_LOCK, GRAPHS, STREAMS, release_if_large, release_threshold
-from nas.measure import cpu_latency, gpu_latency_and_throughput
-from nas.model import build_model
-from nas.space import PRESETS, sample
-from nas.step import WARMUP_STEPS, TensorLRSGD, device_batch, make_step
+from nas.data.dataset import Dataset, load_fashion_mnist, resolve_data_dir
+from nas.parallel.threads import StopFlag, nvidia_smi, run_concurrently
+from nas.training.budget import get_budget
+from nas.training.fit import pick_device, train_and_evaluate
+from nas.training.gpu import GRAPH_LOCK, GRAPHS, STREAMS, release_if_large, release_threshold
+from nas.training.measure import cpu_latency, gpu_latency_and_throughput
+from nas.training.step import WARMUP_STEPS, TensorLRSGD, device_batch, make_step
 
 __all__ = ["Check", "main", "run_checks"]
 
-SGD_LIMIT = 1e-10  # float64: the two optimizers differ by ~1e-14 (tests/test_step.py)
+SGD_LIMIT = 1e-10  # float64: the two optimizers differ by ~1e-14 (tests/training/test_step.py)
 BF16_LIMIT = 2.0**-8  # relative: one rounding of bf16's 8 significant bits
 K2_TRIALS, K2_STEPS = 40, 6  # 6 steps: 3 warm-up, a capture, 2 replays
 FLAT_MB = 64  # reserved memory may grow this much from the first trials to the last
@@ -192,7 +192,7 @@ def _trials_at_k2(data: Dataset) -> tuple[bool, str]:
                 modes.append(r.step_mode)
             except Exception as e:  # noqa: BLE001 - counted and shown
                 errors.append(f"trial {n}: {error_line(e, limit=120)}")
-            released = release_if_large(device)  # as nas.objective does after a trial
+            released = release_if_large(device)  # as nas.study.objective does after a trial
             with lock:
                 releases += released
                 reserved.append(torch.cuda.memory_reserved(device) / 1e6)

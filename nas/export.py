@@ -6,10 +6,10 @@ Picks, among complete, trained trials within the study's current budgets:
                   has one, else one run each; where the seed noise is measured (pooled
                   over the refined runs, or recorded on the study), the cheapest in the
                   first cost objective whose mean the noise cannot tell from the best
-                  (nas.front.within_noise)
+                  (nas.results.front.within_noise)
   knee            (two objectives) the Pareto-front trial farthest above the chord
                   joining the front's two ends, in accuracy vs log10 of the cost
-                  objective (nas.front); the most accurate if none is
+                  objective (nas.results.front); the most accurate if none is
   max-mmacs=N     the highest accuracy with at most N million MACs (fvcore); likewise
   max-params=N    (a count, as nas.search --max-params), max-latency-ms=N (the study's
   ...             latency objective, else its latency budget's device, else CPU) and
@@ -19,7 +19,7 @@ and the runner-up.
 
 The file carries every cost the trial measured (`costs`: MACs, parameters, CPU latency,
 and on a GPU its latency, throughput and training memory, each with unit and device).
-The file's "config" member is exactly the architecture JSON of nas.config, so
+The file's "config" member is exactly the architecture JSON of nas.arch.config, so
 `python -m nas.cost best.json` and the model builder accept the file as it is.
 """
 
@@ -38,9 +38,9 @@ from typing import Any
 
 import optuna
 
-from nas.budget import get_budget
 from nas.cli import UsageError, make_parser, public_url, run_cli
-from nas.front import (
+from nas.refine import linked_refinements, refined_name
+from nas.results.front import (
     knee_index,
     mmacs,
     pareto_front,
@@ -49,9 +49,9 @@ from nas.front import (
     usable_trials,
     within_noise,
 )
-from nas.metrics import DEFAULT_OBJECTIVES, METRICS
-from nas.refine import linked_refinements, refined_name
-from nas.storage import default_storage_url, load_study, open_storage
+from nas.study.metrics import DEFAULT_OBJECTIVES, METRICS
+from nas.study.storage import default_storage_url, load_study, open_storage
+from nas.training.budget import get_budget
 
 __all__ = ["SCHEMA", "Pick", "describe_pick", "export_record", "main", "pick_trial"]
 
@@ -244,10 +244,10 @@ def export_record(
             "train_seconds": a.get("train_seconds"),
             "images_per_second": a.get("images_per_second"),
         },
-        # every measured cost with its unit, device and runs (nas.measure)
+        # every measured cost with its unit, device and runs (nas.training.measure)
         "costs": a.get("costs") or {},
         "objectives": study.user_attrs.get("objectives", list(DEFAULT_OBJECTIVES)),
-        # the images it was searched on (nas.data: source, shape, classes, normalisation):
+        # the images it was searched on (nas.data.dataset: source, shape, classes, normalisation):
         # nas.train trains on them by default; None for a study from before other data
         "data": study.user_attrs.get("data_record"),
         "trial": trial.number,

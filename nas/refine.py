@@ -1,12 +1,12 @@
 """`python -m nas.refine`: confirm a study's front at a higher budget.
 
 Picks the K most promising trained, feasible architectures of study S (NSGA-II's rule,
-nas.front.most_promising), trains each at a higher budget, N seeds each, into a linked
+nas.results.front.most_promising), trains each at a higher budget, N seeds each, into a linked
 study `S-refined-BUDGET` in the same storage (its own experiment record, the budget
 included; each trial names its `source_trial` and `seed`), and prints per architecture
 the cheap and the refined accuracy, Kendall tau between them over the K, which members
 of S's front stay on the refined front, and with N >= 2 the seed noise and which refined
-front points are within it of each other (nas.front.within_noise). Re-running continues
+front points are within it of each other (nas.results.front.within_noise). Re-running continues
 where it stopped. `nas.report --study S` draws the refined accuracies when the linked
 study exists; `nas.export` and `nas.dashboard` work on the linked study as on any other.
 """
@@ -21,9 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from nas.budget import BUDGETS, TrainBudget, get_budget
 from nas.cli import UsageError, make_parser, run_cli
-from nas.front import (
+from nas.results.front import (
     kendall_tau,
     most_promising,
     nondominated_fronts,
@@ -32,14 +31,15 @@ from nas.front import (
     usable_trials,
     within_noise,
 )
-from nas.metrics import DEFAULT_OBJECTIVES, METRICS
-from nas.storage import (
+from nas.study.metrics import DEFAULT_OBJECTIVES, METRICS
+from nas.study.storage import (
     default_storage_url,
     difference,
     load_study,
     open_or_create_study,
     open_storage,
 )
+from nas.training.budget import BUDGETS, TrainBudget, get_budget
 
 if TYPE_CHECKING:
     import torch
@@ -118,7 +118,7 @@ def _run(argv: list[str] | None) -> int:
     # promise in the study's own objectives: accuracy and its one or two costs
     chosen = [trials[i] for i in most_promising([tuple(t.values) for t in trials], a.top)]
 
-    from nas.fit import pick_device
+    from nas.training.fit import pick_device
 
     try:
         device = pick_device(a.device)
@@ -143,7 +143,7 @@ def study_data(
 ) -> Any:
     """The images `study` was searched on (its "data_record", or `source`), refused unless
     their fingerprint is the study's."""
-    from nas.data import DataError, load_data
+    from nas.data.dataset import DataError, load_data
 
     record = study.user_attrs.get("data_record") or {}
     source = source or record.get("source")
@@ -171,8 +171,8 @@ def _linked_study(
 ) -> optuna.Study:
     """The study S-refined-BUDGET in S's storage, with S's space, objectives and budgets
     recorded for the reader (created if new)."""
-    from nas.step import precision
-    from nas.workers import make_sampler
+    from nas.parallel.workers import make_sampler
+    from nas.training.step import precision
 
     attrs = source.user_attrs
     experiment = {
@@ -215,9 +215,9 @@ def _queue(refined: optuna.Study, chosen: list[optuna.trial.FrozenTrial], seeds:
 
 def _train_queued(refined: optuna.Study, source: optuna.Study, data: Any) -> None:
     """Train every queued run, a line each."""
-    from nas.objective import CATCH, Objective
-    from nas.space import SearchSpace
-    from nas.workers import trial_line
+    from nas.arch.space import SearchSpace
+    from nas.parallel.workers import trial_line
+    from nas.study.objective import CATCH, Objective
 
     def on_trial(_: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
         print(

@@ -30,9 +30,10 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from nas.artifacts import attach_trial_file, default_artifact_dir, replace_study_file
 from nas.cli import UsageError, make_parser, run_cli
-from nas.front import (
+from nas.refine import linked_refinements
+from nas.results.artifacts import attach_trial_file, default_artifact_dir, replace_study_file
+from nas.results.front import (
     REF_ACCURACY,
     hypervolume_history,
     hypervolume_reference,
@@ -43,14 +44,13 @@ from nas.front import (
     usable_trials,
     why_no_front,
 )
-from nas.metrics import DEFAULT_OBJECTIVES, METRICS, describe_limits
-from nas.refine import linked_refinements
-from nas.storage import default_storage_url, load_study, open_storage
+from nas.study.metrics import DEFAULT_OBJECTIVES, METRICS, describe_limits
+from nas.study.storage import default_storage_url, load_study, open_storage
 
 __all__ = ["main", "trials_frame", "write_report"]
 
 MACS = "MMACs (fvcore)"
-# measured costs (a trial's `costs` attribute, nas.measure) -> table columns, with units
+# measured costs (a trial's `costs` attribute, nas.training.measure) -> table columns, with units
 COST_COLUMNS = {
     **{m.key: m.label for m in METRICS.values() if m.key not in ("", "macs", "params")},
     "throughput_gpu": "GPU throughput (img/s)",  # measured beside GPU latency
@@ -429,7 +429,7 @@ def costs_figure(df: pd.DataFrame, contended: bool = False) -> go.Figure:
 
 def hypervolume_reference_for(df: pd.DataFrame, study: optuna.Study, col: str) -> float:
     """The reference cost of the hypervolume in column `col`: for MACs fixed by the study's
-    space and MAC budget (nas.front.hypervolume_reference); for a measured cost, 1.1 x
+    space and MAC budget (nas.results.front.hypervolume_reference); for a measured cost, 1.1 x
     the largest measured (it grows with the study, and the page says so)."""
     a = study.user_attrs
     if col == MACS and "space" in a:

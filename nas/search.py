@@ -1,7 +1,7 @@
 """`python -m nas.search`: run (or continue) a DenseNet architecture search.
 
 Parses and checks every argument before touching data or storage, loads the data
-(nas.data: Fashion-MNIST or the user's own) onto the device once, opens or creates the
+(nas.data.dataset: Fashion-MNIST or the user's own) onto the device once, opens or creates the
 study, enqueues the d2l chapter's network as the reference (when the space contains it),
 and runs the trials with a progress bar and one line per trial.
 """
@@ -23,28 +23,22 @@ import optuna
 import torch
 from tqdm import tqdm
 
-from nas.budget import AUGMENTS, BUDGETS, TrainBudget, get_budget
+from nas.arch.config import D2L_CHAPTER, ConfigError
+from nas.arch.space import PRESETS, load_space_file, parse_range, reference_params
 from nas.cli import UsageError, int_at_least, make_parser, public_url, run_cli
 from nas.cli import positive_int as _positive_int
-from nas.concurrent import GpuMonitor
-from nas.config import D2L_CHAPTER, ConfigError
 from nas.cost import closed_form_mmacs
-from nas.data import DEFAULT_SOURCE, DataError, Dataset, default_augment, describe, load_data
-from nas.fit import pick_device, train_and_evaluate
-from nas.front import pareto_front, why_no_front
-from nas.metrics import DEFAULT_OBJECTIVES, Limits, describe_limits, metric_names, parse_objectives
-from nas.slurm import SlurmRequest, add_slurm_options, slurm_request, submit_array
-from nas.space import PRESETS, load_space_file, parse_range, reference_params
-from nas.step import precision
-from nas.storage import (
-    check_study_name,
-    connection_note,
-    default_storage_url,
-    open_or_create_study,
-    open_storage,
-    update_budgets,
+from nas.data.dataset import (
+    DEFAULT_SOURCE,
+    DataError,
+    Dataset,
+    default_augment,
+    describe,
+    load_data,
 )
-from nas.workers import (
+from nas.parallel.slurm import SlurmRequest, add_slurm_options, slurm_request, submit_array
+from nas.parallel.threads import GpuMonitor
+from nas.parallel.workers import (
     SAMPLERS,
     WorkerSpec,
     make_sampler,
@@ -54,6 +48,25 @@ from nas.workers import (
     trial_line,
     trial_loop,
 )
+from nas.results.front import pareto_front, why_no_front
+from nas.study.metrics import (
+    DEFAULT_OBJECTIVES,
+    Limits,
+    describe_limits,
+    metric_names,
+    parse_objectives,
+)
+from nas.study.storage import (
+    check_study_name,
+    connection_note,
+    default_storage_url,
+    open_or_create_study,
+    open_storage,
+    update_budgets,
+)
+from nas.training.budget import AUGMENTS, BUDGETS, TrainBudget, get_budget
+from nas.training.fit import pick_device, train_and_evaluate
+from nas.training.step import precision
 
 __all__ = ["SearchArgs", "main", "make_sampler"]
 
@@ -62,14 +75,14 @@ __all__ = ["SearchArgs", "main", "make_sampler"]
 # With the step replayed as a CUDA graph, processes only time-slice the GPU (no MPS), so
 # more than one buys nothing and adds ~6 s of CPU contention per trial.
 WORKERS_PER_GPU = 1
-# Trials at once per worker on a GPU for --concurrency auto (threads, nas.concurrent).
+# Trials at once per worker on a GPU for --concurrency auto (threads, nas.parallel.threads).
 # 1 until measured: K > 1 has not yet been measured on a GPU, and a default must be a
 # path that has run there. benchmarks/throughput.py compares K=1 with
 # CANDIDATE_CONCURRENCY (one short cifar trial used ~3% of an H200's bf16 peak and spent
 # 1.73 s of each trial off the GPU, so 4 is the first candidate); this figure follows it.
 CONCURRENCY_PER_GPU = 1
 CANDIDATE_CONCURRENCY = 4
-MAX_CONCURRENCY = 16  # a trial slot holds 2 streams (nas.gpu) of PyTorch's pool of 32
+MAX_CONCURRENCY = 16  # a trial slot holds 2 streams (nas.training.gpu) of PyTorch's pool of 32
 
 EPILOG = """\
 objectives (--objectives, accuracy and one or two costs; every trial measures all costs):
@@ -111,7 +124,7 @@ class SearchArgs:
     # chosen from the device
     augment_auto: bool = False  # --augment auto: chosen from the data's channels
     size_given: bool = False  # --image-size, or image_size in --space
-    slurm: SlurmRequest | None = None  # --slurm-array: submit the search (nas.slurm)
+    slurm: SlurmRequest | None = None  # --slurm-array: submit the search (nas.parallel.slurm)
 
 
 def _image_side(text: str) -> int:

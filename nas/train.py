@@ -9,7 +9,7 @@ fp32, on the CPU, taking raw uint8 images as the data holds them, (B, H, W) grey
 included, so that it loads and runs with PyTorch alone
 (`torch.export.load(p).module()(images)`), without this package. The data is the export
 file's own (its "data" record) unless --data names another. The training loop is a
-trial's (nas.fit), run for whole epochs.
+trial's (nas.training.fit), run for whole epochs.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from nas.budget import TrainBudget
+from nas.arch.config import ArchConfig
+from nas.arch.model import build_model
 from nas.cli import UsageError, positive_int
-from nas.config import ArchConfig
-from nas.data import Dataset, to_input
-from nas.fit import pick_device, train_and_evaluate
-from nas.model import build_model
+from nas.data.dataset import Dataset, to_input
+from nas.training.budget import TrainBudget
+from nas.training.fit import pick_device, train_and_evaluate
 
 __all__ = ["RECIPES", "main"]
 
@@ -47,7 +47,8 @@ RECIPES = {
 
 class Classifier(nn.Module):
     """uint8 images (B, H, W) or (B, H, W, C) -> logits (B, classes): the input conversion
-    the network was trained with (nas.data.to_input), then the network (which normalises)."""
+    the network was trained with (nas.data.dataset.to_input), then the network (which
+    normalises)."""
 
     def __init__(self, net: nn.Module, image_size: int) -> None:
         super().__init__()
@@ -170,7 +171,7 @@ def _data(
     a: argparse.Namespace, exported: dict, config: ArchConfig
 ) -> tuple[Dataset, torch.device]:
     """--data, else the export's own data, on the device; refused unless it fits config."""
-    from nas.data import DataError, describe, load_data
+    from nas.data.dataset import DataError, describe, load_data
 
     source = a.data or (exported.get("data") or {}).get("source")
     try:
@@ -207,7 +208,7 @@ def _splits(data: Dataset) -> tuple[Any, ...]:
 
 def _run(argv: list[str] | None) -> int:
     from nas.cost import load_config_file
-    from nas.data import default_augment
+    from nas.data.dataset import default_augment
 
     a = _parser().parse_args(argv)
     if not (math.isfinite(a.epochs) and 0 < a.epochs <= 1000):
@@ -316,7 +317,7 @@ class EpochLines:
                 file=sys.stdout,
             )
             self.loss_sum.zero_()
-        if last:  # then nas.fit scores: minutes on a CPU
+        if last:  # then nas.training.fit scores: minutes on a CPU
             what = f"{self.test_images:,} {self.scored} images"
             if self.budget.bn_recalibration:
                 what = f"BN re-estimate on {self.budget.bn_recalibration:,} train images, {what}"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from nas.data import DEFAULT_DATA_DIR, FILES, resolve_data_dir
+from nas.data.dataset import DEFAULT_DATA_DIR, FILES, resolve_data_dir
 from pg_server import (  # noqa: E402, F401 (free_port: for tests)
     free_port,
     pg_bin,
@@ -40,14 +40,15 @@ def argv_with(base: dict[str, str], changes: list[str]) -> list[str]:
 
 
 def small_config(image_size: int = 28):
-    """A DenseNet-BC small enough for CPU unit tests (nas.config.small_densenet)."""
-    from nas.config import small_densenet
+    """A DenseNet-BC small enough for CPU unit tests (nas.arch.config.small_densenet)."""
+    from nas.arch.config import small_densenet
 
     return small_densenet(image_size)
 
 
 class EmulatedGraph:
-    """A CUDA graph's stand-in on the CPU (nas.step.GraphRunner), so that the graphed step's
+    """A CUDA graph's stand-in on the CPU (nas.training.step.GraphRunner), so that the graphed
+    step's
     control flow runs in CPU tests: warmup runs fn; capture records fn and runs nothing,
     returning a static output tensor; replay runs fn and copies its output there. Like
     CUDAGraph.pool(), pool_bytes raises before a capture. `fail`: errors raised by
@@ -96,7 +97,7 @@ def add_trained_infeasible_trial(study, name: str):  # noqa: ANN001, ANN201 - op
     cheaper than every other. Returns (the copy, the infeasible trial's number)."""
     import optuna
 
-    from nas.front import usable_trials
+    from nas.results.front import usable_trials
 
     storage = study._storage
     optuna.copy_study(
@@ -165,7 +166,7 @@ def real_data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def real_data(real_data_dir: Path):
-    from nas.data import load_fashion_mnist
+    from nas.data.dataset import load_fashion_mnist
 
     return load_fashion_mnist(real_data_dir)
 

@@ -83,8 +83,8 @@ def test_fidelity_tiny_resumes_and_analyses(tmp_path: Path, real_data_dir, capsy
 
 
 def test_rank_statistics_against_known_values() -> None:
-    """Kendall tau-b and Spearman rho (nas.front) on hand-checked cases, ties included."""
-    import nas.front as fidelity
+    """Kendall tau-b and Spearman rho (nas.results.front) on hand-checked cases, ties included."""
+    import nas.results.front as fidelity
 
     assert fidelity.kendall_tau([1, 2, 3, 4], [1, 2, 3, 4]) == 1.0
     assert fidelity.kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
@@ -111,7 +111,7 @@ def test_top_quarter_overlap() -> None:
 
 
 def test_bootstrap_intervals_on_data_with_known_answers() -> None:
-    import nas.front as f
+    import nas.results.front as f
 
     bootstrap = load("fidelity").bootstrap
     x = [float(i) for i in range(12)]

@@ -98,10 +98,10 @@ def test_closed_pipe_ends_quietly(tmp_path: Path) -> None:
 
 
 def test_help_lists_every_budget_fits_100_columns_and_says_what_options_do(capsys) -> None:
-    from nas.budget import BUDGETS
     from nas.report import main as report
     from nas.search import main as search
     from nas.train import main as train
+    from nas.training.budget import BUDGETS
 
     texts = {}
     for name, command in (("search", search), ("train", train), ("report", report)):

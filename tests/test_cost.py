@@ -9,9 +9,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from nas.config import D2L_CHAPTER, ArchConfig
+from nas.arch.config import D2L_CHAPTER, ArchConfig
+from nas.arch.space import PRESETS, SearchSpace, sample
 from nas.cost import closed_form_macs, main, measure_cost
-from nas.space import PRESETS, SearchSpace, sample
 
 
 def random_configs(space: SearchSpace, n: int, seed: int) -> list[ArchConfig]:

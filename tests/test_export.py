@@ -11,11 +11,11 @@ import pytest
 
 from conftest import TINY, add_trained_infeasible_trial, argv_with
 from nas import cost
-from nas.config import ArchConfig
+from nas.arch.config import ArchConfig
 from nas.export import SCHEMA, main
-from nas.front import knee_index, pareto_front, usable_trials
+from nas.results.front import knee_index, pareto_front, usable_trials
 from nas.search import main as search
-from nas.storage import open_storage
+from nas.study.storage import open_storage
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +222,7 @@ def test_the_knee_is_for_two_objectives(tmp_path: Path) -> None:
 
 
 def test_the_knee_pick_is_the_knee_not_the_most_accurate(tmp_path: Path) -> None:
-    """An L-shaped front (tests/test_front.py): the knee is (0.88, 40 MMACs), not the most
+    """An L-shaped front (tests/results/test_front.py): the knee is (0.88, 40 MMACs), not the most
     accurate (0.895, 160)."""
     from nas.export import pick_trial
 

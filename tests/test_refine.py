@@ -10,9 +10,9 @@ import pytest
 
 from browser import chromium, screenshot
 from conftest import add_trained_infeasible_trial, argv_with
-from nas.front import most_promising, usable_trials
 from nas.refine import main
 from nas.report import main as report
+from nas.results.front import most_promising, usable_trials
 from nas.search import main as search
 
 SMALL = ["--preset", "tiny", "--growth-rate", "8:12:4", "--convs", "1:2", "--budget", "smoke"]

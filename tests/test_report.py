@@ -14,8 +14,8 @@ import pytest
 from optuna.artifacts import get_all_artifact_meta
 
 from browser import chromium, screenshot
-from nas.front import hypervolume_history, pareto_front
 from nas.report import MACS, hypervolume_figure, log_ticks, main, pareto_figure, trials_frame
+from nas.results.front import hypervolume_history, pareto_front
 from nas.search import main as search
 
 TINY = ["--preset", "cifar", "--growth-rate", "8:16:4", "--convs", "1:3", "--budget", "smoke"]
@@ -246,7 +246,7 @@ def test_report_in_the_study_objectives_with_costs_against_macs(cost_study, tmp_
     """A study of accuracy vs CPU latency under a parameter budget (conftest): the front is
     drawn against latency, the costs-vs-MACs panel prints the rank correlation the trials
     give, the Pareto CSV carries the measured costs, and the hypervolume says why not."""
-    from nas.front import kendall_tau, spearman_rho
+    from nas.results.front import kendall_tau, spearman_rho
 
     url, name = cost_study
     out = tmp_path / "c.html"

@@ -9,11 +9,11 @@ import optuna
 import pytest
 
 from conftest import COST_STUDY_ARGS, TINY
-from nas.config import ArchConfig
+from nas.arch.config import ArchConfig
 from nas.cost import measure_cost
-from nas.front import pareto_front
+from nas.results.front import pareto_front
 from nas.search import main
-from nas.storage import METRIC_NAMES
+from nas.study.storage import METRIC_NAMES
 
 
 def load(url: str, name: str) -> optuna.Study:
@@ -85,7 +85,7 @@ def test_preflight_notes(real_data) -> None:
 def test_progress_lines_of_a_long_trial(capsys) -> None:
     import torch
 
-    from nas.objective import TrialProgress
+    from nas.study.objective import TrialProgress
 
     progress = TrialProgress("trial    7", total_steps=10, batch=32, first=0, every=0)
     progress(3, torch.zeros(()))
@@ -217,7 +217,7 @@ def test_cost_budgets_change_on_a_study_and_every_trial_is_judged_by_the_new_one
 
 def test_other_precision_or_split_is_refused(tmp_path: Path, real_data_dir, capsys, monkeypatch):
     """A GPU host's bf16 study refuses a CPU worker; another validation split is refused."""
-    import nas.data
+    import nas.data.dataset
 
     url = f"sqlite:///{tmp_path}/s.db"
     assert main([*TINY, "--trials", "1", "--study", "s", "--storage", url]) == 0
@@ -229,7 +229,7 @@ def test_other_precision_or_split_is_refused(tmp_path: Path, real_data_dir, caps
     err = capsys.readouterr().err
     assert "another training precision ('bf16 autocast (CUDA)' there, 'fp32 (CPU)' here)" in err
     study.set_user_attr("precision", "fp32 (CPU)")
-    monkeypatch.setattr(nas.data, "SPLIT_SEED", 1)  # as a version with another split would
+    monkeypatch.setattr(nas.data.dataset, "SPLIT_SEED", 1)  # as a version with another split would
     assert main([*TINY, "--trials", "1", "--study", "s", "--storage", url]) == 2
     err = capsys.readouterr().err
     assert "another data (the images, their splits, normalisation or augmentation) (" in err
@@ -377,7 +377,7 @@ def test_latency_objective_and_params_budget_end_to_end(cost_study, capsys) -> N
     objective), the front is the
     non-dominated trained set in accuracy and latency, and the study keeps its objectives
     and budgets."""
-    from nas.front import pareto_front
+    from nas.results.front import pareto_front
 
     url, name = cost_study
     study = load(url, name)

@@ -16,8 +16,8 @@ import optuna
 import torch
 
 from conftest import small_config
-from nas.config import ArchConfig
-from nas.model import build_model, count_params
+from nas.arch.config import ArchConfig
+from nas.arch.model import build_model, count_params
 from nas.train import main
 
 SMALL = small_config(image_size=28)
@@ -188,7 +188,7 @@ def test_colour_data_search_export_train_and_program(tmp_path, monkeypatch, caps
     a search on the CIFAR folder (crop-flip by default), its export, nas.train on the
     export's own data, and the .pt2 scoring the test batch in a fresh process without nas
     exactly as nas.train did."""
-    from nas.data import load_data
+    from nas.data.dataset import load_data
     from nas.export import main as export
     from nas.search import main as search
 

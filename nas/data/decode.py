@@ -1,0 +1,231 @@
+"""A folder of images (ImageFolder layout) decoded once, in parallel, and cached.
+
+Layouts: ROOT/<class>/*.png|jpg|... (one split: train), or ROOT/train/<class>/... with
+optional ROOT/val/<class>/... and ROOT/test/<class>/.... Classes are the subfolder names,
+sorted; within a split, images are ordered by file name (then class), so a folder written
+from an array in index order (00000.png, 00001.png, ...) reads back in that order.
+
+Decoding runs with Pillow in worker processes with a progress bar. First each file's
+header gives its size and mode (no pixels decoded); every image is then decoded to the
+most common size (others resized bilinearly, as Pillow does) and to grey if
+all are grey, else RGB. The arrays are cached as .npy files under $NAS_CACHE_DIR (default
+~/.cache/nas/data), keyed by the files' names, sizes and modification times: a second
+run reads them at once, and a changed file makes a new key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from nas.data.formats import IMAGE_SUFFIXES, DataError, Raw
+
+__all__ = ["cache_dir", "read_folder"]
+
+SPLITS = ("train", "val", "test")
+CACHE_VERSION = 1
+CHUNK = 256  # files per task handed to a worker process
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("NAS_CACHE_DIR") or Path.home() / ".cache" / "nas" / "data")
+
+
+def _list(root: Path) -> dict[str, list[tuple[Path, str]]]:
+    """split -> [(file, class name)], ordered by file name then class."""
+    split_dirs = {s: root / s for s in SPLITS if (root / s).is_dir()}
+    others = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in SPLITS)
+    if split_dirs and others:
+        raise DataError(
+            f"{root} has {', '.join(s + '/' for s in split_dirs)} and also {others[0]}/: put "
+            "class folders inside train/ (and val/, test/), or use no split folders at all"
+        )
+    if "train" not in split_dirs:
+        if split_dirs:
+            raise DataError(
+                f"{root} has {', '.join(split_dirs)}/ but no train/: put the training "
+                "images in train/<class>/"
+            )
+        split_dirs = {"train": root}
+    out = {}
+    for split, folder in split_dirs.items():
+        classes = sorted(p for p in folder.iterdir() if p.is_dir())
+        if not classes:
+            raise DataError(f"{folder} has no class subfolders (expected {folder}/<class>/*.png)")
+        files = []
+        for c in classes:
+            found = [p for p in c.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
+            if not found:
+                raise DataError(
+                    f"class folder {c} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
+                )
+            files += [(p, c.name) for p in found]
+        files.sort(key=lambda fc: (fc[0].name, fc[1], str(fc[0])))
+        out[split] = files
+    return out
+
+
+def _header(path: str) -> tuple[tuple[int, int], str] | str:
+    """(width, height), mode from the header; or the reason it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size, im.mode
+    except Exception as e:  # Pillow raises many kinds for a bad file
+        return f"{type(e).__name__}: {e}"
+
+
+GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+
+
+def _decode(job: tuple[list[str], tuple[int, int], bool]) -> list[np.ndarray | str]:
+    """Decode files to uint8 (H, W, C) of one size; a string for a file that fails."""
+    from PIL import Image
+
+    paths, size, rgb = job
+    out: list[np.ndarray | str] = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                if im.mode.startswith("I"):  # 16- or 32-bit grey: scaled to 8 bits, not clipped
+                    wide = np.asarray(im).astype(np.float64) * (255 / 65535)
+                    im = Image.fromarray(np.clip(np.round(wide), 0, 255).astype(np.uint8))
+                im = im.convert("RGB" if rgb else "L")
+                if im.size != size:
+                    im = im.resize(size, Image.Resampling.BILINEAR)
+                a = np.asarray(im, dtype=np.uint8)
+            out.append(a if rgb else a[..., None])
+        except Exception as e:
+            out.append(f"{type(e).__name__}: {e}")
+    return out
+
+
+def _key(root: Path, files: dict[str, list[tuple[Path, str]]]) -> str:
+    h = hashlib.sha256(f"{CACHE_VERSION} {root.resolve()}".encode())
+    for split, items in files.items():
+        for p, c in items:
+            st = p.stat()
+            h.update(
+                f"{split}\0{c}\0{p.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
+            )
+    return h.hexdigest()[:24]
+
+
+def _bad(failures: list[tuple[Path, str]]) -> DataError:
+    p, why = failures[0]
+    more = f" (and {len(failures) - 1} other images)" if len(failures) > 1 else ""
+    return DataError(f"cannot read image {p}: {why}{more}")
+
+
+def _pool_map(fn, jobs: list, desc: str, total: int):
+    """fn over jobs in worker processes (in order), with a progress bar of `total` files."""
+    from tqdm import tqdm
+
+    workers = min(len(jobs), os.cpu_count() or 1)
+    bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=None, leave=False)
+    try:
+        if workers <= 1:
+            results = [fn(j) for j in jobs]
+            bar.update(total)
+            return results
+        # forkserver, not fork: the caller may hold threads (torch's, tqdm's) a fork copies
+        # mid-lock; the workers need only Pillow and numpy
+        with ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("forkserver")
+        ) as ex:
+            results = []
+            for r in ex.map(fn, jobs):
+                results.append(r)
+                bar.update(len(r))
+            return results
+    finally:
+        bar.close()
+
+
+def _headers(paths: list[str]) -> list[tuple[tuple[int, int], str] | str]:
+    return [_header(p) for p in paths]
+
+
+def read_folder(root: Path) -> tuple[Raw, bool]:
+    """The folder's splits as arrays, and whether they came from the cache."""
+    files = _list(root)
+    key = _key(root, files)
+    cached = cache_dir() / key
+    if (cached / "meta.json").exists():
+        return _load_cache(cached), True
+    everything = [p for items in files.values() for p, _ in items]
+    chunks = [
+        [str(p) for p in everything[i : i + CHUNK]] for i in range(0, len(everything), CHUNK)
+    ]
+    headers = [
+        h for part in _pool_map(_headers, chunks, "reading headers", len(everything)) for h in part
+    ]
+    failures = [(p, h) for p, h in zip(everything, headers) if isinstance(h, str)]
+    if failures:
+        raise _bad(failures)
+    sizes = Counter(h[0] for h in headers)
+    target = sizes.most_common(1)[0][0]
+    if min(target) < 8:
+        raise DataError(
+            f"images in {root} are {target[0]}x{target[1]} pixels; nas needs at least 8x8"
+        )
+    rgb = any(h[1] not in GREY_MODES for h in headers)
+    decoded = _pool_map(_decode, [(c, target, rgb) for c in chunks], "decoding", len(everything))
+    arrays = [a for part in decoded for a in part]
+    failures = [(p, a) for p, a in zip(everything, arrays) if isinstance(a, str)]
+    if failures:
+        raise _bad(failures)
+    classes = sorted({c for items in files.values() for _, c in items})
+    index = {c: i for i, c in enumerate(classes)}
+    splits, at = {}, 0
+    for split, items in files.items():
+        x = np.stack(arrays[at : at + len(items)])
+        y = np.array([index[c] for _, c in items], dtype=np.int64)
+        splits[split], at = (x, y), at + len(items)
+    resized = sum(n for s, n in sizes.items() if s != target)
+    notes = []
+    if resized:
+        notes.append(
+            f"{resized:,} of {len(everything):,} images resized to {target[0]}x{target[1]} "
+            "(the most common size)"
+        )
+    raw = Raw(splits, classes, notes)
+    _save_cache(cached, raw)
+    return raw, False
+
+
+def _save_cache(folder: Path, raw: Raw) -> None:
+    """Write the arrays, then meta.json last (its presence marks a complete entry)."""
+    try:
+        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        for split, (x, y) in raw.splits.items():
+            np.save(tmp / f"{split}_x.npy", x)
+            np.save(tmp / f"{split}_y.npy", y)
+        meta = {"splits": list(raw.splits), "classes": raw.classes, "notes": raw.notes}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        os.replace(tmp, folder)
+    except OSError as e:
+        if (folder / "meta.json").exists():  # another process cached the same images first
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        # a read-only home: decode again next time, say so once
+        print(f"note: decoded images not cached in {folder} ({e})", file=sys.stderr)
+
+
+def _load_cache(folder: Path) -> Raw:
+    meta = json.loads((folder / "meta.json").read_text())
+    splits = {
+        s: (np.load(folder / f"{s}_x.npy"), np.load(folder / f"{s}_y.npy")) for s in meta["splits"]
+    }
+    return Raw(splits, meta["classes"], meta["notes"])

@@ -1,0 +1,364 @@
+"""Run a study's trials in one or more persistent worker processes on this machine.
+
+Each worker loads the data onto its device once, keeps its CUDA context for all its
+trials, and asks the shared study (through its storage) for one trial at a time. N
+workers on one machine share a counter of trials still to run, so a run of --trials T
+makes exactly T trials whatever their durations; workers on other machines (same
+storage, e.g. PostgreSQL) each bring their own --trials. Several GPUs: worker i uses GPU
+i mod count. With --seed, every sampler is reseeded before each trial from the seed and
+the trial's number (unique in the study), so runs are reproducible and no two workers or
+hosts draw alike; without it, each worker's sampler is seeded from its host, process
+and index. TPE's constant liar keeps workers off each other's running trials. Each
+worker runs --concurrency trials at once in threads (nas.parallel.threads).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing as mp
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import torch
+
+from nas.arch.config import ArchConfig
+from nas.arch.space import SearchSpace
+from nas.cli import Interrupted, interruption, stop_signals
+from nas.data.dataset import Dataset, load_data
+from nas.parallel.threads import StopFlag, run_concurrently
+from nas.study.metrics import DEFAULT_OBJECTIVES, Limits
+from nas.study.objective import CATCH, Objective
+from nas.study.storage import open_storage
+from nas.training.budget import TrainBudget
+
+__all__ = [
+    "SAMPLERS",
+    "WorkerSpec",
+    "make_sampler",
+    "run_workers",
+    "tally_trial",
+    "times_gpu_latency",
+    "trial_line",
+    "trial_loop",
+]
+
+SAMPLERS = ("tpe", "nsga2", "random")
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker process needs (picklable)."""
+
+    storage: str
+    study: str
+    space: SearchSpace
+    budget: TrainBudget
+    sampler: str
+    seed: int | None
+    device: str  # "cpu", "cuda" or "cuda:N"
+    data_dir: str | None  # Fashion-MNIST's folder (--data-dir)
+    max_mmacs: float | None
+    workers: int  # how many workers share this machine
+    heartbeat: int  # seconds between heartbeats of a running trial (nas.study.storage)
+    concurrency: int = 1  # trials at once in each worker, in threads (nas.parallel.threads)
+    objectives: tuple[str, ...] = DEFAULT_OBJECTIVES  # nas.study.metrics, accuracy first
+    limits: Limits = field(default_factory=Limits)  # budgets beside max_mmacs
+    data: str | None = None  # --data: the source nas.data.dataset.load_data reads (None: default)
+
+
+def times_gpu_latency(spec: WorkerSpec) -> bool:
+    """GPU latency is an objective or a budget of this search."""
+    limits = spec.limits
+    return "latency-gpu" in spec.objectives or (
+        limits.latency_ms is not None and limits.latency_device == "gpu"
+    )
+
+
+class _TrialSeeded:
+    """Mixin for an Optuna sampler: before each trial its random streams are reseeded from
+    --seed and the trial's number. Trial numbers are unique in a study, so processes and
+    hosts that share it with one --seed never repeat each other's draws, and a run with a
+    given --seed draws the same as any other run whose trials got the same numbers. (It
+    sets Optuna's private `_rng` and `_random_sampler`, present in Optuna 5.)"""
+
+    nas_seed: int
+
+    _seeded_for: int | None = None  # the trial the streams were last reseeded for
+
+    def _reseed(self, trial: optuna.trial.FrozenTrial) -> None:
+        # At the trial's first draw, not in before_trial: trials running side by side in
+        # one process (--concurrency) sample one at a time, each from its own seed.
+        if self._seeded_for == trial.number:
+            return
+        self._seeded_for = trial.number
+        seed = trial_seed(self.nas_seed, trial.number)
+        self._rng.rng.seed(seed)  # type: ignore[attr-defined]
+        inner = getattr(self, "_random_sampler", None)  # TPE's start-up, NSGA-II's mutation
+        if inner is not None:
+            inner._rng.rng.seed(seed)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: optuna.trial.FrozenTrial, search_space: dict
+    ) -> dict[str, Any]:
+        self._reseed(trial)
+        return super().sample_relative(study, trial, search_space)  # type: ignore[misc]
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        param_name: str,
+        param_distribution: optuna.distributions.BaseDistribution,
+    ) -> Any:
+        self._reseed(trial)
+        return super().sample_independent(  # type: ignore[misc]
+            study, trial, param_name, param_distribution
+        )
+
+
+def trial_seed(seed: int, number: int) -> int:
+    text = f"{seed}:{number}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
+
+
+def make_sampler(
+    name: str, seed: int | None, per_trial: bool = False
+) -> optuna.samplers.BaseSampler:
+    """The sampler `name`, seeded by `seed`; per_trial: reseeded before every trial from
+    (seed, trial number) (what --seed means, see _TrialSeeded)."""
+    if name == "tpe":
+        # constant_liar: parallel workers do not all sample the same point.
+        cls, kwargs = optuna.samplers.TPESampler, {"multivariate": True, "constant_liar": True}
+    elif name == "nsga2":
+        cls, kwargs = optuna.samplers.NSGAIISampler, {}
+    elif name == "random":
+        cls, kwargs = optuna.samplers.RandomSampler, {}
+    else:
+        raise ValueError(f"unknown sampler {name!r}")
+    if not per_trial or seed is None:
+        return cls(seed=seed, **kwargs)
+    sampler = type(f"TrialSeeded{cls.__name__}", (_TrialSeeded, cls), {})(seed=seed, **kwargs)
+    sampler.nas_seed = seed
+    return sampler
+
+
+def trial_line(t: optuna.trial.FrozenTrial) -> str:
+    """One readable line per finished trial."""
+    attrs = t.user_attrs
+    cfg = attrs.get("config")
+    desc = ArchConfig.from_dict(cfg).describe() if cfg else "?"
+    ref = " (d2l chapter)" if attrs.get("reference") else ""
+    head = f"trial {t.number:>4}  {desc}{ref}"
+    if t.state != optuna.trial.TrialState.COMPLETE:
+        reason = attrs.get("fail_reason", "see log")
+        return f"{head}  {t.state.name.lower()}: {reason}"
+    acc = t.values[0]
+    if attrs.get("duplicate_of") is not None:
+        return (
+            f"{head}  val acc {acc:.4f}  {cost_words(attrs)}  the network of trial "
+            f"{attrs['duplicate_of']}: its values, not trained again"
+        )
+    over = attrs.get("over_budget") or ["macs"]  # older trials: only a MAC budget existed
+    budgets = " and ".join(BUDGET_WORDS[k] for k in over) + (" budgets" if over[1:] else " budget")
+    if attrs.get("trained") is False:
+        return f"{head}  {cost_words(attrs, exact=True)}  over the {budgets}, not trained"
+    secs = (t.datetime_complete - t.datetime_start).total_seconds()
+    tail = f"; over the {budgets}" if attrs.get("over_budget") else ""
+    return (
+        f"{head}  val acc {acc:.4f}  {cost_words(attrs)}  "
+        f"train {attrs.get('train_seconds', 0):.1f} s at "
+        f"{attrs.get('images_per_second', 0):,.0f} img/s, whole trial {secs:.1f} s{tail}"
+    )
+
+
+BUDGET_WORDS = {
+    "macs": "MAC",
+    "params": "parameter",
+    "latency_cpu": "CPU latency",
+    "latency_gpu": "GPU latency",
+    "memory": "memory",
+}
+
+
+def cost_words(attrs: dict[str, Any], exact: bool = False) -> str:
+    """'70.2 MMACs (fvcore), 0.41 M params, CPU 3.10 ms' and what else was measured;
+    exact: MACs to the last one (as compared with a budget)."""
+    m = attrs["macs_fvcore"] / 1e6
+    words = [f"{m:.6f} MMACs (fvcore)" if exact else f"{m:,.1f} MMACs (fvcore)"]
+    if "params" in attrs:
+        words.append(f"{attrs['params'] / 1e6:.2f} M params")
+    costs = attrs.get("costs") or {}
+    for key, label, fmt in (
+        ("latency_cpu", "CPU", "{:.2f} ms"),
+        ("latency_gpu", "GPU", "{:.3f} ms"),
+        ("memory", "train memory", "{:,.0f} MB"),
+    ):
+        if key in costs:
+            words.append(f"{label} {fmt.format(costs[key]['value'])}")
+    return ", ".join(words)
+
+
+def worker_seed(index: int, existing: int) -> int:
+    """Without --seed: each worker's own sampler stream, from this host, this process,
+    the worker index and the number of trials already in the study, so that workers of
+    one run, resumed runs and processes on several machines do not replay each other."""
+    text = f"{socket.gethostname()}:{os.getpid()}:{index}:{existing}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
+
+
+def worker_device(spec: WorkerSpec, index: int) -> torch.device:
+    if spec.device == "cuda":
+        return torch.device(f"cuda:{index % torch.cuda.device_count()}")
+    return torch.device(spec.device)
+
+
+def trial_loop(
+    spec: WorkerSpec,
+    index: int,
+    claim: Callable[[], bool],
+    on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None],
+    data: Dataset | None = None,
+) -> None:
+    """Run trials while claim() grants another, spec.concurrency at a time (data: already
+    loaded). claim and on_trial are called from the trial threads."""
+    # ERROR: a failed trial is reported in its own line, not with Optuna's traceback.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    device = worker_device(spec, index)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if spec.workers > 1:  # CPU work (fvcore tracing, building) must not oversubscribe cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.workers))
+    data = (data or load_data(spec.data, spec.data_dir)).to(device)
+    storage = open_storage(spec.storage, heartbeat=spec.heartbeat)
+    study = optuna.load_study(study_name=spec.study, storage=storage)
+    if spec.seed is None:
+        study.sampler = make_sampler(spec.sampler, worker_seed(index, len(study.trials)))
+    else:  # reproducible, and distinct across workers and hosts: by trial number
+        study.sampler = make_sampler(spec.sampler, spec.seed, per_trial=True)
+    label = f"[w{index}] " if spec.workers > 1 else ""
+    stop = StopFlag()
+    # GPU latency and throughput are timed where the search asks for them (an objective
+    # or a budget), which needs the GPU to one trial at a time (nas.search refuses more):
+    # a search that does not ask spends the same per trial at any --concurrency
+    alone = device.type == "cuda" and spec.concurrency == 1 and spec.workers == 1
+    alone = alone and times_gpu_latency(spec)
+    objective = Objective(
+        spec.space,
+        spec.budget,
+        data,
+        spec.max_mmacs,
+        label,
+        stop,
+        objectives=spec.objectives,
+        limits=spec.limits,
+        gpu_timing=alone,
+        beside=spec.workers * spec.concurrency,
+    )
+
+    def one_slot(_slot: int) -> None:
+        while not stop.is_set() and claim():
+            try:
+                study.optimize(objective, n_trials=1, catch=CATCH, callbacks=[on_trial])
+            except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as e:
+                # Another worker finished this trial meanwhile (it judged the heartbeat
+                # stale): that is its business, not a reason for this worker to die.
+                if isinstance(e, ValueError) and not str(e).startswith("Cannot tell a"):
+                    raise
+                print(
+                    f"a trial this worker ran was finished by another one ({e}); its result "
+                    "is dropped",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    # Trials of a killed worker become failed, each with its retry queued, here, before any
+    # slot asks for a trial: Optuna does it at the start of every trial too, but with K
+    # slots one slot could ask while another is still queueing the retries, and run a new
+    # trial in a retry's place (left WAITING at the end of the run).
+    optuna.storages.fail_stale_trials(study)
+    run_concurrently(spec.concurrency, device, one_slot, stop)
+
+
+def tally_trial(counts: list[int] | Any, t: optuna.trial.FrozenTrial) -> str | None:
+    """Count a finished trial into [done, failed, duplicates, trained, trained eagerly on
+    a GPU] (a list or a shared array). Returns a warning line for the run's first trial
+    trained eagerly because CUDA graphs were off (nas.training.gpu), else None."""
+    counts[0] += 1
+    if t.state != optuna.trial.TrialState.COMPLETE:
+        counts[1] += 1
+    elif t.user_attrs.get("duplicate_of") is not None:
+        counts[2] += 1
+    elif t.user_attrs.get("trained"):
+        counts[3] += 1
+        mode = t.user_attrs.get("step_mode", "")
+        if mode.startswith("eager: capture") or mode.startswith("eager: cannot"):
+            counts[4] += 1
+            if counts[4] == 1:
+                return (
+                    f"warning: trial {t.number} trained eagerly, CUDA graphs are off in this "
+                    f"process ({mode.removeprefix('eager: ')}); the search goes on, slower"
+                )
+    return None
+
+
+def _child(spec: WorkerSpec, index: int, remaining, tally) -> None:  # noqa: ANN001
+    def claim() -> bool:
+        with remaining.get_lock():
+            if remaining.value <= 0:
+                return False
+            remaining.value -= 1
+            return True
+
+    def on_trial(study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+        with tally.get_lock():
+            warning = tally_trial(tally, t)
+        print(f"[w{index}] {trial_line(t)}", flush=True)
+        if warning:
+            print(f"[w{index}] {warning}", flush=True)
+
+    try:
+        with stop_signals():
+            trial_loop(spec, index, claim, on_trial)
+    except KeyboardInterrupt as e:
+        sys.exit(interruption(e)[1])
+
+
+def run_workers(
+    spec: WorkerSpec,
+    trials: int,
+    progress: Callable[[list[int]], None],
+) -> list[int]:
+    """Start spec.workers processes for `trials` trials in all; wait; return exit codes.
+
+    progress([done, failed, duplicates, trained, eager]) is called about twice a second
+    with this run's trial counts.
+    """
+    ctx = mp.get_context("spawn")  # CUDA cannot be forked
+    remaining, tally = ctx.Value("i", trials), ctx.Array("i", 5)
+    procs = [
+        ctx.Process(target=_child, args=(spec, i, remaining, tally), name=f"nas-worker-{i}")
+        for i in range(spec.workers)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        while any(p.is_alive() for p in procs):
+            for p in procs:
+                p.join(timeout=0.5 / len(procs))
+            progress(list(tally))
+    except KeyboardInterrupt as e:  # Ctrl-C reaches the workers too; a kill PID does not
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        for p in procs:
+            if p.is_alive() and p.pid is not None:
+                os.kill(p.pid, signum)
+        for p in procs:
+            p.join()
+        raise
+    progress(list(tally))
+    return [p.exitcode if p.exitcode is not None else -1 for p in procs]

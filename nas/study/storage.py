@@ -1,0 +1,354 @@
+"""Where studies live: Optuna storage URLs, and creating or loading a study safely.
+
+Default: one SQLite file per study, `sqlite:///studies/<study>.db`. Any Optuna storage
+URL works, PostgreSQL included (`postgresql://user@host/db`), for searches spread over
+several machines. A study remembers everything that makes its accuracies comparable
+(search space, MAC budget, precision, data and validation split, train budget); a run
+that asks for anything else is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy
+import sqlalchemy.event
+import sqlalchemy.exc
+import sqlalchemy.pool
+from sqlalchemy.engine import make_url
+
+from nas.cli import UsageError, first_line, public_url
+from nas.study.metrics import DEFAULT_OBJECTIVES, describe_limits, directions, metric_names
+
+__all__ = [
+    "EXPERIMENT_KEYS",
+    "METRIC_NAMES",
+    "default_storage_url",
+    "difference",
+    "load_study",
+    "open_or_create_study",
+    "open_storage",
+    "connection_note",
+    "update_budgets",
+]
+
+METRIC_NAMES = metric_names(DEFAULT_OBJECTIVES)  # ["val_accuracy", "MMACs (fvcore)"]
+STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+SQLITE_TIMEOUT_S = 60
+POOL_ENV = "NAS_DB_POOL"  # "null": a connection per operation; else SQLAlchemy's pool
+# How to install a missing driver; plain postgresql:// uses psycopg 3, installed with nas.
+DRIVER_HINTS = {
+    "psycopg": "pip install 'psycopg[binary]'",
+    "psycopg2": "pip install psycopg2-binary, or use plain postgresql://, which nas supports",
+    "mysqldb": "pip install mysqlclient",
+    "pymysql": "pip install pymysql",
+}  # writers wait this long for SQLite's lock instead of failing
+
+
+def check_study_name(name: str) -> str:
+    if not STUDY_NAME.match(name):
+        raise UsageError(
+            f"study name {name!r} must be 1-100 letters, digits, '_', '.' or '-' "
+            "(it names a file under studies/)"
+        )
+    return name
+
+
+def default_storage_url(study: str) -> str:
+    """sqlite:///studies/STUDY.db; for a study nas.refine linked to S (S-refined-BUDGET),
+    S's file when the study has none of its own: the linked study lives beside S."""
+    name = check_study_name(study)
+    source = name.rpartition("-refined-")[0]
+    if (
+        source
+        and not Path(f"studies/{name}.db").exists()
+        and Path(f"studies/{source}.db").exists()
+    ):
+        name = source
+    return f"sqlite:///studies/{name}.db"
+
+
+def open_storage(
+    url: str, must_exist: bool = False, heartbeat: int | None = None
+) -> optuna.storages.BaseStorage:
+    """An Optuna RDB storage for `url`; one-line UsageError if it is malformed or unreachable.
+
+    heartbeat: seconds between a running trial's heartbeats. A trial whose worker died
+    (no heartbeat for 3 intervals) is failed by the next worker that starts a trial, and
+    its parameters are queued again, once.
+    """
+    shown = public_url(url)  # every line below names the URL without its password
+    try:
+        parsed = make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError) as e:
+        raise UsageError(f"malformed storage URL {shown!r}: {e}") from None
+    try:
+        parsed.get_dialect().import_dbapi()  # the driver: a missing one is named here
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise UsageError(
+            f"cannot open storage {shown}: unknown database kind {parsed.drivername!r}"
+        ) from None
+    except ImportError as e:
+        hint = DRIVER_HINTS.get(parsed.get_driver_name(), f"pip install {e.name or 'it'}")
+        raise UsageError(
+            f"cannot open storage {shown}: its database driver "
+            f"{parsed.get_driver_name()!r} is not installed ({hint})"
+        ) from None
+    engine: dict[str, Any] = {}
+    if parsed.get_backend_name() != "sqlite" and os.environ.get(POOL_ENV) == "null":
+        # A connection per operation, closed after it, instead of SQLAlchemy's pool: fewer
+        # held, but slower, and measured no better (benchmarks/README.md, "Many workers").
+        engine["poolclass"] = sqlalchemy.pool.NullPool
+    if parsed.get_driver_name() == "psycopg":
+        # No server-side prepared statements (psycopg 3 prepares a query on its 6th run on a
+        # connection): a pooler in transaction mode (PgBouncer before 1.21) hands each
+        # transaction another server connection, where the statement does not exist.
+        # psycopg2 never prepared; Optuna's queries are small.
+        engine["connect_args"] = {"prepare_threshold": None}
+    kwargs: dict[str, Any] = {"engine_kwargs": engine} if engine else {}
+    if parsed.get_backend_name() == "sqlite":
+        db = parsed.database
+        if db and parsed.query.get("uri") == "true" and db.startswith("file:"):
+            db = db.removeprefix("file:")  # sqlite:///file:PATH?mode=ro&uri=true
+        if db and db != ":memory:":
+            path = Path(db)
+            if must_exist and not path.exists():
+                raise UsageError(f"no study database at {path} (storage {shown})")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise UsageError(f"cannot create {path.parent}: {e.strerror or e}") from None
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+    try:
+        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if heartbeat is not None:
+                kwargs["heartbeat_interval"] = heartbeat
+                kwargs["grace_period"] = 3 * heartbeat
+                kwargs["heartbeat_stale_trial_callback"] = (
+                    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+                )
+            for attempt in range(5):
+                try:
+                    storage = optuna.storages.RDBStorage(url, **kwargs)
+                    if parsed.get_backend_name() == "sqlite":
+                        _immediate_transactions(storage.engine)
+                    return storage
+                except (sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.IntegrityError):
+                    # Several workers creating the tables of a new database at once: one
+                    # wins, the others find the tables there on the next try.
+                    if attempt == 4:
+                        raise
+                    time.sleep(0.2 * (attempt + 1))
+            raise AssertionError("unreachable")
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
+        reason = first_line(e, limit=10_000)
+        raise UsageError(f"cannot open storage {shown}: {reason}") from None
+
+
+def connection_note(
+    storage: optuna.storages.BaseStorage, processes: int, threads: int
+) -> str | None:
+    """A line when this run may hold more connections at once than the PostgreSQL server
+    has free: a process holds about one per thread that talks to the database (its trial
+    threads, the main and the heartbeat thread; benchmarks/storage_load.py measured 2.1
+    per one-trial process). None for another database, a server that does not say, or one
+    behind a pooler such as PgBouncer (the server listens on another port than the URL's:
+    the pooler's pool size, not the workers, bounds the server's connections)."""
+    engine = getattr(storage, "engine", None)
+    if engine is None or engine.dialect.name != "postgresql":
+        return None
+    per_process = threads + 2  # measured: 2.1 per process with one trial each
+    try:
+        with engine.connect() as conn:
+            port = conn.exec_driver_sql("SELECT inet_server_port()").scalar()
+            if port is not None and port != (engine.url.port or 5432):
+                return None
+            limit = int(conn.exec_driver_sql("SHOW max_connections").scalar())
+            reserved = int(conn.exec_driver_sql("SHOW superuser_reserved_connections").scalar())
+            used = int(conn.exec_driver_sql("SELECT count(*) FROM pg_stat_activity").scalar())
+    except sqlalchemy.exc.SQLAlchemyError:
+        return None
+    free, wanted = limit - reserved - used, processes * per_process
+    if wanted <= free:
+        return None
+    return (
+        f"this run may open {wanted} database connections at once ({processes} process"
+        f"{'es' if processes > 1 else ''} x {per_process}) and the server has {free} free "
+        f"(max_connections {limit}): other hosts' workers count too; raise max_connections "
+        "or put PgBouncer in front (docs/many-machines.md)"
+    )
+
+
+def _immediate_transactions(engine: sqlalchemy.engine.Engine) -> None:
+    """Every SQLite transaction takes the write lock when it begins (BEGIN IMMEDIATE).
+
+    Optuna pops an enqueued (WAITING) trial by reading its state and then writing RUNNING,
+    trusting SELECT ... FOR UPDATE to hold the row in between; SQLite ignores that, and
+    its default transactions start at the first write, so two processes could both read
+    WAITING and both run the trial (measured: 327 pops of 300 queued trials by 4
+    processes). With the lock taken at BEGIN, the second reads RUNNING and moves on.
+    SQLAlchemy's recipe for pysqlite: the driver's own implicit BEGIN is switched off.
+    """
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _no_driver_begin(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @sqlalchemy.event.listens_for(engine, "begin")
+    def _begin_immediate(connection: sqlalchemy.engine.Connection) -> None:
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except sqlalchemy.exc.OperationalError as e:
+            if "readonly" not in str(e):
+                raise
+            connection.exec_driver_sql("BEGIN")  # a read-only file: reading is all there is
+
+    engine.dispose()  # connections made before the listeners are dropped
+
+
+def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
+    """An existing study; a UsageError naming the studies that do exist otherwise."""
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        have = ", ".join(names) if names else "none"
+        raise UsageError(
+            f"no study named {name!r} in this storage (studies there: {have})"
+        ) from None
+
+
+# What a study records about how its accuracies were made, in the order it is checked;
+# "budget" is written last, so its presence means the record is complete.
+EXPERIMENT_KEYS = {
+    "space": "search space",
+    "objectives": "objectives",
+    "max_mmacs": "MAC budget (MMACs, fvcore)",
+    "limits": "budgets (--max-params, --max-latency-ms, --max-memory-mb)",
+    "precision": "training precision",
+    "data": "data (the images, their splits, normalisation or augmentation)",
+    "budget": "train budget",
+}
+# Keys added after studies were first written: a study without one has this value.
+LATER_KEYS = {"objectives": list(DEFAULT_OBJECTIVES), "limits": {}}
+# Cost budgets change no trial's training, only which trials are feasible: a study takes
+# new ones (update_budgets); the other keys are frozen.
+BUDGET_KEYS = ("max_mmacs", "limits")
+
+
+def update_budgets(
+    study: optuna.Study, max_mmacs: float | None, limits: dict[str, Any]
+) -> str | None:
+    """Give the study these cost budgets if it has others, and record the change in its
+    `budget_history` (a list of {at, max_mmacs, limits}; `at` None for the budgets of a
+    study older than the history). Every stored trial's feasibility follows from its
+    stored costs and the budgets of the moment (nas.results.front.over_budgets); networks never
+    trained because of an old budget are trained when next sampled. Returns a line
+    saying what changed, or None."""
+    stored = study.user_attrs
+    old = (stored.get("max_mmacs"), stored.get("limits", {}))
+    if old == (max_mmacs, limits):
+        return None
+    history = stored.get("budget_history") or [{"at": None, "max_mmacs": old[0], "limits": old[1]}]
+    study.set_user_attr("max_mmacs", max_mmacs)
+    study.set_user_attr("limits", limits)
+    study.set_user_attr("budget_history", [*history, _budget_entry(max_mmacs, limits)])
+    return (
+        f"budgets changed from {describe_limits(*old)} to {describe_limits(max_mmacs, limits)}; "
+        "every stored trial is judged by the new ones, from its stored costs"
+    )
+
+
+def _budget_entry(max_mmacs: float | None, limits: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "max_mmacs": max_mmacs,
+        "limits": limits,
+    }
+
+
+def open_or_create_study(
+    storage: optuna.storages.BaseStorage,
+    name: str,
+    sampler: optuna.samplers.BaseSampler,
+    experiment: dict[str, Any],
+) -> tuple[optuna.Study, bool]:
+    """Continue study `name`, or create it with our objectives and `experiment`.
+
+    `experiment` has one entry per EXPERIMENT_KEYS key: everything that makes the
+    study's accuracies comparable (search space, MAC budget, precision, data fingerprint,
+    train budget). Returns (study, created). Creation is atomic in the database (a unique
+    study name), so of several workers starting at once exactly one creates the study.
+    Refuses (UsageError, nothing written) a study with other objectives or any other
+    entry, but for the cost budgets (BUDGET_KEYS), which update_budgets changes.
+    """
+    assert list(experiment) == list(EXPERIMENT_KEYS)
+    objectives = tuple(experiment["objectives"])
+    wanted = directions(objectives)
+    try:
+        study = optuna.create_study(
+            study_name=name, storage=storage, sampler=sampler, directions=wanted
+        )
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+    else:
+        with warnings.catch_warnings():  # set_metric_names is "experimental" since Optuna 3.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(metric_names(objectives))
+        study.set_user_attr(
+            "budget_history", [_budget_entry(experiment["max_mmacs"], experiment["limits"])]
+        )
+        for key, value in experiment.items():  # "budget" last: the record is complete
+            study.set_user_attr(key, value)
+        return study, True
+    have = [d.name.lower() for d in study.directions]
+    stored = study.user_attrs
+    if len(have) != len(wanted) or (have != wanted and "objectives" not in stored):
+        there = ",".join(stored.get("objectives") or [f"{len(have)} objectives: {have}"])
+        raise UsageError(
+            f"study {name!r} optimises {there}, not {','.join(objectives)} (use another "
+            "--study, or the same --objectives)"
+        )
+    for _ in range(100):  # another worker may have created it a moment ago
+        if "budget" in stored:
+            break
+        time.sleep(0.1)
+        stored = study.user_attrs
+    # the data first: other images also change the space (channels, classes, statistics)
+    for key, label in sorted(EXPERIMENT_KEYS.items(), key=lambda kv: kv[0] != "data"):
+        if key in BUDGET_KEYS:  # budgets may change: update_budgets
+            continue
+        if key not in stored and key in LATER_KEYS:
+            stored = {**stored, key: LATER_KEYS[key]}
+        if key not in stored:
+            raise UsageError(
+                f"study {name!r} has no {label} recorded (made by an older nas, or not by "
+                "nas.search): its accuracies cannot be checked as comparable; use another --study"
+            )
+        if stored[key] != experiment[key]:
+            raise UsageError(
+                f"study {name!r} was created with another {label} "
+                f"({difference(stored[key], experiment[key])}); accuracies would not be "
+                "comparable (use another --study, or the same settings)"
+            )
+    return study, False
+
+
+def difference(stored: Any, ours: Any) -> str:
+    """'name 'smoke' there, 'short' here, ...' for dicts, else 'X there, Y here'."""
+    if isinstance(stored, dict) and isinstance(ours, dict):
+        keys = [*ours, *(k for k in stored if k not in ours)]
+        return ", ".join(
+            f"{k} {stored.get(k)!r} there, {ours.get(k)!r} here"
+            for k in keys
+            if stored.get(k) != ours.get(k)
+        )
+    return f"{stored!r} there, {ours!r} here"

@@ -1,0 +1,317 @@
+"""nas.data.dataset: the IDX reader, its errors, the fixed split, real Fashion-MNIST, the same
+real images in each layout, scikit-learn's digits, and the crop-flip augmentation."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+from conftest import write_idx
+from nas.data.dataset import (
+    DataError,
+    load_data,
+    load_fashion_mnist,
+    read_idx,
+    resolve_data_dir,
+    to_input,
+)
+
+
+def test_read_idx_round_trip(tmp_path: Path) -> None:
+    a = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    write_idx(tmp_path / "a.gz", a)
+    np.testing.assert_array_equal(read_idx(tmp_path / "a.gz", 3), a)
+
+
+def test_tiny_files_split(tiny_data_dir: Path) -> None:
+    d = load_fashion_mnist(tiny_data_dir)
+    assert d.train_x.shape == (100, 28, 28, 1) and d.val_x.shape == (20, 28, 28, 1)
+    assert d.test_x.shape == (30, 28, 28, 1) and d.train_x.dtype == torch.uint8
+    assert d.train_y.dtype == torch.int64
+    x, y = d.full_train()
+    assert len(x) == len(y) == 120
+
+
+def test_split_is_fixed_and_disjoint(tiny_data_dir: Path) -> None:
+    a, b = load_fashion_mnist(tiny_data_dir), load_fashion_mnist(tiny_data_dir)
+    assert torch.equal(a.val_x, b.val_x) and torch.equal(a.train_y, b.train_y)
+    rows = {bytes(r.numpy()) for r in a.train_x}
+    assert not rows & {bytes(r.numpy()) for r in a.val_x}
+
+
+def _corrupt(folder: Path, how: str) -> Path:
+    f = folder / "train-images-idx3-ubyte.gz"
+    if how == "missing":
+        f.unlink()
+    elif how == "not gzip":
+        f.write_bytes(b"this is not gzip data")
+    elif how == "truncated":
+        raw = gzip.decompress(f.read_bytes())
+        f.write_bytes(gzip.compress(raw[:-100]))
+    elif how == "bad magic":
+        raw = bytearray(gzip.decompress(f.read_bytes()))
+        raw[2] = 0x0D  # float32 instead of unsigned bytes
+        f.write_bytes(gzip.compress(bytes(raw)))
+    elif how == "labels disagree":
+        write_idx(folder / "train-labels-idx1-ubyte.gz", np.zeros(7, dtype=np.uint8))
+    return f
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("missing", "missing file .*train-images"),
+        ("not gzip", "corrupt IDX file"),
+        ("truncated", "header says"),
+        ("bad magic", "bad IDX header"),
+        ("labels disagree", "files disagree"),
+    ],
+)
+def test_bad_files_give_one_clear_error(tiny_data_dir: Path, how: str, message: str) -> None:
+    _corrupt(tiny_data_dir, how)
+    with pytest.raises(DataError, match=message) as e:
+        load_fashion_mnist(tiny_data_dir)
+    if how != "labels disagree":
+        assert "apt-get install dataset-fashion-mnist" in str(e.value)
+
+
+def test_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        load_fashion_mnist(tmp_path / "nowhere")
+
+
+def test_data_dir_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("NAS_DATA_DIR", str(tmp_path))
+    assert resolve_data_dir() == tmp_path
+    assert resolve_data_dir("/elsewhere") == Path("/elsewhere")
+    monkeypatch.delenv("NAS_DATA_DIR")
+    assert resolve_data_dir() == Path("/usr/share/datasets/fashion-mnist")
+
+
+def test_to_input_scales_and_resizes() -> None:
+    x = torch.full((2, 28, 28), 255, dtype=torch.uint8)
+    y = to_input(x, 96, torch.float32)
+    assert y.shape == (2, 1, 96, 96)
+    torch.testing.assert_close(y, torch.ones_like(y))
+    assert to_input(x, 28, torch.float32).shape == (2, 1, 28, 28)
+
+
+def test_real_fashion_mnist(real_data) -> None:
+    d = real_data
+    assert (len(d.train_x), len(d.val_x), len(d.test_x)) == (50_000, 10_000, 10_000)
+    # Fashion-MNIST is balanced: 6000 of each class in train+val, 1000 in test
+    _, y = d.full_train()
+    assert torch.bincount(y).tolist() == [6000] * 10
+    assert torch.bincount(d.test_y).tolist() == [1000] * 10
+    # mean pixel of Fashion-MNIST's training set is 72.94 / 255 = 0.286
+    assert abs(d.train_x.float().mean().item() / 255 - 0.286) < 0.003
+
+
+def test_split_permutation_is_pinned_by_arithmetic() -> None:
+    """The same indices on every host and library version: pinned values, a true
+    permutation, and another seed gives another order."""
+    from nas.data.dataset import split_permutation
+
+    p = split_permutation(60_000, 0)
+    assert sorted(p.tolist()) == list(range(60_000))
+    assert p[:5].tolist() == [34952, 30320, 10062, 9539, 25727]
+    assert split_permutation(60_000, 1)[:5].tolist() != p[:5].tolist()
+
+
+def test_fingerprint_names_files_and_split(real_data, tiny_data_dir, monkeypatch) -> None:
+    import nas.data.dataset
+
+    fp = real_data.fingerprint
+    assert (fp["train"], fp["val"], fp["test"]) == (50_000, 10_000, 10_000)
+    assert fp["shape"] == [28, 28, 1] and fp["classes"] == 10
+    tiny = load_fashion_mnist(tiny_data_dir).fingerprint
+    assert tiny["content_sha256"] != fp["content_sha256"]
+    monkeypatch.setattr(nas.data.dataset, "SPLIT_SEED", 1)
+    other = load_fashion_mnist(tiny_data_dir).fingerprint
+    assert other["val_from"] != tiny["val_from"]  # another split: another fingerprint
+    assert other["content_sha256"] != tiny["content_sha256"]
+
+
+# -- the same real images in every layout -----------------------------------------------
+
+N_TRAIN, N_TEST = 1_200, 300  # real Fashion-MNIST images: the first of each file
+
+
+def _real_subset(real_data_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    from nas.data.formats import read_idx
+
+    def pair(prefix: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+        x = read_idx(real_data_dir / f"{prefix}-images-idx3-ubyte.gz", 3)[:n]
+        y = read_idx(real_data_dir / f"{prefix}-labels-idx1-ubyte.gz", 1)[:n]
+        return x, y
+
+    return {"train": pair("train", N_TRAIN), "test": pair("t10k", N_TEST)}
+
+
+def write_layouts(real_data_dir: Path, root: Path) -> dict[str, Path]:
+    """The same real images as IDX files, an ImageFolder of PNGs (files named by index,
+    so that they read back in index order) and a .npz."""
+    from PIL import Image
+
+    subset = _real_subset(real_data_dir)
+    idx = root / "idx"
+    idx.mkdir(parents=True)
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        x, y = subset[split]
+        write_idx(idx / f"{prefix}-images-idx3-ubyte.gz", x)
+        write_idx(idx / f"{prefix}-labels-idx1-ubyte.gz", y)
+        for i, (image, label) in enumerate(zip(x, y)):
+            folder = root / "png" / split / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / f"{i:05d}.png")
+    npz = root / "fashion.npz"
+    np.savez(
+        npz,
+        train_images=subset["train"][0],
+        train_labels=subset["train"][1],
+        test_images=subset["test"][0],
+        test_labels=subset["test"][1],
+    )
+    return {"idx": idx, "folder": root / "png", "npz": npz}
+
+
+def test_one_dataset_in_three_layouts_is_one_dataset(tmp_path, real_data_dir, monkeypatch):
+    """IDX, PNG folder and .npz of the same real images: equal arrays (every split, in
+    order), equal fingerprints, and a search with one seed gives each the same accuracies."""
+    from nas.search import main as search
+
+    monkeypatch.setenv("NAS_CACHE_DIR", str(tmp_path / "cache"))
+    layouts = write_layouts(real_data_dir, tmp_path / "data")
+    loaded = {kind: load_data(str(path)) for kind, path in layouts.items()}
+    ref = loaded["idx"]
+    assert ref.train_x.shape == (1_000, 28, 28, 1) and len(ref.test_x) == N_TEST
+    for kind, d in loaded.items():
+        assert d.kind == kind
+        for name in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y"):
+            assert torch.equal(getattr(d, name), getattr(ref, name)), (kind, name)
+        assert d.fingerprint == ref.fingerprint, kind
+    accuracies = {}
+    monkeypatch.chdir(tmp_path)
+    for kind, path in layouts.items():
+        argv = ["--preset", "tiny", "--budget", "smoke", "--trials", "2", "--device", "cpu"]
+        argv += ["--sampler", "random", "--seed", "3", "--data", str(path), "--study", kind]
+        assert search(argv) == 0
+        study = optuna.load_study(study_name=kind, storage=f"sqlite:///studies/{kind}.db")
+        accuracies[kind] = [t.values[0] for t in study.trials]
+        assert study.user_attrs["data"]["content_sha256"] == ref.fingerprint["content_sha256"]
+    assert accuracies["folder"] == accuracies["idx"] == accuracies["npz"], accuracies
+    assert len(set(accuracies["idx"])) == 2  # two networks, told apart
+
+
+def test_digits_search_with_its_own_classes_resized(tmp_path, monkeypatch, capsys) -> None:
+    """scikit-learn's 1,797 real 8x8 digits (6 classes kept), as a Keras-style .npz: a
+    search resizes them to 16 px and builds 6-way networks."""
+    from sklearn.datasets import load_digits
+
+    from nas.search import main as search
+
+    digits = load_digits(n_class=6)
+    x = np.round(digits.images * (255 / 16)).astype(np.uint8)  # 0..16 -> 0..255
+    path = tmp_path / "digits.npz"
+    np.savez(
+        path,
+        x_train=x[:900],
+        y_train=digits.target[:900],
+        x_test=x[900:],
+        y_test=digits.target[900:],
+    )
+    monkeypatch.chdir(tmp_path)
+    argv = ["--preset", "tiny", "--budget", "smoke", "--trials", "2", "--device", "cpu"]
+    assert search([*argv, "--data", str(path), "--image-size", "16", "--study", "d"]) == 0
+    out = capsys.readouterr().out
+    assert "8x8, 1 channel, 6 classes" in out and "750 train, 150 val (held out of train)" in out
+    study = optuna.load_study(study_name="d", storage="sqlite:///studies/d.db")
+    config = study.trials[0].user_attrs["config"]
+    assert (config["num_classes"], config["image_size"], config["in_channels"]) == (6, 16, 1)
+    mean = x[:900].mean() / 255  # held-out split aside, close to the whole train file's
+    assert abs(config["input_mean"][0] - mean) < 0.02
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
+def test_crop_flip_equals_pad_crop_mirror_in_numpy() -> None:
+    """The device version against the recipe written plainly: zero-pad 4, crop, mirror."""
+    from nas.data.dataset import CROP_PAD, crop_flip
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, 10, 12, 3), dtype=torch.uint8, generator=g)
+    aug = torch.cat(
+        (torch.randint(0, 9, (64, 2), generator=g), torch.randint(0, 2, (64, 1), generator=g)), 1
+    )
+    ours = crop_flip(x, aug).numpy()
+    p = CROP_PAD
+    padded = np.pad(x.numpy(), ((0, 0), (p, p), (p, p), (0, 0)))
+    for i, (dy, dx, flip) in enumerate(aug.tolist()):
+        want = padded[i, dy : dy + 10, dx : dx + 12]
+        if flip:
+            want = want[:, ::-1]
+        np.testing.assert_array_equal(ours[i], want)
+    assert (aug[:, 2] == 1).any() and (aug[:, :2] != p).any()  # flips and shifts were drawn
+
+
+def _digits_npz(path: Path, shuffle_labels: bool = False) -> Path:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits(n_class=6)
+    x = np.round(digits.images * (255 / 16)).astype(np.uint8)
+    y = digits.target.copy()
+    if shuffle_labels:
+        y[:900] = np.roll(y[:900], 1)
+    np.savez(path, x_train=x[:900], y_train=y[:900], x_test=x[900:], y_test=y[900:])
+    return path
+
+
+def test_a_study_refuses_other_data_and_refine_reads_its_own(tmp_path, monkeypatch, capsys):
+    """Resuming with the same images under other labels is refused; nas.refine trains on
+    the study's own data, found from the study; moved data that changed is refused."""
+    from nas.refine import main as refine
+    from nas.search import main as search
+
+    monkeypatch.chdir(tmp_path)
+    path = _digits_npz(tmp_path / "digits.npz")
+    argv = ["--preset", "tiny", "--budget", "smoke", "--device", "cpu", "--image-size", "16"]
+    argv += ["--study", "d", "--sampler", "random", "--seed", "0"]
+    assert search([*argv, "--trials", "3", "--data", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "note: each trial is scored on all 150 validation images (budget 'smoke' asks" in out
+    other = _digits_npz(tmp_path / "other.npz", shuffle_labels=True)
+    assert search([*argv, "--trials", "1", "--data", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "created with another data (" in err and "content_sha256" in err
+    assert err.count("\n") == 1
+    capsys.readouterr()
+    assert search([*argv, "--trials", "1"]) == 0  # without --data: the study's own
+    assert f"data {path} (npz): 8x8, 1 channel, 6 classes" in capsys.readouterr().out
+    assert refine(["--study", "d", "--budget", "smoke-long", "--top", "2", "--device", "cpu"]) == 0
+    refined = optuna.load_study(
+        study_name="d-refined-smoke-long", storage="sqlite:///studies/d.db"
+    )
+    assert [t.state for t in refined.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert refined.trials[0].user_attrs["config"]["num_classes"] == 6
+    capsys.readouterr()
+    _digits_npz(path, shuffle_labels=True)  # the file at the study's path changed
+    assert refine(["--study", "d", "--budget", "long", "--top", "2", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "are not those study 'd' was searched on" in err and err.count("\n") == 1
+
+
+def test_data_too_large_for_the_device_is_refused_before_reading(tmp_path, monkeypatch):
+    """The limit is half the device's memory; here made tiny to show the refusal."""
+    import nas.data.dataset
+
+    path = tmp_path / "big.npz"
+    np.savez(path, x_train=np.zeros((1000, 32, 32, 3), np.uint8), y_train=np.arange(1000) % 2)
+    monkeypatch.setattr(nas.data.dataset, "DEVICE_SHARE", 1e-9)
+    with pytest.raises(DataError, match=r"needs 2\.9 MiB as uint8, more than 0\.0 MiB \(half"):
+        load_data(str(path), device=torch.device("cpu"))
+    monkeypatch.setattr(nas.data.dataset, "DEVICE_SHARE", 0.5)
+    assert load_data(str(path), device=torch.device("cpu")).train_x.shape == (834, 32, 32, 3)

@@ -43,10 +43,11 @@ from typing import Any
 import torch
 
 from nas.arch.config import D2L_CHAPTER, ArchConfig
+from nas.arch.macs import closed_form_mmacs
 from nas.arch.model import build_model, count_params
 from nas.arch.space import PRESETS, SearchSpace
-from nas.cost import closed_form_mmacs
-from nas.data.dataset import DataError, load_data
+from nas.data.dataset import load_data
+from nas.errors import DataError
 from nas.results.front import kendall_tau, pooled_stdev, spearman_rho
 from nas.training.budget import TrainBudget, get_budget
 from nas.training.fit import pick_device, train_and_evaluate

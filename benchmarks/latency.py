@@ -31,8 +31,8 @@ from typing import Any
 import optuna
 import torch
 
+from nas.arch.macs import measure_cost
 from nas.arch.space import PRESETS, sample
-from nas.cost import measure_cost
 from nas.results.front import kendall_tau, spearman_rho
 from nas.search import main as search_main
 from nas.training.measure import cpu_latency

@@ -25,8 +25,8 @@ from typing import Any
 
 import optuna
 
+from nas.arch.macs import closed_form_mmacs
 from nas.arch.space import PRESETS, params_of, sample
-from nas.cost import closed_form_mmacs
 from nas.parallel.workers import make_sampler
 from nas.results.front import hypervolume_history, hypervolume_reference, pareto_front
 from nas.study.storage import open_storage

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import torch
 
-from nas.arch.config import D2L_CHAPTER
-from nas.cost import load_config_file
+from nas.arch.config import D2L_CHAPTER, load_config_file
 from nas.data.dataset import load_data
 from nas.train import RECIPES
 from nas.training.budget import get_budget

@@ -8,7 +8,7 @@
       (a) and (b) each get the same untimed warm-up first, then run 3 times in
       alternating order (a b c, c b a, a b c); the median is reported;
   (c) `nas.search` of 40 `short` trials of the cifar and of the d2l preset, each with
-      --concurrency 1 and with the candidate K (nas.search.CANDIDATE_CONCURRENCY), random
+      --concurrency 1 and with the candidate K (nas.parallel.run.CANDIDATE_CONCURRENCY), random
       sampler, seed 0, so both K train the same architectures: trials per minute, total
       images/s, achieved TFLOP/s, GPU utilisation (NVML), each trial's time split into
       parts, and every architecture's accuracy under both K side by side; --hundred adds
@@ -49,12 +49,12 @@ import torch
 import torch.nn.functional as F
 
 from nas.arch.config import D2L_CHAPTER
+from nas.arch.macs import closed_form_macs, measure_cost
 from nas.arch.model import build_model
 from nas.arch.space import PRESETS, sample
-from nas.cost import closed_form_macs, measure_cost
 from nas.data.dataset import Dataset, load_fashion_mnist, to_input
+from nas.parallel.run import CANDIDATE_CONCURRENCY
 from nas.parallel.threads import GpuMonitor
-from nas.search import CANDIDATE_CONCURRENCY
 from nas.study.storage import open_storage
 from nas.training.budget import TrainBudget, get_budget
 from nas.training.fit import evaluate, pick_device, train_and_evaluate

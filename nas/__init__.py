@@ -8,8 +8,9 @@ concurrent, workers, storage -> search (CLI) -> front -> refine, report, export,
 
 from __future__ import annotations
 
-from nas.arch.config import D2L_CHAPTER, ArchConfig, ConfigError
+from nas.arch.config import D2L_CHAPTER, ArchConfig
 from nas.arch.space import PRESETS, SearchSpace, sample
+from nas.errors import ConfigError
 from nas.training.budget import BUDGETS, TrainBudget
 
 __all__ = [

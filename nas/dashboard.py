@@ -13,7 +13,8 @@ import socket
 import sys
 from pathlib import Path
 
-from nas.cli import UsageError, make_parser, run_cli
+from nas.cli import make_parser, run_cli
+from nas.errors import UsageError
 from nas.results.artifacts import default_artifact_dir
 from nas.study.storage import default_storage_url, load_study, open_storage
 

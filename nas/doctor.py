@@ -39,9 +39,10 @@ import torch
 from nas.arch.config import D2L_CHAPTER, small_densenet
 from nas.arch.model import build_model
 from nas.arch.space import PRESETS, sample
-from nas.cli import error_line, make_parser, run_cli
+from nas.cli import make_parser, run_cli
 from nas.data.dataset import Dataset, load_fashion_mnist, resolve_data_dir
-from nas.parallel.threads import StopFlag, nvidia_smi, run_concurrently
+from nas.errors import StopFlag, error_line
+from nas.parallel.threads import nvidia_smi, run_concurrently
 from nas.training.budget import get_budget
 from nas.training.fit import pick_device, train_and_evaluate
 from nas.training.gpu import GRAPH_LOCK, GRAPHS, STREAMS, release_if_large, release_threshold
@@ -327,7 +328,7 @@ def _run(argv: list[str] | None) -> int:
     try:
         device = pick_device(args.device)
     except ValueError as e:
-        from nas.cli import UsageError
+        from nas.errors import UsageError
 
         raise UsageError(str(e)) from None
 

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from nas.cli import UsageError, make_parser, run_cli
+from nas.cli import make_parser, run_cli
+from nas.errors import UsageError
 from nas.results.front import (
     kendall_tau,
     most_promising,
@@ -31,6 +32,7 @@ from nas.results.front import (
     usable_trials,
     within_noise,
 )
+from nas.results.refinements import refined_name, refined_runs
 from nas.study.metrics import DEFAULT_OBJECTIVES, METRICS
 from nas.study.storage import (
     default_storage_url,
@@ -44,33 +46,9 @@ from nas.training.budget import BUDGETS, TrainBudget, get_budget
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["linked_refinements", "main", "refined_name", "refined_runs"]
-
-
-def refined_name(study: str, budget: str) -> str:
-    return f"{study}-refined-{budget}"
-
-
-def linked_refinements(study: optuna.Study) -> dict[str, dict[int, list[float]]]:
-    """{budget name: {source trial number: [refined accuracy per seed]}} of every study
-    that refines `study` in its storage (empty if none)."""
-    out: dict[str, dict[int, list[float]]] = {}
-    for summary in optuna.get_all_study_summaries(study._storage, include_best_trial=False):
-        if summary.user_attrs.get("source_study") != study.study_name:
-            continue
-        linked = optuna.load_study(study_name=summary.study_name, storage=study._storage)
-        out[summary.user_attrs["budget"]["name"]] = refined_runs(linked)
-    return out
-
-
-def refined_runs(refined: optuna.Study) -> dict[int, list[float]]:
-    """{source trial number: [accuracy of each finished seed]} of a linked study (every
-    trained run: the source's budgets already held for the networks refined)."""
-    runs: dict[int, list[float]] = {}
-    done = refined.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    for t in (t for t in done if t.user_attrs.get("trained") is True):
-        runs.setdefault(t.user_attrs["source_trial"], []).append(t.values[0])
-    return runs
+__all__ = [
+    "main",
+]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -143,7 +121,8 @@ def study_data(
 ) -> Any:
     """The images `study` was searched on (its "data_record", or `source`), refused unless
     their fingerprint is the study's."""
-    from nas.data.dataset import DataError, load_data
+    from nas.data.dataset import load_data
+    from nas.errors import DataError
 
     record = study.user_attrs.get("data_record") or {}
     source = source or record.get("source")

@@ -9,80 +9,52 @@ and runs the trials with a progress bar and one line per trial.
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
-import os
+import re
+import signal
 import sys
-import threading
-import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
-import optuna
-import torch
-from tqdm import tqdm
-
-from nas.arch.config import D2L_CHAPTER, ConfigError
-from nas.arch.space import PRESETS, load_space_file, parse_range, reference_params
-from nas.cli import UsageError, int_at_least, make_parser, public_url, run_cli
+from nas.arch.space import PRESETS, load_space_file, parse_range
+from nas.cli import int_at_least, make_parser, run_cli
 from nas.cli import positive_int as _positive_int
-from nas.cost import closed_form_mmacs
-from nas.data.dataset import (
-    DEFAULT_SOURCE,
-    DataError,
-    Dataset,
-    default_augment,
-    describe,
-    load_data,
+from nas.data.dataset import AUGMENTS
+from nas.errors import UsageError
+from nas.parallel.run import (
+    CANDIDATE_CONCURRENCY,
+    CONCURRENCY_PER_GPU,
+    MAX_CONCURRENCY,
+    WORKERS_PER_GPU,
+    SearchArgs,
+    run_search,
 )
-from nas.parallel.slurm import SlurmRequest, add_slurm_options, slurm_request, submit_array
-from nas.parallel.threads import GpuMonitor
+from nas.parallel.slurm import SlurmRequest, submit_array
 from nas.parallel.workers import (
     SAMPLERS,
     WorkerSpec,
-    make_sampler,
-    run_workers,
-    tally_trial,
-    times_gpu_latency,
-    trial_line,
-    trial_loop,
 )
-from nas.results.front import pareto_front, why_no_front
 from nas.study.metrics import (
     DEFAULT_OBJECTIVES,
     Limits,
-    describe_limits,
-    metric_names,
     parse_objectives,
 )
 from nas.study.storage import (
     check_study_name,
-    connection_note,
     default_storage_url,
-    open_or_create_study,
-    open_storage,
-    update_budgets,
 )
-from nas.training.budget import AUGMENTS, BUDGETS, TrainBudget, get_budget
-from nas.training.fit import pick_device, train_and_evaluate
-from nas.training.step import precision
+from nas.training.budget import BUDGETS, get_budget
 
-__all__ = ["SearchArgs", "main", "make_sampler"]
+__all__ = [
+    "build_parser",
+    "main",
+    "parse_args",
+    "slurm_minutes",
+    "slurm_task",
+]
 
-# Trial processes per GPU for --workers auto. Measured on an H200 (benchmarks/results/
-# throughput-H200.json, 8 short cifar trials): 1 worker 8.9 trials/min, 4 workers 9.2.
-# With the step replayed as a CUDA graph, processes only time-slice the GPU (no MPS), so
-# more than one buys nothing and adds ~6 s of CPU contention per trial.
-WORKERS_PER_GPU = 1
-# Trials at once per worker on a GPU for --concurrency auto (threads, nas.parallel.threads).
-# 1 until measured: K > 1 has not yet been measured on a GPU, and a default must be a
-# path that has run there. benchmarks/throughput.py compares K=1 with
-# CANDIDATE_CONCURRENCY (one short cifar trial used ~3% of an H200's bf16 peak and spent
-# 1.73 s of each trial off the GPU, so 4 is the first candidate); this figure follows it.
-CONCURRENCY_PER_GPU = 1
-CANDIDATE_CONCURRENCY = 4
-MAX_CONCURRENCY = 16  # a trial slot holds 2 streams (nas.training.gpu) of PyTorch's pool of 32
 
 EPILOG = """\
 objectives (--objectives, accuracy and one or two costs; every trial measures all costs):
@@ -115,16 +87,6 @@ examples:
   python -m nas.search --objectives accuracy,latency-cpu --max-params 500000
   python -m nas.search --data ~/photos --preset cifar --image-size 64 --study photos
 """
-
-
-@dataclass(frozen=True)
-class SearchArgs:
-    trials: int  # trials this run adds (other machines may add theirs)
-    spec: WorkerSpec  # the rest; spec.workers and spec.concurrency 0, spec.device "auto":
-    # chosen from the device
-    augment_auto: bool = False  # --augment auto: chosen from the data's channels
-    size_given: bool = False  # --image-size, or image_size in --space
-    slurm: SlurmRequest | None = None  # --slurm-array: submit the search (nas.parallel.slurm)
 
 
 def _image_side(text: str) -> int:
@@ -165,14 +127,83 @@ def _auto_or(high: int) -> Callable[[str], int]:
     return parse
 
 
-def default_concurrency(device: torch.device) -> int:
-    return CONCURRENCY_PER_GPU if device.type == "cuda" else 1
+# SLURM's --time forms: MINUTES, MINUTES:SECONDS, H:MM:SS, D-H, D-H:MM, D-H:MM:SS
+TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 
 
-def default_workers(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 1
-    return WORKERS_PER_GPU * torch.cuda.device_count()
+def slurm_minutes(text: str) -> int:
+    """An argparse type: a SLURM time limit (2:00:00, 90, 1-12:00, ...) in whole minutes."""
+    m = TIME.match(text)
+    if m is None:
+        raise argparse.ArgumentTypeError(
+            f"expected a SLURM time such as 2:00:00, 90 (minutes) or 1-12:00, got {text!r}"
+        )
+    days, a, b, c = (int(x) if x is not None else None for x in m.groups())
+    if days is not None:  # D-H[:MM[:SS]]
+        hours, minutes, seconds = a, b or 0, c or 0
+    elif c is not None:  # H:MM:SS
+        hours, minutes, seconds = a, b, c
+    else:  # MINUTES[:SECONDS]
+        hours, minutes, seconds = 0, a, b or 0
+    total = math.ceil(((days or 0) * 24 + hours) * 60 + minutes + seconds / 60)
+    if total < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a time limit of a minute or more, got {text!r}"
+        )
+    return total
+
+
+def _count(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= low."""
+
+    def parse(text: str) -> int:
+        if not text.isdigit() or int(text) < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+        return int(text)
+
+    return parse
+
+
+def add_slurm_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "SLURM (one command submits the whole search; the storage must be PostgreSQL)"
+    )
+    g.add_argument(
+        "--slurm-array",
+        type=_count(1),
+        metavar="N",
+        help="submit N workers as one SLURM job array (submitit) instead of running here; "
+        "each runs this search on --storage for its share of --trials (exactly --trials in "
+        "all); prints the job id and how to follow it",
+    )
+    g.add_argument(
+        "--slurm-gpus",
+        type=_count(0),
+        metavar="G",
+        help="GPUs per worker (default 1; 0: CPU nodes)",
+    )
+    g.add_argument(
+        "--slurm-time",
+        type=slurm_minutes,
+        metavar="T",
+        help="time limit per worker, as SLURM writes it: 2:00:00, 90 (minutes), 1-12:00 "
+        "(default 2:00:00); at the limit a worker's running trial fails as interrupted, "
+        "and the next run of the same command goes on",
+    )
+    g.add_argument(
+        "--slurm-partition", metavar="P", help="SLURM partition (default: the cluster's)"
+    )
+
+
+def slurm_request(a: argparse.Namespace) -> SlurmRequest | None:
+    """The SLURM submission the parsed options ask for, or None to run here."""
+    if a.slurm_array is None:
+        for flag in ("gpus", "time", "partition"):
+            if getattr(a, f"slurm_{flag}") is not None:
+                raise UsageError(f"--slurm-{flag} goes with --slurm-array N (workers to submit)")
+        return None
+    gpus = 1 if a.slurm_gpus is None else a.slurm_gpus
+    return SlurmRequest(a.slurm_array, gpus, a.slurm_time or 120, a.slurm_partition)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -339,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: list[str] | None) -> SearchArgs:
+def parse_args(argv: list[str] | None) -> tuple[SearchArgs, SlurmRequest | None]:
+    """The search the command line asks for, and its SLURM submission (None: run here)."""
     a = build_parser().parse_args(argv)
     if a.max_mflops is not None:
         raise UsageError(
@@ -389,297 +421,31 @@ def parse_args(argv: list[str] | None) -> SearchArgs:
         data=a.data,
     )
     size_given = bool(a.image_size) or space.image_size != PRESETS[a.preset].image_size
-    return SearchArgs(a.trials, spec, augment_auto, size_given, slurm_request(a))
+    return SearchArgs(a.trials, spec, augment_auto, size_given), slurm_request(a)
 
 
-def for_data(spec: WorkerSpec, data: Dataset, args: SearchArgs) -> WorkerSpec:
-    """The search for this data: the space takes its channels, classes and normalisation,
-    and a space with the cifar stem (made for small images at their own resolution) its
-    image size, unless --image-size or --space set one; --augment auto becomes crop-flip
-    for colour, none for grey. (The d2l stem keeps the chapter's 96 px.)"""
-    side = data.side if spec.space.stem == "cifar" and not args.size_given else None
-    try:
-        space = spec.space.for_data(data.input_spec(), side)
-    except ConfigError as e:
-        raise UsageError(f"{e} (for {data.side} px images; try --image-size)") from None
-    budget = spec.budget
-    if args.augment_auto:
-        budget = replace(budget, augment=default_augment(data.channels))
-    return replace(spec, space=space, budget=budget)
+def slurm_task(args: SearchArgs) -> int:
+    """One task of a --slurm-array job: the ordinary search, stopping as nas.search does
+    (SLURM's SIGTERM at the limit: the running trial fails as interrupted)."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # submitit's warning (nas.parallel.slurm)
 
+    def body(_argv: list[str] | None) -> int:
+        run_search(args)
+        return 0
 
-def study_source(spec: WorkerSpec) -> tuple[str, optuna.storages.BaseStorage | None]:
-    """Without --data: the data an existing study was searched on, else Fashion-MNIST;
-    and the storage, when it exists already (opened once: _open_study takes it)."""
-    try:
-        storage = open_storage(spec.storage, heartbeat=spec.heartbeat, must_exist=True)
-    except UsageError:  # no such storage yet (it is made once the data has been read)
-        return DEFAULT_SOURCE, None
-    try:
-        attrs = optuna.load_study(study_name=spec.study, storage=storage).user_attrs
-    except KeyError:  # no such study yet
-        return DEFAULT_SOURCE, storage
-    return (attrs.get("data_record") or {}).get("source") or DEFAULT_SOURCE, storage
-
-
-def budget_notes(budget: TrainBudget, data: Dataset) -> list[str]:
-    """How much of the data a trial sees; refuses a batch larger than the training set."""
-    n, bs = len(data.train_x), budget.batch_size
-    if n < bs:
-        raise UsageError(
-            f"the data has {n:,} training images, fewer than one batch of {bs} (budget "
-            f"{budget.name!r}): use more images, or a budget with a smaller batch"
-        )
-    notes = []
-    seen = budget.steps * bs
-    if seen > n:
-        notes.append(
-            f"each trial trains on {seen:,} images: {seen / n:.1f} passes over the "
-            f"{n:,} training images"
-        )
-    if budget.val_images > len(data.val_x):
-        notes.append(
-            f"each trial is scored on all {len(data.val_x):,} validation images (budget "
-            f"{budget.name!r} asks for {budget.val_images:,})"
-        )
-    return notes
-
-
-def check_gpu_costs(spec: WorkerSpec, device: torch.device) -> None:
-    """GPU costs need a GPU, and GPU latency needs it to one trial at a time."""
-    gpu_latency = times_gpu_latency(spec)
-    memory = "memory" in spec.objectives or spec.limits.memory_mb is not None
-    if device.type != "cuda" and (gpu_latency or memory):
-        what = "GPU latency" if gpu_latency else "training memory"
-        raise UsageError(
-            f"{what} is measured on a GPU, and trials here run on the CPU (use latency-cpu, "
-            "or run on a GPU)"
-        )
-    if gpu_latency and (spec.concurrency > 1 or spec.workers > 1):
-        raise UsageError(
-            "GPU latency is timed with the GPU to one trial: use --concurrency 1 and "
-            f"--workers 1 (here {spec.workers} x {spec.concurrency} at once)"
-        )
-
-
-FAR_MMACS = 20_000  # a space reaching past 20 GMACs per image is worth a word
-
-
-def preflight(spec: WorkerSpec, trials: int, device: torch.device, data: Dataset) -> list[str]:
-    """What the user should know before the first trial: a MAC budget no network meets, a
-    space with networks far beyond reach, more workers than cores, and on a CPU how long a
-    trial of a GPU budget will take, from one training step measured here."""
-    notes = []
-    small, large = (closed_form_mmacs(c) for c in spec.space.corners())
-    if spec.max_mmacs is not None and spec.max_mmacs < small:
-        notes.append(
-            f"--max-mmacs {spec.max_mmacs:g} is below the smallest network of this space "
-            f"({small:.6f} MMACs (fvcore)): every trial will be infeasible and none trained"
-        )
-    if large > FAR_MMACS:
-        notes.append(
-            f"this space reaches {large:,.0f} MMACs (fvcore) per image (networks from "
-            f"{small:,.1f}); its largest networks may take hours per trial or not fit in memory"
-        )
-    cores = os.cpu_count() or 1
-    if device.type == "cpu" and spec.workers > cores:
-        notes.append(f"{spec.workers} workers share {cores} CPU cores: trials will take turns")
-    if device.type == "cpu" and spec.workers * spec.concurrency > 1:
-        notes.append(
-            "trials run side by side on this CPU: each trial's CPU latency is timed while "
-            "others train on the same cores, so expect it higher and noisier than alone"
-        )
-    if device.type == "cpu" and spec.budget.name != "smoke":
-        ref = reference_params(spec.space)
-        config = D2L_CHAPTER if ref is not None else spec.space.middle()
-        b = spec.budget
-        probe = replace(b, train_images=2 * b.batch_size, val_images=1, bn_recalibration=0)
-        r = train_and_evaluate(config, probe, data.train_x, data.train_y, data.val_x, data.val_y)
-        per_trial = r.train_seconds / 2 * b.steps
-        notes.append(
-            f"budget {b.name!r} is meant for a GPU. On this CPU one training step of "
-            f"{config.describe()} took {r.train_seconds / 2:.1f} s: one {b.name} trial of it "
-            f"trains for about {per_trial / 60:,.0f} min, {trials} such trials for about "
-            f"{per_trial * trials / 3600 / max(1, spec.workers):,.1f} h (networks here span "
-            f"{small:,.1f} to {large:,.0f} MMACs). For a look on a CPU: --budget smoke "
-            "--preset tiny"
-        )
-    return notes
-
-
-def reference_interrupted(study: optuna.Study) -> bool:
-    """True if the d2l reference was queued but every run of it was interrupted (Ctrl-C,
-    SIGTERM, SIGHUP): it is queued again, so every study that can hold it ends up with it
-    trained. (Only the study's creator queues it first, so that workers starting at once
-    queue it once; one that failed for a reason of its own, e.g. out of memory, is not
-    retried; a killed one is retried by the heartbeat.)"""
-    refs = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("reference")]
-    return bool(refs) and all(
-        t.state == optuna.trial.TrialState.FAIL
-        and str(t.user_attrs.get("fail_reason", "")).startswith("interrupted")
-        for t in refs
-    )
-
-
-def run_search(args: SearchArgs) -> optuna.Study:
-    """Check everything, open or create the study, run the trials, print the summary."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    spec = args.spec
-    try:
-        device = pick_device(spec.device)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    workers = spec.workers or default_workers(device)
-    # auto: one trial at a time when GPU latency is an objective or a budget
-    k = spec.concurrency or (1 if times_gpu_latency(spec) else default_concurrency(device))
-    spec = replace(spec, device=device.type, workers=workers, concurrency=k)
-    check_gpu_costs(spec, device)
-    storage = None
-    if spec.data is None:
-        source, storage = study_source(spec)
-        spec = replace(spec, data=source)
-    try:
-        data = load_data(spec.data, spec.data_dir, device=device)  # loaded by each worker
-    except DataError as e:
-        raise UsageError(str(e)) from None
-    print(describe(data), flush=True)
-    spec = for_data(spec, data, args)
-    notes = list(data.notes) + budget_notes(spec.budget, data)  # may refuse: before the study
-    study, study_notes = _open_study(spec, device, data, storage)
-    notes += study_notes
-    for line in notes + preflight(spec, args.trials, device, data):
-        print(f"note: {line}", flush=True)
-    t0 = time.perf_counter()
-    counts, gpu = _run_trials(spec, args.trials, device, data)
-    print(_summary(spec, study, counts, gpu, time.perf_counter() - t0))
-    return study
-
-
-def _open_study(
-    spec: WorkerSpec,
-    device: torch.device,
-    data: Dataset,
-    storage: optuna.storages.BaseStorage | None = None,
-) -> tuple[optuna.Study, list[str]]:
-    """Open or create the study (refusing another experiment), take the budgets, queue
-    the d2l reference where due, and print the header; returns notes for the user.
-    `storage`: spec.storage already opened (else opened here)."""
-    storage = storage or open_storage(spec.storage, heartbeat=spec.heartbeat)
-    experiment = {
-        "space": spec.space.to_dict(),
-        "objectives": list(spec.objectives),
-        "max_mmacs": spec.max_mmacs,
-        "limits": spec.limits.to_dict(),
-        "precision": precision(device),
-        "data": {**data.fingerprint, "augment": spec.budget.augment},
-        "budget": spec.budget.to_dict(),
-    }
-    sampler = make_sampler(spec.sampler, spec.seed)
-    study, created = open_or_create_study(storage, spec.study, sampler, experiment)
-    changed = None if created else update_budgets(study, spec.max_mmacs, experiment["limits"])
-    if "data_record" not in study.user_attrs:  # where the data came from: nas.refine reads it
-        study.set_user_attr("data_record", data.record())
-    states = Counter(t.state for t in study.get_trials(deepcopy=False))
-    ref = reference_params(spec.space)
-    if ref is not None and (created or reference_interrupted(study)):
-        study.enqueue_trial(ref, user_attrs={"reference": "d2l chapter"})
-    before = ", ".join(f"{n} {s.name.lower()}" for s, n in sorted(states.items())) or "none"
-    b = spec.budget
-    print(
-        f"study {spec.study!r} in {public_url(spec.storage)} (trials so far: {before})\n"
-        f"preset {spec.space.preset}, budget {b.name} ({b.steps * b.batch_size:,} train "
-        f"images, {b.val_images:,} val), {precision(device)}, sampler {spec.sampler}, "
-        f"device {device}, workers {spec.workers} x {spec.concurrency} trials at once\n"
-        f"objectives {', '.join(metric_names(spec.objectives))}; budgets: "
-        + describe_limits(spec.max_mmacs, spec.limits.to_dict()),
-        flush=True,
-    )
-    notes = [changed] if changed else []
-    crowded = connection_note(storage, spec.workers, spec.concurrency)
-    return study, notes + ([crowded] if crowded else [])
-
-
-def _run_trials(
-    spec: WorkerSpec, trials: int, device: torch.device, data: Dataset
-) -> tuple[list[int], GpuMonitor]:
-    """Run `trials` trials in this process or in spec.workers processes, with a progress
-    bar and a line per trial; returns this run's counts [done, failed, duplicates,
-    trained, trained eagerly] and the GPU's utilisation monitor."""
-    # disable=None: a bar on a terminal, none in a log file (the per-trial lines remain).
-    bar = tqdm(total=trials, unit="trial", dynamic_ncols=True, file=sys.stderr, disable=None)
-    counts = [0, 0, 0, 0, 0]
-
-    def progress(now: list[int]) -> None:
-        counts[:] = now
-        bar.set_postfix(failed=now[1])
-        bar.update(now[0] - bar.n)
-
-    try:
-        with GpuMonitor(device) as gpu:
-            if spec.workers == 1:
-                left = trials
-                lock = threading.Lock()  # trial threads claim and report (--concurrency)
-
-                def claim() -> bool:
-                    nonlocal left
-                    with lock:
-                        left -= 1
-                        return left >= 0
-
-                def on_trial(_: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
-                    with lock:
-                        bar.write(trial_line(t), file=sys.stdout)
-                        now = list(counts)
-                        warning = tally_trial(now, t)
-                        if warning:
-                            bar.write(warning, file=sys.stdout)
-                        progress(now)
-                        sys.stdout.flush()
-
-                trial_loop(spec, 0, claim, on_trial, data)
-            else:
-                del data  # each worker loads its own copy onto its device
-                codes = run_workers(spec, trials, progress)
-                if any(codes):
-                    raise UsageError(f"a worker failed (exit codes {codes}); see its output above")
-    finally:
-        bar.close()
-    return counts, gpu
-
-
-def _summary(
-    spec: WorkerSpec, study: optuna.Study, counts: list[int], gpu: GpuMonitor, elapsed: float
-) -> str:
-    """The run in three or four lines: counts and throughput, the front, what next."""
-    front = pareto_front(study)
-    numbers = ", ".join(str(t.number) for t in front)
-    first_cost = "fewest MACs" if spec.objectives[1] == "macs" else f"lowest {spec.objectives[1]}"
-    b, workers = spec.budget, spec.workers
-    use = f"{counts[3] * b.steps * b.batch_size / elapsed:,.0f} train images/s over the run, "
-    use += "all trials together"
-    if gpu.mean() is not None:
-        use += f"; GPU busy {gpu.mean():.0f}% of the time (NVML, {len(gpu.samples)} samples)"
-    return (
-        f"{counts[0]} trials in {elapsed:.1f} s ({counts[1]} failed, {counts[2]} repeating a "
-        f"trained network, "
-        + (f"{counts[4]} trained eagerly with CUDA graphs off, " if counts[4] else "")
-        + f"{workers} worker{'s' if workers > 1 else ''} x {spec.concurrency} at once); "
-        f"{use}\nPareto front: {len(front)} trial"
-        f"{'s' if len(front) != 1 else ''} (trial numbers, {first_cost} first: {numbers or '-'})\n"
-        + ("" if front else f"{why_no_front(study)}\n")
-        + f"next: python -m nas.report --study {spec.study}"
-        + (
-            f" --storage {public_url(spec.storage)}"
-            if spec.storage != default_storage_url(spec.study)
-            else ""
-        )
-    )
+    status = run_cli("nas.search", body, None)
+    if status:
+        raise SystemExit(status)  # the task's exit status, as SLURM records it
+    return 0
 
 
 def _run(argv: list[str] | None) -> int:
-    args = parse_args(argv)
-    if args.slurm is not None:  # submitted instead: each array task runs run_search
-        return submit_array(args)
+    args, slurm = parse_args(argv)
+    if slurm is not None:  # submitted instead: each array task runs run_search
+        # the task by its module's name: under `python -m nas.search` this module is
+        # __main__, which a task could not import; submitit pickles a function by name
+        task = importlib.import_module("nas.search").slurm_task
+        return submit_array(args, slurm, task)
     run_search(args)
     return 0
 

@@ -28,8 +28,9 @@ from torch import nn
 
 from nas.arch.config import ArchConfig
 from nas.arch.model import build_model
-from nas.cli import UsageError, positive_int
+from nas.cli import positive_int
 from nas.data.dataset import Dataset, to_input
+from nas.errors import UsageError
 from nas.training.budget import TrainBudget
 from nas.training.fit import pick_device, train_and_evaluate
 
@@ -171,7 +172,8 @@ def _data(
     a: argparse.Namespace, exported: dict, config: ArchConfig
 ) -> tuple[Dataset, torch.device]:
     """--data, else the export's own data, on the device; refused unless it fits config."""
-    from nas.data.dataset import DataError, describe, load_data
+    from nas.data.dataset import describe, load_data
+    from nas.errors import DataError
 
     source = a.data or (exported.get("data") or {}).get("source")
     try:
@@ -207,7 +209,7 @@ def _splits(data: Dataset) -> tuple[Any, ...]:
 
 
 def _run(argv: list[str] | None) -> int:
-    from nas.cost import load_config_file
+    from nas.arch.config import load_config_file
     from nas.data.dataset import default_augment
 
     a = _parser().parse_args(argv)

@@ -121,7 +121,7 @@ def test_help_lists_every_budget_fits_100_columns_and_says_what_options_do(capsy
 def test_an_error_with_an_empty_message_is_still_one_line() -> None:
     """nas.doctor and the eager fallback name an error by its first line: an exception
     with no message at all is named by its type (indexing its first line raised)."""
-    from nas.cli import error_line, first_line
+    from nas.errors import error_line, first_line
 
     assert error_line(ValueError()) == "ValueError" and first_line(KeyError()) == "KeyError"
     assert error_line(RuntimeError("bad\nmore")) == "RuntimeError: bad"

@@ -120,7 +120,7 @@ def test_missing_database(tmp_path: Path, capsys) -> None:
 
 
 def test_open_storage_creates_nothing_for_must_exist(tmp_path: Path) -> None:
-    from nas.cli import UsageError
+    from nas.errors import UsageError
 
     with pytest.raises(UsageError):
         open_storage(f"sqlite:///{tmp_path}/sub/none.db", must_exist=True)
@@ -142,7 +142,7 @@ def test_pick_accuracy_within_measured_noise(tmp_path: Path) -> None:
     """With a measured seed stdev of 0.002 (one run per trial: differences under
     2 * 0.002 * sqrt(2) = 0.00566 are noise), --pick accuracy takes the cheapest trial
     within noise of the best; without a measured noise, the best."""
-    from nas.export import pick_trial
+    from nas.results.picks import pick_trial
 
     study = optuna.create_study(
         study_name="n", storage=f"sqlite:///{tmp_path}/n.db", directions=["maximize", "minimize"]
@@ -203,8 +203,8 @@ def test_budget_picks_on_the_study_objectives_and_the_working_shown(
 
 
 def test_the_knee_is_for_two_objectives(tmp_path: Path) -> None:
-    from nas.cli import UsageError
-    from nas.export import pick_trial
+    from nas.errors import UsageError
+    from nas.results.picks import pick_trial
 
     study = optuna.create_study(
         study_name="three",
@@ -224,7 +224,7 @@ def test_the_knee_is_for_two_objectives(tmp_path: Path) -> None:
 def test_the_knee_pick_is_the_knee_not_the_most_accurate(tmp_path: Path) -> None:
     """An L-shaped front (tests/results/test_front.py): the knee is (0.88, 40 MMACs), not the most
     accurate (0.895, 160)."""
-    from nas.export import pick_trial
+    from nas.results.picks import pick_trial
 
     study = optuna.create_study(
         study_name="l", storage=f"sqlite:///{tmp_path}/l.db", directions=["maximize", "minimize"]

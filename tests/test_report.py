@@ -14,8 +14,10 @@ import pytest
 from optuna.artifacts import get_all_artifact_meta
 
 from browser import chromium, screenshot
-from nas.report import MACS, hypervolume_figure, log_ticks, main, pareto_figure, trials_frame
+from nas.report import main
+from nas.results.figures import hypervolume_figure, log_ticks, pareto_figure
 from nas.results.front import hypervolume_history, pareto_front
+from nas.results.table import MACS, trials_frame
 from nas.search import main as search
 
 TINY = ["--preset", "cifar", "--growth-rate", "8:16:4", "--convs", "1:3", "--budget", "smoke"]

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import COST_STUDY_ARGS, TINY
 from nas.arch.config import ArchConfig
-from nas.cost import measure_cost
+from nas.arch.macs import measure_cost
 from nas.results.front import pareto_front
 from nas.search import main
 from nas.study.storage import METRIC_NAMES
@@ -63,21 +63,22 @@ def test_preflight_notes(real_data) -> None:
 
     import torch
 
-    from nas.search import parse_args, preflight
+    from nas.parallel.run import preflight
+    from nas.search import parse_args
 
     cpu = torch.device("cpu")
-    spec = parse_args(["--preset", "tiny", "--budget", "short"]).spec
+    spec = parse_args(["--preset", "tiny", "--budget", "short"])[0].spec
     [note] = preflight(spec, 100, cpu, real_data)
     m = re.search(r"meant for a GPU\. On this CPU one training step of .* took ([\d.]+) s", note)
     assert m and float(m[1]) > 0 and "100 such trials for about" in note
-    spec = parse_args(["--preset", "tiny", "--budget", "smoke", "--max-mmacs", "0.5"]).spec
+    spec = parse_args(["--preset", "tiny", "--budget", "smoke", "--max-mmacs", "0.5"])[0].spec
     [note] = preflight(spec, 1, cpu, real_data)
     assert "below the smallest network of this space (3.385982 MMACs (fvcore))" in note
-    spec = parse_args(["--budget", "smoke", "--convs", "1:100"]).spec
+    spec = parse_args(["--budget", "smoke", "--convs", "1:100"])[0].spec
     [note] = preflight(spec, 1, cpu, real_data)
     assert "this space reaches 294," in note
     many = str((os.cpu_count() or 1) + 1)
-    spec = parse_args(["--preset", "tiny", "--budget", "smoke", "--workers", many]).spec
+    spec = parse_args(["--preset", "tiny", "--budget", "smoke", "--workers", many])[0].spec
     [note] = preflight(spec, 1, cpu, real_data)
     assert f"{many} workers share" in note
 
@@ -204,7 +205,7 @@ def test_cost_budgets_change_on_a_study_and_every_trial_is_judged_by_the_new_one
         {"params": 10_000_000.0},
     ]
     assert [t.number for t in pareto_front(study)] == [2]  # the one trained since
-    from nas.report import OVER_EARLIER, trials_frame
+    from nas.results.table import OVER_EARLIER, trials_frame
 
     status = dict(zip(*trials_frame(study)[["trial", "status"]].T.values))
     assert status[0] == status[1] == OVER_EARLIER  # within the budget now, not trained then

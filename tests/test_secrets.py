@@ -19,7 +19,7 @@ from urllib.parse import quote
 import psycopg
 
 from conftest import TINY
-from nas.cli import hide_secrets, public_url
+from nas.study.urls import hide_secrets, public_url
 
 
 def nas(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -13,15 +13,18 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
+from nas.errors import ConfigError, UsageError
+
 __all__ = [
-    "CONVENTIONS",
     "ArchConfig",
     "BlockPlan",
-    "ConfigError",
+    "CONVENTIONS",
     "D2L_CHAPTER",
     "STEMS",
+    "load_config_file",
     "small_densenet",
 ]
 
@@ -42,10 +45,6 @@ _LIMITS = {
     "image_size": (1, 1024),
     "num_classes": (2, 100_000),
 }
-
-
-class ConfigError(ValueError):
-    """An architecture (or its JSON) that is malformed or cannot run."""
 
 
 @dataclass(frozen=True)
@@ -238,3 +237,22 @@ def small_densenet(image_size: int = 28) -> ArchConfig:
         stem_channels=16,
         image_size=image_size,
     )
+
+
+def load_config_file(path: str | Path) -> ArchConfig:
+    """An architecture JSON, or a `nas.export` file (its "config" member)."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise UsageError(f"cannot read {p}: {e.strerror or e}") from None
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError, UnicodeDecodeError) as e:
+        raise UsageError(f"{p} is not valid JSON: {e}") from None
+    if isinstance(data, dict) and "config" in data and "schema" in data:
+        data = data["config"]
+    try:
+        return ArchConfig.from_dict(data)
+    except ConfigError as e:
+        raise UsageError(f"{p}: {e}") from None

@@ -25,7 +25,8 @@ from typing import Any
 
 import optuna
 
-from nas.arch.config import D2L_CHAPTER, STEMS, ArchConfig, ConfigError
+from nas.arch.config import D2L_CHAPTER, STEMS, ArchConfig
+from nas.errors import ConfigError
 
 __all__ = [
     "PRESETS",

@@ -28,27 +28,23 @@ import torch
 import torch.nn.functional as F
 
 from nas.data.formats import (
-    DataError,
     Raw,
     detect,
     npz_shapes,
     read_cifar,
-    read_idx,
     read_idx_folder,
     read_npz,
 )
-from nas.training.budget import AUGMENTS
+from nas.errors import DataError
 
 __all__ = [
     "AUGMENTS",
     "DEFAULT_DATA_DIR",
-    "DataError",
     "Dataset",
     "crop_flip",
     "describe",
     "load_data",
     "load_fashion_mnist",
-    "read_idx",
     "resolve_data_dir",
     "split_permutation",
     "to_input",
@@ -66,6 +62,7 @@ FILES = {
 VAL_SIZE = 10_000  # images held out of the training set for validation, at most
 SPLIT_SEED = 0  # the train/val split never changes with the training seed
 MIN_SIDE = 8  # pixels: smaller images are refused
+AUGMENTS = ("none", "crop-flip")  # a train budget's augment: none, or crop_flip below
 CROP_PAD = 4  # crop-flip: random crop of the image padded by 4 px (with zeros), then flip
 DEVICE_SHARE = 0.5  # the data may take at most this share of the device's memory
 FASHION_CLASSES = (

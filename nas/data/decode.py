@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nas.data.formats import IMAGE_SUFFIXES, DataError, Raw
+from nas.data.formats import IMAGE_SUFFIXES, Raw
+from nas.errors import DataError
 
 __all__ = ["cache_dir", "read_folder"]
 

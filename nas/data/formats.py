@@ -26,11 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DataError", "Raw", "detect", "read_cifar", "read_idx", "read_idx_folder", "read_npz"]
+from nas.errors import DataError
 
-
-class DataError(Exception):
-    """The data is missing, corrupt or unusable (a user-facing, one-line error)."""
+__all__ = [
+    "Raw",
+    "detect",
+    "read_cifar",
+    "read_idx",
+    "read_idx_folder",
+    "read_npz",
+]
 
 
 @dataclass

@@ -28,31 +28,15 @@ from contextlib import contextmanager
 
 import torch
 
-from nas.cli import Interrupted
+from nas.errors import StopFlag
 from nas.training.gpu import slot_stream
 from nas.training.measure import pin_threads
 
-__all__ = ["GpuMonitor", "StopFlag", "nvidia_smi", "run_concurrently"]
-
-
-class StopFlag:
-    """Set by the main thread when a stop signal arrives; checked by trial threads."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self._signum: int | None = None
-
-    def set(self, e: KeyboardInterrupt) -> None:
-        self._signum = e.signum if isinstance(e, Interrupted) else None
-        self._event.set()
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
-    def check(self) -> None:
-        """Raise the interruption the main thread received (Ctrl-C or a stop signal)."""
-        if self._event.is_set():
-            raise KeyboardInterrupt() if self._signum is None else Interrupted(self._signum)
+__all__ = [
+    "GpuMonitor",
+    "nvidia_smi",
+    "run_concurrently",
+]
 
 
 @contextmanager

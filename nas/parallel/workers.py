@@ -29,9 +29,9 @@ import torch
 
 from nas.arch.config import ArchConfig
 from nas.arch.space import SearchSpace
-from nas.cli import Interrupted, interruption, stop_signals
 from nas.data.dataset import Dataset, load_data
-from nas.parallel.threads import StopFlag, run_concurrently
+from nas.errors import Interrupted, StopFlag, interruption, stop_signals
+from nas.parallel.threads import run_concurrently
 from nas.study.metrics import DEFAULT_OBJECTIVES, Limits
 from nas.study.objective import CATCH, Objective
 from nas.study.storage import open_storage

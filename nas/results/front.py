@@ -30,8 +30,8 @@ from typing import Any
 
 import optuna
 
+from nas.arch.macs import closed_form_mmacs
 from nas.arch.space import SearchSpace
-from nas.cost import closed_form_mmacs
 from nas.study.metrics import BUDGET_OPTIONS, Limits, budget_checks, budget_excess
 
 __all__ = [

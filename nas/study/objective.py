@@ -35,12 +35,11 @@ import optuna
 import torch
 from tqdm import tqdm
 
-from nas.arch.config import ArchConfig, ConfigError
+from nas.arch.config import ArchConfig
+from nas.arch.macs import measure_cost
 from nas.arch.space import SearchSpace, sample
-from nas.cli import exception_chain, first_line, interruption
-from nas.cost import measure_cost
 from nas.data.dataset import Dataset
-from nas.parallel.threads import StopFlag
+from nas.errors import ConfigError, StopFlag, exception_chain, first_line, interruption
 from nas.study.metrics import DEFAULT_OBJECTIVES, METRICS, Limits, budget_checks, budget_excess
 from nas.training.budget import TrainBudget
 from nas.training.fit import Diverged, TrainResult, train_and_evaluate

@@ -24,18 +24,20 @@ import sqlalchemy.exc
 import sqlalchemy.pool
 from sqlalchemy.engine import make_url
 
-from nas.cli import UsageError, first_line, public_url
+from nas.errors import UsageError, exception_chain, first_line
 from nas.study.metrics import DEFAULT_OBJECTIVES, describe_limits, directions, metric_names
+from nas.study.urls import public_url
 
 __all__ = [
     "EXPERIMENT_KEYS",
     "METRIC_NAMES",
+    "connection_note",
     "default_storage_url",
     "difference",
     "load_study",
     "open_or_create_study",
     "open_storage",
-    "connection_note",
+    "storage_failure",
     "update_budgets",
 ]
 
@@ -352,3 +354,17 @@ def difference(stored: Any, ours: Any) -> str:
             if stored.get(k) != ours.get(k)
         )
     return f"{stored!r} there, {ours!r} here"
+
+
+def storage_failure(e: BaseException) -> str | None:
+    """One line for a database that cannot be written or read (read-only file, lock held
+    too long, full disk, lost server), from the driver's own message; None otherwise."""
+    import optuna
+    import sqlalchemy.exc
+
+    for link in exception_chain(e):
+        if isinstance(link, sqlalchemy.exc.OperationalError) and link.orig is not None:
+            return first_line(link.orig, limit=10_000)
+    if isinstance(e, (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError)):
+        return first_line(e, limit=10_000)
+    return None

@@ -16,12 +16,12 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from nas.arch.config import ConfigError
+from nas.data.dataset import AUGMENTS
+from nas.errors import ConfigError
 
 __all__ = ["BUDGETS", "SCHEDULES", "TrainBudget", "get_budget"]
 
 SCHEDULES = ("linear", "constant")
-AUGMENTS = ("none", "crop-flip")  # nas.data.dataset.crop_flip
 
 
 @dataclass(frozen=True)

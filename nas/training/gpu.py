@@ -66,7 +66,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from nas.cli import exception_chain, first_line
+from nas.errors import exception_chain, first_line
 
 __all__ = [
     "GRAPHS",

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.cli import error_line
 from nas.data.dataset import crop_flip, to_input
+from nas.errors import error_line
 from nas.training.gpu import GRAPHS, CudaGraphRunner, is_out_of_memory, release_memory
 
 __all__ = [

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nas.arch.config import D2L_CHAPTER, ArchConfig, ConfigError
+from nas.arch.config import D2L_CHAPTER, ArchConfig
+from nas.errors import ConfigError
 
 
 def _valid(d: dict) -> bool:

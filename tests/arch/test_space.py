@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nas.arch.config import D2L_CHAPTER, ArchConfig, ConfigError
+from nas.arch.config import D2L_CHAPTER, ArchConfig
+from nas.arch.macs import closed_form_mmacs
 from nas.arch.space import (
     PRESETS,
     load_space_file,
@@ -18,7 +19,7 @@ from nas.arch.space import (
     reference_params,
     sample,
 )
-from nas.cost import closed_form_mmacs
+from nas.errors import ConfigError
 
 
 def test_fixed_trial_replays_the_d2l_chapter() -> None:

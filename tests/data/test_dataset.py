@@ -12,14 +12,9 @@ import pytest
 import torch
 
 from conftest import write_idx
-from nas.data.dataset import (
-    DataError,
-    load_data,
-    load_fashion_mnist,
-    read_idx,
-    resolve_data_dir,
-    to_input,
-)
+from nas.data.dataset import load_data, load_fashion_mnist, resolve_data_dir, to_input
+from nas.data.formats import read_idx
+from nas.errors import DataError
 
 
 def test_read_idx_round_trip(tmp_path: Path) -> None:

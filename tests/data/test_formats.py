@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from conftest import write_idx
-from nas.data.dataset import DataError, load_data
+from nas.data.dataset import load_data
+from nas.errors import DataError
 from nas.search import main
 
 RNG = np.random.default_rng(0)

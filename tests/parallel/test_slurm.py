@@ -16,8 +16,8 @@ import optuna
 import pytest
 
 from conftest import TINY
-from nas.parallel.slurm import shares, slurm_minutes
-from nas.search import main
+from nas.parallel.slurm import shares
+from nas.search import main, slurm_minutes
 
 ROOT = Path(__file__).resolve().parents[2]
 # As the README's recipe writes it, on a CPU

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from conftest import TINY, overlapped
-from nas.cli import Interrupted
-from nas.parallel.threads import GpuMonitor, StopFlag, run_concurrently
+from nas.errors import Interrupted, StopFlag
+from nas.parallel.threads import GpuMonitor, run_concurrently
 from nas.search import main
 from nas.training.budget import get_budget
 

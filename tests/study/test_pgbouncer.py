@@ -9,7 +9,7 @@ import pytest
 from test_storage import start
 
 from conftest import TINY
-from nas.cli import UsageError
+from nas.errors import UsageError
 from nas.study.storage import open_storage
 from pg_server import pgbouncer_bin, throwaway_pgbouncer
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nas.arch.config import ConfigError
+from nas.errors import ConfigError
 from nas.training.budget import BUDGETS, TrainBudget, get_budget
 
 

@@ -159,7 +159,7 @@ def run(
     for n, (i, b, seed) in enumerate(todo, 1):
         config = replace(ArchConfig.from_dict(archs[i]), **data.input_spec())
         budget = bs[b].with_seed(seed)
-        r = train_and_evaluate(config, budget, data.train_x, data.train_y, data.val_x, data.val_y)
+        r = train_and_evaluate(config, budget, data.train, data.val)
         row = {
             "preset": preset,
             "arch": i,

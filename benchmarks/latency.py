@@ -35,6 +35,7 @@ from nas.arch.macs import measure_cost
 from nas.arch.space import PRESETS, sample
 from nas.results.front import kendall_tau, spearman_rho
 from nas.search import main as search_main
+from nas.study.record import TrialRecord
 from nas.training.measure import cpu_latency
 
 
@@ -105,13 +106,14 @@ def study_agreement(trials: int) -> dict[str, Any]:
         study = optuna.load_study(study_name="lat", storage=url)
         seen, macs, params, ms = set(), [], [], []
         for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
-            key = json.dumps(t.user_attrs["config"], sort_keys=True)
-            if key in seen or "latency_cpu" not in t.user_attrs["costs"]:
+            r = TrialRecord.of(t)
+            key = json.dumps(r.config, sort_keys=True)
+            if key in seen or "latency_cpu" not in r.costs:
                 continue
             seen.add(key)
-            macs.append(t.user_attrs["macs_fvcore"] / 1e6)
-            params.append(t.user_attrs["params"])
-            ms.append(t.user_attrs["costs"]["latency_cpu"]["value"])
+            macs.append(r.mmacs)
+            params.append(r.params)
+            ms.append(r.costs["latency_cpu"]["value"])
     return {"preset": "tiny", "trials": trials, **agreement(macs, params, ms)}
 
 

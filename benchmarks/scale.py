@@ -29,6 +29,7 @@ from nas.arch.macs import closed_form_mmacs
 from nas.arch.space import PRESETS, params_of, sample
 from nas.parallel.workers import make_sampler
 from nas.results.front import hypervolume_history, hypervolume_reference, pareto_front
+from nas.study.record import trial_attrs
 from nas.study.storage import open_storage
 
 SPACE = PRESETS["cifar"]
@@ -59,7 +60,7 @@ def fill(study: optuna.Study, n: int, seed: int) -> None:
                 params=params_of(config),
                 distributions=dists,
                 values=[rng.uniform(0.85, 0.93), mmacs],
-                user_attrs={"config": config.to_dict(), "trained": True},
+                user_attrs=trial_attrs(config=config.to_dict(), trained=True),
                 system_attrs={"constraints": [mmacs - 1e9]},
             )
         )

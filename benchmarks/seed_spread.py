@@ -46,9 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     for budget in (ours, d2l):
         runs = []
         for seed in range(a.seeds):
-            r = train_and_evaluate(
-                config, budget.with_seed(seed), data.train_x, data.train_y, data.val_x, data.val_y
-            )
+            r = train_and_evaluate(config, budget.with_seed(seed), data.train, data.val)
             runs.append(r)
             print(
                 f"{budget.name:>10} seed {seed}: val acc {r.accuracy:.4f}  "

@@ -55,6 +55,7 @@ from nas.arch.space import PRESETS, sample
 from nas.data.dataset import Dataset, load_fashion_mnist, to_input
 from nas.parallel.run import CANDIDATE_CONCURRENCY
 from nas.parallel.threads import GpuMonitor
+from nas.study.record import TrialRecord
 from nas.study.storage import open_storage
 from nas.training.budget import TrainBudget, get_budget
 from nas.training.fit import evaluate, pick_device, train_and_evaluate
@@ -153,9 +154,7 @@ def compare_loops(
 
 
 def ours(data: Dataset, budget: TrainBudget, graph: bool) -> dict[str, Any]:
-    r = train_and_evaluate(
-        D2L_CHAPTER, budget, data.train_x, data.train_y, data.val_x, data.val_y, cuda_graph=graph
-    )
+    r = train_and_evaluate(D2L_CHAPTER, budget, data.train, data.val, cuda_graph=graph)
     return {
         "cuda_graph": graph,
         "images": r.train_images,
@@ -198,7 +197,7 @@ def search_run(
             raise RuntimeError(f"nas.search exited {rc}")
         study = optuna.load_study(study_name="bench", storage=open_storage(url))
         done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    trained = [t for t in done if t.user_attrs.get("trained")]
+    trained = [t for t in done if TrialRecord.of(t).trained]
     wall = (
         max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)
     ).total_seconds()
@@ -206,7 +205,7 @@ def search_run(
     overhead, durations = [], []
     for t in trained:
         duration = (t.datetime_complete - t.datetime_start).total_seconds()
-        secs = dict(t.user_attrs["seconds"])
+        secs = dict(TrialRecord.of(t).seconds)
         secs["storage_and_other"] = duration - sum(secs.values())
         for name, v in secs.items():
             parts.setdefault(name, []).append(v)
@@ -214,7 +213,8 @@ def search_run(
         overhead.append(duration - secs["steady_train"])
     b = get_budget(budget)
     images = len(trained) * b.steps * b.batch_size
-    flops = sum(3 * 2 * t.user_attrs["macs_fvcore"] * b.steps * b.batch_size for t in trained)
+    macs = sum(TrialRecord.of(t).macs_fvcore for t in trained)
+    flops = 3 * 2 * macs * b.steps * b.batch_size
     return {
         "preset": preset,
         "concurrency": k,

@@ -1,9 +1,12 @@
 """nas: a neural-architecture-search explorer for DenseNet on your images (Fashion-MNIST
 by default).
 
-The pipeline, one module each: space (sample) -> config -> model -> cost, measure (costs)
--> metrics (objectives, budgets) -> budget/step/fit (training) -> objective (trial) ->
-concurrent, workers, storage -> search (CLI) -> front -> refine, report, export, train.
+The library, a folder per stage of the pipeline: arch (space -> config -> model, macs)
+-> data (formats, decode, dataset) -> training (budget, step, fit, gpu, measure) ->
+study (metrics, record, objective, storage) -> parallel (threads, workers, slurm, run)
+-> results (front, picks, refinements, table, figures, page, artifacts). The commands
+on top (search, refine, report, export, train, cost, dashboard, doctor) use it; errors
+is what every layer raises.
 """
 
 from __future__ import annotations

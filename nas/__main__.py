@@ -18,11 +18,14 @@ latency or training memory (--objectives). Each command has --help.
   python -m nas.dashboard  optuna-dashboard on a study
   python -m nas.export   write one architecture of a study as JSON (--pick knee, ...)
   python -m nas.cost     parameters, MACs (fvcore) and CPU latency of an architecture
-  python -m nas.train    train an exported architecture on all 60k training images,
-                         score it on the test set, write it as a torch.export program
+  python -m nas.train    train an exported architecture on the study's data (train and
+                         validation images), score it on the test split, write it as a
+                         torch.export program
+  python -m nas.doctor   check a machine: environment, data, the training step eager
+                         and as a CUDA graph, several trials at once, latency
 
 The same commands are installed as nas-search, nas-report, nas-refine, nas-dashboard,
-nas-export, nas-cost and nas-train.
+nas-export, nas-cost, nas-train and nas-doctor.
 """
 
 

@@ -10,7 +10,9 @@ one line, and the exit status 128 + the signal number (130, 143, 129).
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 import sys
 import textwrap
 from collections.abc import Callable
@@ -22,14 +24,21 @@ from nas.errors import (
     interruption,
     stop_signals,
 )
-from nas.study.storage import storage_failure
+from nas.study.storage import (
+    storage_failure,
+)
 from nas.study.urls import hide_secrets
 
 __all__ = [
+    "at_least",
+    "auto_or",
     "int_at_least",
     "make_parser",
+    "non_negative_int",
+    "positive_float",
     "positive_int",
     "run_cli",
+    "slurm_minutes",
 ]
 
 
@@ -88,3 +97,65 @@ def int_at_least(text: str, low: int, words: str) -> int:
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     return int_at_least(text, 1, "a positive integer")
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= low."""
+    return lambda text: int_at_least(text, low, f"an integer >= {low}")
+
+
+def non_negative_int(text: str) -> int:
+    return int_at_least(text, 0, "an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
+def auto_or(high: int) -> Callable[[str], int]:
+    """An argparse type: "auto" (0) or an integer in 1..high."""
+
+    def parse(text: str) -> int:
+        if text == "auto":
+            return 0
+        try:
+            v = int(text)
+        except ValueError:
+            v = 0
+        if not 1 <= v <= high:
+            raise argparse.ArgumentTypeError(f"expected auto or 1..{high}, got {text!r}")
+        return v
+
+    return parse
+
+
+# SLURM's --time forms: MINUTES, MINUTES:SECONDS, H:MM:SS, D-H, D-H:MM, D-H:MM:SS
+TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+
+
+def slurm_minutes(text: str) -> int:
+    """An argparse type: a SLURM time limit (2:00:00, 90, 1-12:00, ...) in whole minutes."""
+    m = TIME.match(text)
+    if m is None:
+        raise argparse.ArgumentTypeError(
+            f"expected a SLURM time such as 2:00:00, 90 (minutes) or 1-12:00, got {text!r}"
+        )
+    days, a, b, c = (int(x) if x is not None else None for x in m.groups())
+    if days is not None:  # D-H[:MM[:SS]]
+        hours, minutes, seconds = a, b or 0, c or 0
+    elif c is not None:  # H:MM:SS
+        hours, minutes, seconds = a, b, c
+    else:  # MINUTES[:SECONDS]
+        hours, minutes, seconds = 0, a, b or 0
+    total = math.ceil(((days or 0) * 24 + hours) * 60 + minutes + seconds / 60)
+    if total < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a time limit of a minute or more, got {text!r}"
+        )
+    return total

@@ -96,7 +96,9 @@ def _sgd_exact() -> tuple[bool, str]:
     lrs = [0.05, 0.1, 0.1, 0.07, 0.02, 0.0]
     ours, ref = build_model(config, seed=0).double(), build_model(config, seed=0).double()
     opt = TensorLRSGD(list(ours.parameters()), momentum=0.9, weight_decay=5e-4, nesterov=True)
-    step = make_step(ours, opt, x, y, config.image_size, 16, 0.0, cuda_graph=False)
+    step = make_step(
+        ours, opt, x, y, image_size=config.image_size, batch_size=16, cuda_graph=False
+    )
     sgd = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
     worst = 0.0
     for i, lr in enumerate(lrs):
@@ -127,7 +129,9 @@ def _graph_step(data: Dataset) -> tuple[bool, str]:
     def run(graph: bool, frozen: bool = False) -> list[float]:
         model = build_model(config, seed=0).to(device, memory_format=torch.channels_last)
         opt = TensorLRSGD(list(model.parameters()), momentum=0.9, weight_decay=5e-4, nesterov=True)
-        step = make_step(model, opt, data.train_x, data.train_y, 28, 64, 0.0, cuda_graph=graph)
+        step = make_step(
+            model, opt, data.train_x, data.train_y, image_size=28, batch_size=64, cuda_graph=graph
+        )
         out = []
         for i, lr in enumerate(lrs):
             lr = lrs[WARMUP_STEPS] if frozen and i > WARMUP_STEPS else lr
@@ -157,7 +161,7 @@ def _graph_step(data: Dataset) -> tuple[bool, str]:
 
 def _two_steps(data: Dataset) -> tuple[bool, str]:
     b = replace(get_budget("smoke"), train_images=128, batch_size=64, val_images=200)
-    r = train_and_evaluate(small_densenet(), b, data.train_x, data.train_y, data.val_x, data.val_y)
+    r = train_and_evaluate(small_densenet(), b, data.train, data.val)
     ok = r.steps == 2 and r.step_memory_bytes is None
     return ok, f"{r.steps} steps, step mode {r.step_mode!r}, accuracy {r.accuracy:.3f}"
 
@@ -186,9 +190,7 @@ def _trials_at_k2(data: Dataset) -> tuple[bool, str]:
             if n is None:
                 return
             try:
-                r = train_and_evaluate(
-                    configs[n], budget, data.train_x, data.train_y, data.val_x, data.val_y
-                )
+                r = train_and_evaluate(configs[n], budget, data.train, data.val)
                 gpu_latency_and_throughput(configs[n], device)
                 modes.append(r.step_mode)
             except Exception as e:  # noqa: BLE001 - counted and shown
@@ -250,9 +252,7 @@ def _graph_vs_eager(data: Dataset) -> tuple[bool, str]:
     b = replace(get_budget("short"), train_images=256 * 40, val_images=500)
     rates = {}
     for graph in (False, True):
-        r = train_and_evaluate(
-            D2L_CHAPTER, b, data.train_x, data.train_y, data.val_x, data.val_y, cuda_graph=graph
-        )
+        r = train_and_evaluate(D2L_CHAPTER, b, data.train, data.val, cuda_graph=graph)
         steady = r.train_seconds - r.warmup_seconds  # the steps after the warm-up's last
         rates[graph] = (r.steps - 1 - (WARMUP_STEPS if graph else 0)) * b.batch_size / steady
     return True, (

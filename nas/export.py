@@ -37,11 +37,8 @@ import optuna
 
 from nas.cli import make_parser, run_cli
 from nas.errors import UsageError
-from nas.results.front import (
-    mmacs,
-)
-from nas.results.picks import Pick, describe_pick, parse_budget_pick, pick_trial
-from nas.study.metrics import DEFAULT_OBJECTIVES
+from nas.results.picks import Pick, describe_pick, parse_limit_pick, pick_trial
+from nas.study.record import StudyRecord, TrialRecord
 from nas.study.storage import default_storage_url, load_study, open_storage
 from nas.study.urls import public_url
 
@@ -67,32 +64,32 @@ def _versions() -> dict[str, str]:
 def export_record(
     study: optuna.Study, chosen: Pick, pick: str, storage_url: str
 ) -> dict[str, Any]:
-    trial, a = chosen.trial, chosen.trial.user_attrs
+    trial, a, s = chosen.trial, TrialRecord.of(chosen.trial), StudyRecord.of(study)
     return {
         "schema": SCHEMA,
-        "config": a["config"],
+        "config": a.config,
         "metrics": {
             "val_accuracy": trial.values[0],
-            "mmacs_fvcore": mmacs(trial),
-            "params": a.get("params"),
-            "train_seconds": a.get("train_seconds"),
-            "images_per_second": a.get("images_per_second"),
+            "mmacs_fvcore": a.mmacs,
+            "params": a.params,
+            "train_seconds": a.train_seconds,
+            "images_per_second": a.images_per_second,
         },
         # every measured cost with its unit, device and runs (nas.training.measure)
-        "costs": a.get("costs") or {},
-        "objectives": study.user_attrs.get("objectives", list(DEFAULT_OBJECTIVES)),
-        # the images it was searched on (nas.data.dataset: source, shape, classes, normalisation):
-        # nas.train trains on them by default; None for a study from before other data
-        "data": study.user_attrs.get("data_record"),
+        "costs": a.costs,
+        "objectives": list(s.objectives),
+        # the images it was searched on (nas.data.dataset: source, shape, classes,
+        # normalisation): nas.train trains on them by default
+        "data": s.data_record,
         "trial": trial.number,
         "study": study.study_name,
         "pick": pick,
         "working": chosen.working,
         "provenance": {
             "versions": _versions(),
-            "device": a.get("device"),
-            "budget": study.user_attrs.get("budget"),
-            "space": study.user_attrs.get("space"),
+            "device": a.device,
+            "budget": s.budget,
+            "space": s.space,
             "storage": public_url(storage_url),
             "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
         },
@@ -117,7 +114,7 @@ def _run(argv: list[str] | None) -> int:
     )
     args = p.parse_args(argv)
     if args.pick not in ("accuracy", "knee"):
-        parse_budget_pick(args.pick)  # a bad pick is refused before the study is opened
+        parse_limit_pick(args.pick)  # a bad pick is refused before the study is opened
     url = args.storage or default_storage_url(args.study)
     study = load_study(open_storage(url, must_exist=True), args.study)
     chosen = pick_trial(study, args.pick)

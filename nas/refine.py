@@ -21,8 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from nas.arch.space import SearchSpace
 from nas.cli import make_parser, run_cli
-from nas.errors import UsageError
+from nas.data.dataset import load_data
+from nas.errors import DataError, UsageError
+from nas.parallel.workers import make_sampler, trial_line
 from nas.results.front import (
     kendall_tau,
     most_promising,
@@ -33,7 +36,10 @@ from nas.results.front import (
     within_noise,
 )
 from nas.results.refinements import refined_name, refined_runs
-from nas.study.metrics import DEFAULT_OBJECTIVES, METRICS
+from nas.study import record
+from nas.study.metrics import METRICS
+from nas.study.objective import CATCH, Objective
+from nas.study.record import StudyRecord, TrialRecord
 from nas.study.storage import (
     default_storage_url,
     difference,
@@ -42,6 +48,8 @@ from nas.study.storage import (
     open_storage,
 )
 from nas.training.budget import BUDGETS, TrainBudget, get_budget
+from nas.training.fit import pick_device
+from nas.training.step import precision
 
 if TYPE_CHECKING:
     import torch
@@ -85,10 +93,10 @@ def _run(argv: list[str] | None) -> int:
     url = a.storage or default_storage_url(a.study)
     storage = open_storage(url, must_exist=True)
     source = load_study(storage, a.study)
-    attrs = source.user_attrs
-    if "space" not in attrs or "budget" not in attrs:
+    s = StudyRecord.of(source)
+    if not s.is_search:
         raise UsageError(f"study {a.study!r} was not made by nas.search: nothing to refine")
-    if attrs["budget"]["name"] == a.budget:
+    if s.budget["name"] == a.budget:
         raise UsageError(f"study {a.study!r} already has budget {a.budget!r}: pick a higher one")
     trials = usable_trials(source)
     if len(trials) < 2:
@@ -96,14 +104,12 @@ def _run(argv: list[str] | None) -> int:
     # promise in the study's own objectives: accuracy and its one or two costs
     chosen = [trials[i] for i in most_promising([tuple(t.values) for t in trials], a.top)]
 
-    from nas.training.fit import pick_device
-
     try:
         device = pick_device(a.device)
     except ValueError as e:
         raise UsageError(str(e)) from None
     data = study_data(source, a.data, a.data_dir, device)
-    refined = _linked_study(storage, source, a.budget, device, attrs["data"])
+    refined = _linked_study(storage, source, a.budget, device, s.data)
     queued = _queue(refined, chosen, a.seeds)
     print(
         f"refining {len(chosen)} of {len(trials)} trained trials of {a.study!r} at budget "
@@ -121,21 +127,16 @@ def study_data(
 ) -> Any:
     """The images `study` was searched on (its "data_record", or `source`), refused unless
     their fingerprint is the study's."""
-    from nas.data.dataset import load_data
-    from nas.errors import DataError
-
-    record = study.user_attrs.get("data_record") or {}
-    source = source or record.get("source")
+    s = StudyRecord.of(study)
+    source = source or s.data_record.get("source")
     try:
         data = load_data(source, data_dir, device=device)
     except DataError as e:
         raise UsageError(str(e)) from None
-    stored = dict(study.user_attrs.get("data") or {})
-    stored.pop("augment", None)
-    if stored != data.fingerprint:
+    if s.data != data.fingerprint:
         raise UsageError(
             f"the images at {data.source} are not those study {study.study_name!r} was "
-            f"searched on (their fingerprint differs: {difference(stored, data.fingerprint)}); "
+            f"searched on (their fingerprint differs: {difference(s.data, data.fingerprint)}); "
             "point --data at the same images"
         )
     return data
@@ -150,75 +151,63 @@ def _linked_study(
 ) -> optuna.Study:
     """The study S-refined-BUDGET in S's storage, with S's space, objectives and budgets
     recorded for the reader (created if new)."""
-    from nas.parallel.workers import make_sampler
-    from nas.training.step import precision
-
-    attrs = source.user_attrs
-    experiment = {
-        "space": attrs["space"],
-        "objectives": list(attrs.get("objectives", DEFAULT_OBJECTIVES)),
-        "max_mmacs": attrs.get("max_mmacs"),
-        "limits": attrs.get("limits", {}),
-        "precision": precision(device),
-        "data": data_fingerprint,
+    s = StudyRecord.of(source)
+    experiment = record.experiment(
+        s.space,
+        s.objectives,
+        s.limits,
+        precision(device),
+        data_fingerprint,
         # the source's augmentation: refined runs train as the search's did, only longer
-        "budget": replace(get_budget(budget), augment=_augment(attrs)).to_dict(),
-    }
+        replace(get_budget(budget), augment=s.budget["augment"]).to_dict(),
+    )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = refined_name(source.study_name, budget)
     refined, created = open_or_create_study(storage, name, make_sampler("random", 0), experiment)
     if created:
-        refined.set_user_attr("source_study", source.study_name)
+        # the source's data: a report or an export of the refined study names it too
+        record.write_study(refined, source_study=source.study_name, data_record=s.data_record)
     return refined
-
-
-def _augment(attrs: dict) -> str:
-    return (attrs.get("budget") or {}).get("augment", "none")
 
 
 def _queue(refined: optuna.Study, chosen: list[optuna.trial.FrozenTrial], seeds: int) -> int:
     """Queue each chosen network at each seed not yet run or queued; return the queue."""
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.WAITING)
     have = {
-        (t.user_attrs.get("source_trial"), t.user_attrs.get("seed"))
-        for t in refined.get_trials(deepcopy=False, states=states)
+        (r.source_trial, r.seed)
+        for r in map(TrialRecord.of, refined.get_trials(deepcopy=False, states=states))
     }
     for t in chosen:
         for seed in range(seeds):
             if (t.number, seed) not in have:
                 refined.enqueue_trial(
-                    t.params, user_attrs={"source_trial": t.number, "seed": seed}
+                    t.params, user_attrs=record.trial_attrs(source_trial=t.number, seed=seed)
                 )
     return len(refined.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
 
 
 def _train_queued(refined: optuna.Study, source: optuna.Study, data: Any) -> None:
     """Train every queued run, a line each."""
-    from nas.arch.space import SearchSpace
-    from nas.parallel.workers import trial_line
-    from nas.study.objective import CATCH, Objective
 
     def on_trial(_: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
-        print(
-            f"{trial_line(t)}  (source trial {t.user_attrs.get('source_trial')}, seed "
-            f"{t.user_attrs.get('seed')})",
-            flush=True,
-        )
+        r = TrialRecord.of(t)
+        print(f"{trial_line(t)}  (source trial {r.source_trial}, seed {r.seed})", flush=True)
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    objectives = tuple(refined.user_attrs["objectives"])
+    s = StudyRecord.of(refined)
+    objectives = s.objectives
     # No budgets here: every chosen network was within the source's, and a cost timed
     # again (a latency) must not keep a network from its higher-budget training.
     objective = Objective(
-        SearchSpace.from_dict(source.user_attrs["space"]),
-        TrainBudget.from_dict(refined.user_attrs["budget"]),
+        SearchSpace.from_dict(StudyRecord.of(source).space),
+        TrainBudget.from_dict(s.budget),
         data,
         objectives=objectives,
         gpu_timing="latency_gpu" in {METRICS[n].key for n in objectives},
     )
 
     def queued_only(trial: optuna.Trial) -> tuple[float, ...]:
-        if "source_trial" not in trial.user_attrs:  # another process took the last one
+        if TrialRecord.of(trial).source_trial is None:  # another process took the last one
             raise optuna.TrialPruned("nothing queued")
         return objective(trial)
 
@@ -244,18 +233,17 @@ def summary(
     pooled, dof = noise if noise is not None else (None, 0)
     seeded = sum(1 for t in done if n[t.number] >= 2)
     if pooled is not None:
-        refined.set_user_attr(
-            "seed_stdev", {"stdev": pooled, "seeds": seeds, "of": seeded, "dof": dof}
-        )
+        noise_record = {"stdev": pooled, "seeds": seeds, "of": seeded, "dof": dof}
+        record.write_study(refined, seed_stdev=noise_record)
     old_front = {t.number for t in pareto_front(source)}
     # stays on / joins the front in the study's own objectives: refined mean, same costs
     points = [(mean[t.number], *t.values[1:]) for t in done]
     new_front = {done[i].number for i in nondominated_fronts(points)[0]}
-    budget = refined.user_attrs["budget"]["name"]
-    cost = METRICS[tuple(source.user_attrs.get("objectives", DEFAULT_OBJECTIVES))[1]]
+    s = StudyRecord.of(source)
+    budget = StudyRecord.of(refined).budget["name"]
+    cost = METRICS[s.objectives[1]]
     lines = [
-        f"{'trial':>5}  {cost.label:>16}  {source.user_attrs['budget']['name']:>8}  "
-        f"{budget + ' (mean)':>12}  front"
+        f"{'trial':>5}  {cost.label:>16}  {s.budget['name']:>8}  {budget + ' (mean)':>12}  front"
     ]
     for t in sorted(done, key=lambda t: t.values[1]):
         where = (

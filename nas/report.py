@@ -29,6 +29,7 @@ from nas.results.front import (
     pareto_front,
 )
 from nas.results.page import write_report
+from nas.study.record import TrialRecord
 from nas.study.storage import default_storage_url, load_study, open_storage
 
 __all__ = [
@@ -61,7 +62,7 @@ def _run(argv: list[str] | None) -> int:
         folder = Path(args.artifacts) if args.artifacts else default_artifact_dir(args.study)
         replace_study_file(study, folder, out)
         for t in pareto_front(study):
-            data = json.dumps(t.user_attrs["config"], indent=2) + "\n"
+            data = json.dumps(TrialRecord.of(t).config, indent=2) + "\n"
             attach_trial_file(study, t, folder, f"config-trial{t.number}.json", data)
         written["artifacts"] = folder
     for kind, path in written.items():

@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import math
-import re
 import signal
 import sys
-from collections.abc import Callable
+import textwrap
 from dataclasses import replace
 from typing import Any
 
 from nas.arch.space import PRESETS, load_space_file, parse_range
-from nas.cli import int_at_least, make_parser, run_cli
-from nas.cli import positive_int as _positive_int
+from nas.cli import (
+    at_least,
+    auto_or,
+    make_parser,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_cli,
+    slurm_minutes,
+)
 from nas.data.dataset import AUGMENTS
 from nas.errors import UsageError
 from nas.parallel.run import (
@@ -38,7 +44,9 @@ from nas.parallel.workers import (
 )
 from nas.study.metrics import (
     DEFAULT_OBJECTIVES,
+    METRICS,
     Limits,
+    limit_options,
     parse_objectives,
 )
 from nas.study.storage import (
@@ -51,21 +59,24 @@ __all__ = [
     "build_parser",
     "main",
     "parse_args",
-    "slurm_minutes",
     "slurm_task",
 ]
 
 
-EPILOG = """\
-objectives (--objectives, accuracy and one or two costs; every trial measures all costs):
-  accuracy     validation accuracy on the data's fixed validation split (maximised)
-  macs         MACs (fvcore) in millions at batch 1; fvcore counts one multiply-add as one
-               flop, so --max-mmacs is in those units too (1 MAC = 2 FLOPs)
-  params       parameters, in millions
-  latency-cpu  ms per image at batch 1 on one CPU thread, fp32 (median of up to 21 runs)
-  latency-gpu  ms per image at batch 1 on the training GPU, bf16, CUDA graph (median of
-               50 replays; needs the GPU to one trial: --concurrency 1, --workers 1)
-  memory       MB of GPU memory of one training step at the budget's batch size
+def _objectives_help() -> str:
+    """The epilog's objectives, one per entry of the table (nas.study.metrics)."""
+    lines = ["objectives (--objectives, accuracy and one or two costs; every trial measures "
+             "all costs):"]  # fmt: skip
+    for m in METRICS.values():
+        lines += textwrap.wrap(
+            m.brief, 89, initial_indent=f"  {m.name:<12} ", subsequent_indent=" " * 15
+        )
+    return "\n".join(lines) + "\n"
+
+
+EPILOG = (
+    _objectives_help()
+    + """\
 budgets: one known before training (MACs, params, latencies) skips training when over;
   memory is known after training (the trial is trained, then marked infeasible).
 presets:
@@ -87,81 +98,14 @@ examples:
   python -m nas.search --objectives accuracy,latency-cpu --max-params 500000
   python -m nas.search --data ~/photos --preset cifar --image-size 64 --study photos
 """
+)
 
 
 def _image_side(text: str) -> int:
-    v = _positive_int(text)
+    v = positive_int(text)
     if not 8 <= v <= 1024:
         raise argparse.ArgumentTypeError(f"expected a side of 8 to 1024 pixels, got {v}")
     return v
-
-
-def _non_negative_int(text: str) -> int:
-    return int_at_least(text, 0, "an integer >= 0")
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return v
-
-
-def _auto_or(high: int) -> Callable[[str], int]:
-    """An argparse type: "auto" (0) or an integer in 1..high."""
-
-    def parse(text: str) -> int:
-        if text == "auto":
-            return 0
-        try:
-            v = int(text)
-        except ValueError:
-            v = 0
-        if not 1 <= v <= high:
-            raise argparse.ArgumentTypeError(f"expected auto or 1..{high}, got {text!r}")
-        return v
-
-    return parse
-
-
-# SLURM's --time forms: MINUTES, MINUTES:SECONDS, H:MM:SS, D-H, D-H:MM, D-H:MM:SS
-TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
-
-
-def slurm_minutes(text: str) -> int:
-    """An argparse type: a SLURM time limit (2:00:00, 90, 1-12:00, ...) in whole minutes."""
-    m = TIME.match(text)
-    if m is None:
-        raise argparse.ArgumentTypeError(
-            f"expected a SLURM time such as 2:00:00, 90 (minutes) or 1-12:00, got {text!r}"
-        )
-    days, a, b, c = (int(x) if x is not None else None for x in m.groups())
-    if days is not None:  # D-H[:MM[:SS]]
-        hours, minutes, seconds = a, b or 0, c or 0
-    elif c is not None:  # H:MM:SS
-        hours, minutes, seconds = a, b, c
-    else:  # MINUTES[:SECONDS]
-        hours, minutes, seconds = 0, a, b or 0
-    total = math.ceil(((days or 0) * 24 + hours) * 60 + minutes + seconds / 60)
-    if total < 1:
-        raise argparse.ArgumentTypeError(
-            f"expected a time limit of a minute or more, got {text!r}"
-        )
-    return total
-
-
-def _count(low: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= low."""
-
-    def parse(text: str) -> int:
-        if not text.isdigit() or int(text) < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
-        return int(text)
-
-    return parse
 
 
 def add_slurm_options(p: argparse.ArgumentParser) -> None:
@@ -170,7 +114,7 @@ def add_slurm_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--slurm-array",
-        type=_count(1),
+        type=at_least(1),
         metavar="N",
         help="submit N workers as one SLURM job array (submitit) instead of running here; "
         "each runs this search on --storage for its share of --trials (exactly --trials in "
@@ -178,7 +122,7 @@ def add_slurm_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--slurm-gpus",
-        type=_count(0),
+        type=at_least(0),
         metavar="G",
         help="GPUs per worker (default 1; 0: CPU nodes)",
     )
@@ -214,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Re-running continues the study.",
         EPILOG,
     )
-    p.add_argument("--trials", type=_positive_int, default=100, help="trials to run (default 100)")
+    p.add_argument("--trials", type=positive_int, default=100, help="trials to run (default 100)")
     p.add_argument("--study", default="densenet", help="study name (default densenet)")
     p.add_argument(
         "--storage",
@@ -240,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--seed",
-        type=_non_negative_int,
+        type=non_negative_int,
         help="sampler seed, for a reproducible run: each trial's draw follows from the seed "
         "and its trial number, so hosts sharing a study with one seed draw different trials "
         "(default: a fresh seed per process)",
@@ -253,8 +197,23 @@ def build_parser() -> argparse.ArgumentParser:
         "CUDA trains in bf16, the CPU in fp32, and a study keeps to one)",
     )
     p.add_argument(
+        "--lr",
+        type=positive_float,
+        help="peak learning rate, replacing the budget's (part of the stored budget)",
+    )
+    _add_parallel_options(p)
+    _add_data_options(p)
+    _add_objective_options(p)
+    _add_space_options(p)
+    add_slurm_options(p)
+    return p
+
+
+def _add_parallel_options(p: argparse.ArgumentParser) -> None:
+    """How many trials run at once, and how a killed one is noticed."""
+    p.add_argument(
         "--workers",
-        type=_auto_or(64),
+        type=auto_or(64),
         default="auto",
         help=f"trial processes on this machine (default auto: 1 on a CPU, "
         f"{WORKERS_PER_GPU} per GPU). On a CPU the cores are shared out among them, and "
@@ -262,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--concurrency",
-        type=_auto_or(MAX_CONCURRENCY),
+        type=auto_or(MAX_CONCURRENCY),
         default="auto",
         metavar="K",
         help=f"trials at once in each worker process, each in its own thread and CUDA "
@@ -272,6 +231,17 @@ def build_parser() -> argparse.ArgumentParser:
         f"{CANDIDATE_CONCURRENCY} on a large GPU). A trial's accuracy does not depend "
         "on K; its train seconds are its own wall time, shared with the trials beside it",
     )
+    p.add_argument(
+        "--heartbeat",
+        type=positive_int,
+        default=10,
+        metavar="S",
+        help="seconds between a running trial's heartbeats; a trial silent for 3 heartbeats "
+        "(its worker killed) is failed and retried once (default 10)",
+    )
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data",
         metavar="SOURCE",
@@ -292,34 +262,21 @@ def build_parser() -> argparse.ArgumentParser:
         "per image, on the device (the CIFAR recipe); default auto: crop-flip for colour "
         "images, none for grey (part of the stored budget)",
     )
-    p.add_argument(
-        "--max-mmacs",
-        type=_positive_float,
-        metavar="M",
-        help="budget in millions of multiply-adds at batch 1, as fvcore counts them "
-        "(MACs, not FLOPs: 1 MAC = 2 FLOPs); larger networks are infeasible, not trained",
-    )
-    p.add_argument("--max-mflops", help=argparse.SUPPRESS)  # renamed: refused with a hint
+
+
+def _add_objective_options(p: argparse.ArgumentParser) -> None:
+    """--objectives, and a --max-* option per cost limit of the table (nas.study.metrics)."""
     p.add_argument(
         "--objectives",
         default=",".join(DEFAULT_OBJECTIVES),
         metavar="A,B[,C]",
-        help="what to optimise: accuracy and one or two of macs, params, latency-cpu, "
-        "latency-gpu, memory (default accuracy,macs; see objectives below)",
+        help="what to optimise: accuracy and one or two of "
+        + ", ".join(n for n in METRICS if n != "accuracy")
+        + f" (default {','.join(DEFAULT_OBJECTIVES)}; see objectives below)",
     )
-    p.add_argument(
-        "--max-params",
-        type=_positive_float,
-        metavar="N",
-        help="budget in parameters (e.g. 500000); larger networks are infeasible, not trained",
-    )
-    p.add_argument(
-        "--max-latency-ms",
-        type=_positive_float,
-        metavar="MS",
-        help="budget in ms per image at batch 1, on the device --latency-device names; "
-        "slower networks are infeasible, not trained",
-    )
+    for option, limit in limit_options().items():  # one per cost limit of the table
+        p.add_argument(option, type=positive_float, metavar=limit.metavar, help=limit.help)
+    p.add_argument("--max-mflops", help=argparse.SUPPRESS)  # renamed: refused with a hint
     p.add_argument(
         "--latency-device",
         choices=("cpu", "gpu"),
@@ -327,26 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="where --max-latency-ms is measured: cpu (one thread, fp32; default) or gpu "
         "(the training GPU, bf16, CUDA graph; needs --concurrency 1)",
     )
-    p.add_argument(
-        "--max-memory-mb",
-        type=_positive_float,
-        metavar="MB",
-        help="budget in MB of GPU memory for one training step (GPU only); known after "
-        "training, so a network over it is trained, then marked infeasible",
-    )
-    p.add_argument(
-        "--lr",
-        type=_positive_float,
-        help="peak learning rate, replacing the budget's (part of the stored budget)",
-    )
-    p.add_argument(
-        "--heartbeat",
-        type=_positive_int,
-        default=10,
-        metavar="S",
-        help="seconds between a running trial's heartbeats; a trial silent for 3 heartbeats "
-        "(its worker killed) is failed and retried once (default 10)",
-    )
+
+
+def _add_space_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("search-space overrides (after the preset and --space)")
     g.add_argument(
         "--space",
@@ -366,8 +306,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--growth-rate", metavar="LO:HI[:STEP]", help="range of k")
     g.add_argument("--convs", metavar="LO:HI", help="range of conv blocks per dense block")
     g.add_argument("--compression", metavar="LO:HI:STEP", help="range of theta, in (0, 1]")
-    add_slurm_options(p)
-    return p
 
 
 def parse_args(argv: list[str] | None) -> tuple[SearchArgs, SlurmRequest | None]:
@@ -402,7 +340,11 @@ def parse_args(argv: list[str] | None) -> tuple[SearchArgs, SlurmRequest | None]
         objectives = parse_objectives(a.objectives)
     except ValueError as e:
         raise UsageError(f"--objectives: {e}") from None
-    limits = Limits(a.max_params, a.max_latency_ms, a.latency_device, a.max_memory_mb)
+    options = vars(a)
+    limits = Limits.of(
+        a.latency_device,
+        **{m.name: options[o[2:].replace("-", "_")] for o, m in limit_options().items()},
+    )
     spec = WorkerSpec(
         storage=a.storage or default_storage_url(a.study),
         study=check_study_name(a.study),
@@ -412,7 +354,6 @@ def parse_args(argv: list[str] | None) -> tuple[SearchArgs, SlurmRequest | None]
         seed=a.seed,
         device=a.device,
         data_dir=a.data_dir,
-        max_mmacs=a.max_mmacs,
         workers=a.workers,
         heartbeat=a.heartbeat,
         concurrency=a.concurrency,

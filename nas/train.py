@@ -26,11 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from nas.arch.config import ArchConfig
+from nas.arch.config import ArchConfig, load_config_file
 from nas.arch.model import build_model
-from nas.cli import positive_int
-from nas.data.dataset import Dataset, to_input
-from nas.errors import UsageError
+from nas.cli import make_parser, positive_int, run_cli
+from nas.data.dataset import Dataset, default_augment, describe, load_data, to_input
+from nas.errors import DataError, UsageError
 from nas.training.budget import TrainBudget
 from nas.training.fit import pick_device, train_and_evaluate
 
@@ -77,7 +77,6 @@ def export_program(
 
 
 def _parser() -> argparse.ArgumentParser:
-    from nas.cli import make_parser
 
     p = make_parser(
         "nas.train",
@@ -172,9 +171,6 @@ def _data(
     a: argparse.Namespace, exported: dict, config: ArchConfig
 ) -> tuple[Dataset, torch.device]:
     """--data, else the export's own data, on the device; refused unless it fits config."""
-    from nas.data.dataset import describe, load_data
-    from nas.errors import DataError
-
     source = a.data or (exported.get("data") or {}).get("source")
     try:
         device = pick_device(a.device)
@@ -205,12 +201,10 @@ def _splits(data: Dataset) -> tuple[Any, ...]:
         "validation split, which the search scored on too (an optimistic figure)",
         flush=True,
     )
-    return data.train_x, data.train_y, data.val_x, data.val_y, "validation"
+    return data.train, data.val, "validation"
 
 
 def _run(argv: list[str] | None) -> int:
-    from nas.arch.config import load_config_file
-    from nas.data.dataset import default_augment
 
     a = _parser().parse_args(argv)
     if not (math.isfinite(a.epochs) and 0 < a.epochs <= 1000):
@@ -240,7 +234,9 @@ def _run(argv: list[str] | None) -> int:
     )
     progress = EpochLines(budget, per_epoch, len(test_x), scored)
     with progress:
-        r = train_and_evaluate(config, budget, x, y, test_x, test_y, model=model, on_step=progress)
+        r = train_and_evaluate(
+            config, budget, (x, y), (test_x, test_y), model=model, on_step=progress
+        )
     result = {
         "config": config.to_dict(),
         "data": data.record(),
@@ -343,7 +339,6 @@ def _write(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nas.cli import run_cli
 
     return run_cli("nas.train", _run, argv)
 

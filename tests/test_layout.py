@@ -47,11 +47,13 @@ def graph() -> dict[str, set[str]]:
 def is_command(m: str) -> bool:
     """A top-level module of nas that is not the shared errors: a `python -m nas.X`
     command, nas.cli (what the commands share) or the package's face."""
-    return m.count(".") == 1 and m not in SHARED
+    return m.count(".") == 1 and m not in SHARED and m.split(".")[1] not in STAGES
 
 
 def stage(m: str) -> str:
-    return m.split(".")[1] if m.count(".") >= 2 else ""
+    """The stage folder of a library module, or "" for the top level."""
+    parts = m.split(".")
+    return parts[1] if len(parts) >= 3 or (len(parts) == 2 and parts[1] in STAGES) else ""
 
 
 def circles(edges: dict[str, set[str]]) -> list[list[str]]:

@@ -132,6 +132,7 @@ def test_summary_of_two_architectures_prints_no_tau() -> None:
     def study(budget: str) -> optuna.Study:
         s = optuna.create_study(directions=["maximize", "minimize"])
         s.set_user_attr("budget", {"name": budget})
+        s.set_user_attr("objectives", ["accuracy", "macs"])
         return s
 
     source, refined = study("smoke"), study("smoke-long")

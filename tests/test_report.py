@@ -17,7 +17,7 @@ from browser import chromium, screenshot
 from nas.report import main
 from nas.results.figures import hypervolume_figure, log_ticks, pareto_figure
 from nas.results.front import hypervolume_history, pareto_front
-from nas.results.table import MACS, trials_frame
+from nas.results.table import MACS, OVER_TRAINED, trials_frame
 from nas.search import main as search
 
 TINY = ["--preset", "cifar", "--growth-rate", "8:16:4", "--convs", "1:3", "--budget", "smoke"]
@@ -116,6 +116,27 @@ def test_pareto_plot_of_a_budgeted_study(cost_study) -> None:
     three = pareto_figure(df, x="CPU latency (ms)", three=True)
     front = next(t for t in three.data if t.name.startswith("on the 3-objective front"))
     assert front.mode == "markers"
+
+
+def test_a_trained_network_over_a_budget_is_never_labelled_not_trained(cost_study) -> None:
+    """A network trained and then found over a budget (its memory, known only after
+    training): the table and the strip say "trained, over a budget", not "not trained"
+    (the report once labelled every such network "not trained (over MAC budget)")."""
+    from conftest import add_trained_infeasible_trial
+
+    url, name = cost_study
+    copy, number = add_trained_infeasible_trial(
+        optuna.load_study(study_name=name, storage=url), "m"
+    )
+    df = trials_frame(copy)
+    status = dict(zip(df["trial"], df["status"]))
+    assert status[number] == OVER_TRAINED
+    assert all(s != OVER_TRAINED for n, s in status.items() if n != number)
+    fig = pareto_figure(df, x="params", budget=65000.0)
+    strips = {t.name: t for t in fig.data if t.yaxis == "y2"}
+    assert set(strips) == {"not trained (over budget)", OVER_TRAINED}
+    assert list(strips[OVER_TRAINED].x) == list(df.loc[df["trial"] == number, "params"])
+    assert "trained, but over a budget" in strips[OVER_TRAINED].hovertext[0]
 
 
 def test_hypervolume_against_brute_force() -> None:

@@ -200,12 +200,12 @@ def test_cost_budgets_change_on_a_study_and_every_trial_is_judged_by_the_new_one
     assert "note: budgets changed from params <= 1 to params <= 10,000,000" in out
     study = load(url, "s")
     assert study.user_attrs["limits"] == {"params": 10_000_000.0}
-    assert [h["limits"] for h in study.user_attrs["budget_history"]] == [
+    assert [h["limits"] for h in study.user_attrs["limits_history"]] == [
         {"params": 1.0},
         {"params": 10_000_000.0},
     ]
     assert [t.number for t in pareto_front(study)] == [2]  # the one trained since
-    from nas.results.table import OVER_EARLIER, trials_frame
+    from nas.results.table import OVER_EARLIER, OVER_OTHER, OVER_TRAINED, trials_frame
 
     status = dict(zip(*trials_frame(study)[["trial", "status"]].T.values))
     assert status[0] == status[1] == OVER_EARLIER  # within the budget now, not trained then
@@ -214,6 +214,9 @@ def test_cost_budgets_change_on_a_study_and_every_trial_is_judged_by_the_new_one
         capsys.readouterr().out
     )
     assert pareto_front(load(url, "s")) == []
+    status = dict(zip(*trials_frame(load(url, "s"))[["trial", "status"]].T.values))
+    assert status[2] == OVER_TRAINED  # trained under the budget of its day: over it now
+    assert status[0] == status[1] == status[3] == OVER_OTHER  # never trained
 
 
 def test_other_precision_or_split_is_refused(tmp_path: Path, real_data_dir, capsys, monkeypatch):
@@ -420,22 +423,30 @@ def test_latency_objective_and_params_budget_end_to_end(cost_study, capsys) -> N
     assert len(load(url, name).trials) == 6
 
 
-def test_a_study_from_before_objectives_continues_as_accuracy_and_macs(
+def test_a_study_from_before_this_record_format_is_refused_in_one_line(
     tmp_path: Path, real_data_dir, capsys
 ) -> None:
-    """A study written before objectives and budgets were recorded optimises accuracy and
-    MACs without budgets: it continues as such, and refuses other objectives."""
+    """A study written before the record format (nas.study.record: no `record` key, the
+    augmentation in its data entry) is refused on resume with one line, nothing written;
+    one that records another format says both."""
     url = f"sqlite:///{tmp_path}/s.db"
     assert main([*TINY, "--trials", "1", "--study", "new", "--storage", url]) == 0
+    stored = load(url, "new").user_attrs
     old = optuna.create_study(study_name="old", storage=url, directions=["maximize", "minimize"])
-    for key, value in load(url, "new").user_attrs.items():
-        if key not in ("objectives", "limits"):  # what an older nas wrote
-            old.set_user_attr(key, value)
-    assert main([*TINY, "--trials", "1", "--study", "old", "--storage", url]) == 0
-    assert len(complete(load(url, "old"))) == 1
+    for key, value in stored.items():  # as an older nas wrote it
+        if key != "record":
+            old.set_user_attr(key, {**value, "augment": "none"} if key == "data" else value)
     capsys.readouterr()
-    argv = [*TINY, "--trials", "1", "--study", "old", "--storage", url]
-    assert main([*argv, "--objectives", "accuracy,params"]) == 2
-    assert "another objectives (['accuracy', 'macs'] there" in capsys.readouterr().err
-    assert main([*argv, "--objectives", "accuracy,params,macs"]) == 2
-    assert "optimises 2 objectives" in capsys.readouterr().err
+    argv = [*TINY, "--trials", "1", "--storage", url]
+    assert main([*argv, "--study", "old"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "nas.search: error: study 'old' has no record format recorded (made by an older nas, "
+        "or not by nas.search): its accuracies cannot be checked as comparable; use another "
+        "--study\n"
+    )
+    assert len(load(url, "old").trials) == 0
+    load(url, "new").set_user_attr("record", 1)
+    assert main([*argv, "--study", "new"]) == 2
+    assert "another record format (1 there, 2 here)" in capsys.readouterr().err
+    assert len(load(url, "new").trials) == 1

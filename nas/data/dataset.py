@@ -113,6 +113,18 @@ class Dataset:
         }
         return replace(self, **moved)
 
+    @property
+    def train(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.train_x, self.train_y
+
+    @property
+    def val(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.val_x, self.val_y
+
+    @property
+    def test(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.test_x, self.test_y
+
     def full_train(self) -> tuple[torch.Tensor, torch.Tensor]:
         """train + val, for the final training run."""
         return torch.cat((self.train_x, self.val_x)), torch.cat((self.train_y, self.val_y))

@@ -23,25 +23,26 @@ from nas.data.dataset import DEFAULT_SOURCE, Dataset, default_augment, describe,
 from nas.errors import ConfigError, DataError, UsageError
 from nas.parallel.threads import GpuMonitor
 from nas.parallel.workers import (
+    Tally,
     WorkerSpec,
     make_sampler,
     run_workers,
-    tally_trial,
     times_gpu_latency,
     trial_line,
     trial_loop,
 )
 from nas.results.front import pareto_front, why_no_front
+from nas.study import record
 from nas.study.metrics import (
-    describe_limits,
     metric_names,
 )
+from nas.study.record import StudyRecord, TrialRecord
 from nas.study.storage import (
     connection_note,
     default_storage_url,
     open_or_create_study,
     open_storage,
-    update_budgets,
+    update_limits,
 )
 from nas.study.urls import public_url
 from nas.training.budget import TrainBudget
@@ -130,10 +131,10 @@ def study_source(spec: WorkerSpec) -> tuple[str, optuna.storages.BaseStorage | N
     except UsageError:  # no such storage yet (it is made once the data has been read)
         return DEFAULT_SOURCE, None
     try:
-        attrs = optuna.load_study(study_name=spec.study, storage=storage).user_attrs
+        stored = StudyRecord.of(optuna.load_study(study_name=spec.study, storage=storage))
     except KeyError:  # no such study yet
         return DEFAULT_SOURCE, storage
-    return (attrs.get("data_record") or {}).get("source") or DEFAULT_SOURCE, storage
+    return stored.data_record.get("source") or DEFAULT_SOURCE, storage
 
 
 def budget_notes(budget: TrainBudget, data: Dataset) -> list[str]:
@@ -162,7 +163,7 @@ def budget_notes(budget: TrainBudget, data: Dataset) -> list[str]:
 def check_gpu_costs(spec: WorkerSpec, device: torch.device) -> None:
     """GPU costs need a GPU, and GPU latency needs it to one trial at a time."""
     gpu_latency = times_gpu_latency(spec)
-    memory = "memory" in spec.objectives or spec.limits.memory_mb is not None
+    memory = "memory" in spec.objectives or "memory" in spec.limits.needs()
     if device.type != "cuda" and (gpu_latency or memory):
         what = "GPU latency" if gpu_latency else "training memory"
         raise UsageError(
@@ -185,9 +186,10 @@ def preflight(spec: WorkerSpec, trials: int, device: torch.device, data: Dataset
     trial of a GPU budget will take, from one training step measured here."""
     notes = []
     small, large = (closed_form_mmacs(c) for c in spec.space.corners())
-    if spec.max_mmacs is not None and spec.max_mmacs < small:
+    max_mmacs = spec.limits.get("macs")
+    if max_mmacs is not None and max_mmacs < small:
         notes.append(
-            f"--max-mmacs {spec.max_mmacs:g} is below the smallest network of this space "
+            f"--max-mmacs {max_mmacs:g} is below the smallest network of this space "
             f"({small:.6f} MMACs (fvcore)): every trial will be infeasible and none trained"
         )
     if large > FAR_MMACS:
@@ -208,7 +210,7 @@ def preflight(spec: WorkerSpec, trials: int, device: torch.device, data: Dataset
         config = D2L_CHAPTER if ref is not None else spec.space.middle()
         b = spec.budget
         probe = replace(b, train_images=2 * b.batch_size, val_images=1, bn_recalibration=0)
-        r = train_and_evaluate(config, probe, data.train_x, data.train_y, data.val_x, data.val_y)
+        r = train_and_evaluate(config, probe, data.train, data.val)
         per_trial = r.train_seconds / 2 * b.steps
         notes.append(
             f"budget {b.name!r} is meant for a GPU. On this CPU one training step of "
@@ -227,10 +229,10 @@ def reference_interrupted(study: optuna.Study) -> bool:
     trained. (Only the study's creator queues it first, so that workers starting at once
     queue it once; one that failed for a reason of its own, e.g. out of memory, is not
     retried; a killed one is retried by the heartbeat.)"""
-    refs = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("reference")]
+    refs = [t for t in study.get_trials(deepcopy=False) if TrialRecord.of(t).reference]
     return bool(refs) and all(
         t.state == optuna.trial.TrialState.FAIL
-        and str(t.user_attrs.get("fail_reason", "")).startswith("interrupted")
+        and (TrialRecord.of(t).fail_reason or "").startswith("interrupted")
         for t in refs
     )
 
@@ -279,24 +281,23 @@ def _open_study(
     the d2l reference where due, and print the header; returns notes for the user.
     `storage`: spec.storage already opened (else opened here)."""
     storage = storage or open_storage(spec.storage, heartbeat=spec.heartbeat)
-    experiment = {
-        "space": spec.space.to_dict(),
-        "objectives": list(spec.objectives),
-        "max_mmacs": spec.max_mmacs,
-        "limits": spec.limits.to_dict(),
-        "precision": precision(device),
-        "data": {**data.fingerprint, "augment": spec.budget.augment},
-        "budget": spec.budget.to_dict(),
-    }
+    experiment = record.experiment(
+        spec.space.to_dict(),
+        spec.objectives,
+        spec.limits.to_dict(),
+        precision(device),
+        data.fingerprint,
+        spec.budget.to_dict(),  # the augmentation with it
+    )
     sampler = make_sampler(spec.sampler, spec.seed)
     study, created = open_or_create_study(storage, spec.study, sampler, experiment)
-    changed = None if created else update_budgets(study, spec.max_mmacs, experiment["limits"])
-    if "data_record" not in study.user_attrs:  # where the data came from: nas.refine reads it
-        study.set_user_attr("data_record", data.record())
+    changed = None if created else update_limits(study, spec.limits)
+    if not StudyRecord.of(study).data_record:  # where the data came from: nas.refine reads it
+        record.write_study(study, data_record=data.record())
     states = Counter(t.state for t in study.get_trials(deepcopy=False))
     ref = reference_params(spec.space)
     if ref is not None and (created or reference_interrupted(study)):
-        study.enqueue_trial(ref, user_attrs={"reference": "d2l chapter"})
+        study.enqueue_trial(ref, user_attrs=record.trial_attrs(reference="d2l chapter"))
     before = ", ".join(f"{n} {s.name.lower()}" for s, n in sorted(states.items())) or "none"
     b = spec.budget
     print(
@@ -305,7 +306,7 @@ def _open_study(
         f"images, {b.val_images:,} val), {precision(device)}, sampler {spec.sampler}, "
         f"device {device}, workers {spec.workers} x {spec.concurrency} trials at once\n"
         f"objectives {', '.join(metric_names(spec.objectives))}; budgets: "
-        + describe_limits(spec.max_mmacs, spec.limits.to_dict()),
+        + spec.limits.describe(),
         flush=True,
     )
     notes = [changed] if changed else []
@@ -315,18 +316,18 @@ def _open_study(
 
 def _run_trials(
     spec: WorkerSpec, trials: int, device: torch.device, data: Dataset
-) -> tuple[list[int], GpuMonitor]:
+) -> tuple[Tally, GpuMonitor]:
     """Run `trials` trials in this process or in spec.workers processes, with a progress
-    bar and a line per trial; returns this run's counts [done, failed, duplicates,
-    trained, trained eagerly] and the GPU's utilisation monitor."""
+    bar and a line per trial; returns this run's tally and the GPU's utilisation monitor."""
     # disable=None: a bar on a terminal, none in a log file (the per-trial lines remain).
     bar = tqdm(total=trials, unit="trial", dynamic_ncols=True, file=sys.stderr, disable=None)
-    counts = [0, 0, 0, 0, 0]
+    counts = Tally()
 
-    def progress(now: list[int]) -> None:
-        counts[:] = now
-        bar.set_postfix(failed=now[1])
-        bar.update(now[0] - bar.n)
+    def progress(now: Tally) -> None:
+        nonlocal counts
+        counts = now
+        bar.set_postfix(failed=now.failed)
+        bar.update(now.done - bar.n)
 
     try:
         with GpuMonitor(device) as gpu:
@@ -343,8 +344,8 @@ def _run_trials(
                 def on_trial(_: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
                     with lock:
                         bar.write(trial_line(t), file=sys.stdout)
-                        now = list(counts)
-                        warning = tally_trial(now, t)
+                        now = replace(counts)
+                        warning = now.count(t)
                         if warning:
                             bar.write(warning, file=sys.stdout)
                         progress(now)
@@ -362,21 +363,22 @@ def _run_trials(
 
 
 def _summary(
-    spec: WorkerSpec, study: optuna.Study, counts: list[int], gpu: GpuMonitor, elapsed: float
+    spec: WorkerSpec, study: optuna.Study, counts: Tally, gpu: GpuMonitor, elapsed: float
 ) -> str:
     """The run in three or four lines: counts and throughput, the front, what next."""
     front = pareto_front(study)
     numbers = ", ".join(str(t.number) for t in front)
     first_cost = "fewest MACs" if spec.objectives[1] == "macs" else f"lowest {spec.objectives[1]}"
     b, workers = spec.budget, spec.workers
-    use = f"{counts[3] * b.steps * b.batch_size / elapsed:,.0f} train images/s over the run, "
+    use = f"{counts.trained * b.steps * b.batch_size / elapsed:,.0f} train images/s over the run, "
     use += "all trials together"
     if gpu.mean() is not None:
         use += f"; GPU busy {gpu.mean():.0f}% of the time (NVML, {len(gpu.samples)} samples)"
     return (
-        f"{counts[0]} trials in {elapsed:.1f} s ({counts[1]} failed, {counts[2]} repeating a "
+        f"{counts.done} trials in {elapsed:.1f} s ({counts.failed} failed, {counts.duplicates} "
+        "repeating a "
         f"trained network, "
-        + (f"{counts[4]} trained eagerly with CUDA graphs off, " if counts[4] else "")
+        + (f"{counts.eager} trained eagerly with CUDA graphs off, " if counts.eager else "")
         + f"{workers} worker{'s' if workers > 1 else ''} x {spec.concurrency} at once); "
         f"{use}\nPareto front: {len(front)} trial"
         f"{'s' if len(front) != 1 else ''} (trial numbers, {first_cost} first: {numbers or '-'})\n"

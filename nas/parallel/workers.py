@@ -21,7 +21,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from typing import Any
 
 import optuna
@@ -32,8 +32,9 @@ from nas.arch.space import SearchSpace
 from nas.data.dataset import Dataset, load_data
 from nas.errors import Interrupted, StopFlag, interruption, stop_signals
 from nas.parallel.threads import run_concurrently
-from nas.study.metrics import DEFAULT_OBJECTIVES, Limits
+from nas.study.metrics import COSTS, DEFAULT_OBJECTIVES, Limits
 from nas.study.objective import CATCH, Objective
+from nas.study.record import TrialRecord
 from nas.study.storage import open_storage
 from nas.training.budget import TrainBudget
 
@@ -42,7 +43,7 @@ __all__ = [
     "WorkerSpec",
     "make_sampler",
     "run_workers",
-    "tally_trial",
+    "Tally",
     "times_gpu_latency",
     "trial_line",
     "trial_loop",
@@ -63,21 +64,17 @@ class WorkerSpec:
     seed: int | None
     device: str  # "cpu", "cuda" or "cuda:N"
     data_dir: str | None  # Fashion-MNIST's folder (--data-dir)
-    max_mmacs: float | None
     workers: int  # how many workers share this machine
     heartbeat: int  # seconds between heartbeats of a running trial (nas.study.storage)
     concurrency: int = 1  # trials at once in each worker, in threads (nas.parallel.threads)
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES  # nas.study.metrics, accuracy first
-    limits: Limits = field(default_factory=Limits)  # budgets beside max_mmacs
+    limits: Limits = field(default_factory=Limits)  # the cost limits (--max-*)
     data: str | None = None  # --data: the source nas.data.dataset.load_data reads (None: default)
 
 
 def times_gpu_latency(spec: WorkerSpec) -> bool:
-    """GPU latency is an objective or a budget of this search."""
-    limits = spec.limits
-    return "latency-gpu" in spec.objectives or (
-        limits.latency_ms is not None and limits.latency_device == "gpu"
-    )
+    """GPU latency is an objective or a cost limit of this search."""
+    return "latency-gpu" in spec.objectives or "latency_gpu" in spec.limits.needs()
 
 
 class _TrialSeeded:
@@ -150,57 +147,42 @@ def make_sampler(
 
 def trial_line(t: optuna.trial.FrozenTrial) -> str:
     """One readable line per finished trial."""
-    attrs = t.user_attrs
-    cfg = attrs.get("config")
-    desc = ArchConfig.from_dict(cfg).describe() if cfg else "?"
-    ref = " (d2l chapter)" if attrs.get("reference") else ""
+    r = TrialRecord.of(t)
+    desc = ArchConfig.from_dict(r.config).describe() if r.config else "?"
+    ref = " (d2l chapter)" if r.reference else ""
     head = f"trial {t.number:>4}  {desc}{ref}"
     if t.state != optuna.trial.TrialState.COMPLETE:
-        reason = attrs.get("fail_reason", "see log")
-        return f"{head}  {t.state.name.lower()}: {reason}"
+        return f"{head}  {t.state.name.lower()}: {r.fail_reason or 'see log'}"
     acc = t.values[0]
-    if attrs.get("duplicate_of") is not None:
+    if r.duplicate_of is not None:
         return (
-            f"{head}  val acc {acc:.4f}  {cost_words(attrs)}  the network of trial "
-            f"{attrs['duplicate_of']}: its values, not trained again"
+            f"{head}  val acc {acc:.4f}  {cost_words(r)}  the network of trial "
+            f"{r.duplicate_of}: its values, not trained again"
         )
-    over = attrs.get("over_budget") or ["macs"]  # older trials: only a MAC budget existed
-    budgets = " and ".join(BUDGET_WORDS[k] for k in over) + (" budgets" if over[1:] else " budget")
-    if attrs.get("trained") is False:
-        return f"{head}  {cost_words(attrs, exact=True)}  over the {budgets}, not trained"
+    over = r.over_budget
+    words = [COSTS[k].limit.words for k in over if COSTS[k].limit]
+    budgets = " and ".join(words) + (" budgets" if over[1:] else " budget")
+    if not r.trained:
+        return f"{head}  {cost_words(r, exact=True)}  over the {budgets}, not trained"
     secs = (t.datetime_complete - t.datetime_start).total_seconds()
-    tail = f"; over the {budgets}" if attrs.get("over_budget") else ""
+    tail = f"; over the {budgets}" if over else ""
     return (
-        f"{head}  val acc {acc:.4f}  {cost_words(attrs)}  "
-        f"train {attrs.get('train_seconds', 0):.1f} s at "
-        f"{attrs.get('images_per_second', 0):,.0f} img/s, whole trial {secs:.1f} s{tail}"
+        f"{head}  val acc {acc:.4f}  {cost_words(r)}  "
+        f"train {r.train_seconds or 0:.1f} s at "
+        f"{r.images_per_second or 0:,.0f} img/s, whole trial {secs:.1f} s{tail}"
     )
 
 
-BUDGET_WORDS = {
-    "macs": "MAC",
-    "params": "parameter",
-    "latency_cpu": "CPU latency",
-    "latency_gpu": "GPU latency",
-    "memory": "memory",
-}
-
-
-def cost_words(attrs: dict[str, Any], exact: bool = False) -> str:
+def cost_words(r: TrialRecord, exact: bool = False) -> str:
     """'70.2 MMACs (fvcore), 0.41 M params, CPU 3.10 ms' and what else was measured;
-    exact: MACs to the last one (as compared with a budget)."""
-    m = attrs["macs_fvcore"] / 1e6
-    words = [f"{m:.6f} MMACs (fvcore)" if exact else f"{m:,.1f} MMACs (fvcore)"]
-    if "params" in attrs:
-        words.append(f"{attrs['params'] / 1e6:.2f} M params")
-    costs = attrs.get("costs") or {}
-    for key, label, fmt in (
-        ("latency_cpu", "CPU", "{:.2f} ms"),
-        ("latency_gpu", "GPU", "{:.3f} ms"),
-        ("memory", "train memory", "{:,.0f} MB"),
-    ):
-        if key in costs:
-            words.append(f"{label} {fmt.format(costs[key]['value'])}")
+    exact: MACs to the last one (as compared with a limit)."""
+    words = [
+        m.shown.format(r.costs[key]["value"])
+        for key, m in COSTS.items()
+        if m.shown and key in r.costs
+    ]
+    if exact:  # MACs are counted, so a limit is met or not to the last one
+        words[0] = f"{r.mmacs:.6f} MMACs (fvcore)"
     return ", ".join(words)
 
 
@@ -252,9 +234,8 @@ def trial_loop(
         spec.space,
         spec.budget,
         data,
-        spec.max_mmacs,
-        label,
-        stop,
+        label=label,
+        stop=stop,
         objectives=spec.objectives,
         limits=spec.limits,
         gpu_timing=alone,
@@ -285,26 +266,37 @@ def trial_loop(
     run_concurrently(spec.concurrency, device, one_slot, stop)
 
 
-def tally_trial(counts: list[int] | Any, t: optuna.trial.FrozenTrial) -> str | None:
-    """Count a finished trial into [done, failed, duplicates, trained, trained eagerly on
-    a GPU] (a list or a shared array). Returns a warning line for the run's first trial
-    trained eagerly because CUDA graphs were off (nas.training.gpu), else None."""
-    counts[0] += 1
-    if t.state != optuna.trial.TrialState.COMPLETE:
-        counts[1] += 1
-    elif t.user_attrs.get("duplicate_of") is not None:
-        counts[2] += 1
-    elif t.user_attrs.get("trained"):
-        counts[3] += 1
-        mode = t.user_attrs.get("step_mode", "")
-        if mode.startswith("eager: capture") or mode.startswith("eager: cannot"):
-            counts[4] += 1
-            if counts[4] == 1:
-                return (
-                    f"warning: trial {t.number} trained eagerly, CUDA graphs are off in this "
-                    f"process ({mode.removeprefix('eager: ')}); the search goes on, slower"
-                )
-    return None
+@dataclass
+class Tally:
+    """This run's finished trials, by what became of them."""
+
+    done: int = 0
+    failed: int = 0
+    duplicates: int = 0  # repeating a trained network: its values, not trained again
+    trained: int = 0
+    eager: int = 0  # trained eagerly on a GPU, because CUDA graphs were off (nas.training.gpu)
+
+    def count(self, t: optuna.trial.FrozenTrial) -> str | None:
+        """Count a finished trial. Returns a warning line for the run's first trial trained
+        eagerly because CUDA graphs were off, else None."""
+        self.done += 1
+        r = TrialRecord.of(t)
+        if t.state != optuna.trial.TrialState.COMPLETE:
+            self.failed += 1
+        elif r.duplicate_of is not None:
+            self.duplicates += 1
+        elif r.trained:
+            self.trained += 1
+            mode = r.step_mode
+            if mode.startswith("eager: capture") or mode.startswith("eager: cannot"):
+                self.eager += 1
+                if self.eager == 1:
+                    return (
+                        f"warning: trial {t.number} trained eagerly, CUDA graphs are off in "
+                        f"this process ({mode.removeprefix('eager: ')}); the search goes on, "
+                        "slower"
+                    )
+        return None
 
 
 def _child(spec: WorkerSpec, index: int, remaining, tally) -> None:  # noqa: ANN001
@@ -316,8 +308,10 @@ def _child(spec: WorkerSpec, index: int, remaining, tally) -> None:  # noqa: ANN
             return True
 
     def on_trial(study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
-        with tally.get_lock():
-            warning = tally_trial(tally, t)
+        with tally.get_lock():  # the run's tally, shared by the workers as an array
+            now = Tally(*tally)
+            warning = now.count(t)
+            tally[:] = astuple(now)
         print(f"[w{index}] {trial_line(t)}", flush=True)
         if warning:
             print(f"[w{index}] {warning}", flush=True)
@@ -332,15 +326,12 @@ def _child(spec: WorkerSpec, index: int, remaining, tally) -> None:  # noqa: ANN
 def run_workers(
     spec: WorkerSpec,
     trials: int,
-    progress: Callable[[list[int]], None],
+    progress: Callable[[Tally], None],
 ) -> list[int]:
     """Start spec.workers processes for `trials` trials in all; wait; return exit codes.
-
-    progress([done, failed, duplicates, trained, eager]) is called about twice a second
-    with this run's trial counts.
-    """
+    progress(tally) is called about twice a second with this run's trial counts."""
     ctx = mp.get_context("spawn")  # CUDA cannot be forked
-    remaining, tally = ctx.Value("i", trials), ctx.Array("i", 5)
+    remaining, tally = ctx.Value("i", trials), ctx.Array("i", len(astuple(Tally())))
     procs = [
         ctx.Process(target=_child, args=(spec, i, remaining, tally), name=f"nas-worker-{i}")
         for i in range(spec.workers)
@@ -351,7 +342,7 @@ def run_workers(
         while any(p.is_alive() for p in procs):
             for p in procs:
                 p.join(timeout=0.5 / len(procs))
-            progress(list(tally))
+            progress(Tally(*tally))
     except KeyboardInterrupt as e:  # Ctrl-C reaches the workers too; a kill PID does not
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
         for p in procs:
@@ -360,5 +351,5 @@ def run_workers(
         for p in procs:
             p.join()
         raise
-    progress(list(tally))
+    progress(Tally(*tally))
     return [p.exitcode if p.exitcode is not None else -1 for p in procs]

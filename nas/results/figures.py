@@ -15,23 +15,28 @@ from plotly.subplots import make_subplots
 
 from nas.results.front import (
     REF_ACCURACY,
+    REF_MACS_FACTOR,
     hypervolume_history,
     hypervolume_reference,
     usable_trials,
 )
 from nas.results.table import (
+    DUPLICATE,
     MACS,
     OBJECTIVE_COLUMNS,
+    OVER_MACS,
     OVER_OTHER,
+    OVER_TRAINED,
     rank_agreement,
 )
-from nas.study.metrics import DEFAULT_OBJECTIVES
+from nas.study.metrics import COSTS, Limits
+from nas.study.record import StudyRecord
 
 __all__ = [
     "AXIS_TITLES",
     "MIN_TRUSTED_TRIALS",
     "TICK_STEPS",
-    "axis_budget",
+    "axis_limit",
     "costs_figure",
     "dependence_figure",
     "hypervolume_figure",
@@ -42,13 +47,7 @@ __all__ = [
     "pareto_figure",
 ]
 
-AXIS_TITLES = {
-    MACS: "MACs (fvcore), millions, batch 1",
-    "params": "parameters",
-    "CPU latency (ms)": "CPU latency, ms per image, batch 1, one thread",
-    "GPU latency (ms)": "GPU latency, ms per image, batch 1",
-    "train memory (MB)": "GPU memory of a training step, MB",
-}
+AXIS_TITLES = {m.col: m.axis for m in COSTS.values() if m.axis}  # table column -> title
 
 
 MIN_TRUSTED_TRIALS = 20  # fewer trained trials: the page says its plots are rough
@@ -150,10 +149,11 @@ def pareto_figure(
     """Accuracy against the cost in column `x` (MACs, or another objective of the study);
     the front is the study's, in all its objectives: with three, the points of the 3-D
     front are marked, not joined (a 2-D staircase would mislead). Networks not trained
-    (over a budget) sit on a strip of their own below the plot, at no accuracy; `budget`,
+    (over a budget), and those trained but over one, sit on a strip of their own below
+    the plot, at no accuracy; `budget`,
     the study's budget on this cost, is a dashed line. seed_stdev: the study's measured
     per-run noise (nas.refine --seeds), drawn as +-1 stdev error bars."""
-    over = df[df["status"].isin(["not trained (over MAC budget)", OVER_OTHER]) & df[x].notna()]
+    over = df[df["status"].isin([OVER_MACS, OVER_OTHER, OVER_TRAINED]) & df[x].notna()]
     rows = 2 if len(over) else 1  # the strip only where there is something to put on it
     fig = make_subplots(
         rows=rows,
@@ -190,7 +190,7 @@ def pareto_figure(
     fig.update_yaxes(title_text="validation accuracy", row=1, col=1)
     if rows == 2:
         fig.update_yaxes(
-            title_text="not trained<br>(over budget)", showticklabels=False, range=[-1, 1],
+            title_text="over<br>budget", showticklabels=False, range=[-1, 1],
             title_font={"size": 10}, row=2, col=1,
         )  # fmt: skip
     fig.update_layout(
@@ -232,19 +232,27 @@ def _trained_traces(
 
 
 def _over_budget_strip(fig: go.Figure, over: pd.DataFrame, x: str) -> None:
-    """Networks not trained because a budget excluded them: on the strip below, at y=0."""
-    fig.add_trace(
-        _points(
-            over,
-            [0.0] * len(over),
-            "not trained (over budget)",
-            {"symbol": "x", "color": "#444", "size": 8},
-            x=x,
-            hovertext=[f"{h}<br>not trained: over a budget" for h in _hover(over)],
-        ),
-        row=2,
-        col=1,
-    )
+    """Networks over a budget, on the strip below at y=0: those it kept from training,
+    and those trained but found over one (their accuracy does not count)."""
+    trained = over["status"] == OVER_TRAINED
+    for rows, name, marker, words in (
+        (over[~trained], "not trained (over budget)", "x", "not trained: over a budget"),
+        (over[trained], OVER_TRAINED, "x-open", "trained, but over a budget"),
+    ):
+        if rows.empty:
+            continue
+        fig.add_trace(
+            _points(
+                rows,
+                [0.0] * len(rows),
+                name,
+                {"symbol": marker, "color": "#444", "size": 8},
+                x=x,
+                hovertext=[f"{h}<br>{words}" for h in _hover(rows)],
+            ),
+            row=2,
+            col=1,
+        )
 
 
 def _refined_traces(
@@ -319,7 +327,7 @@ def costs_figure(df: pd.DataFrame, contended: bool = False) -> go.Figure:
         )
     fig = make_subplots(rows=1, cols=len(cols), subplot_titles=titles, horizontal_spacing=0.1)
     for i, c in enumerate(cols, start=1):
-        rows = df[df[c].notna() & (df["status"] != "duplicate (not trained again)")]
+        rows = df[df[c].notna() & (df["status"] != DUPLICATE)]
         hover = [f"{h}<br>{c} {v:.3g}" for h, v in zip(_hover(rows), rows[c])]
         fig.add_trace(_dots(rows[MACS], rows[c], hover), row=1, col=i)
         fig.update_xaxes(**log_axis(rows[MACS], "MMACs (fvcore)"), row=1, col=i)
@@ -333,18 +341,18 @@ def costs_figure(df: pd.DataFrame, contended: bool = False) -> go.Figure:
 
 def hypervolume_reference_for(df: pd.DataFrame, study: optuna.Study, col: str) -> float:
     """The reference cost of the hypervolume in column `col`: for MACs fixed by the study's
-    space and MAC budget (nas.results.front.hypervolume_reference); for a measured cost, 1.1 x
-    the largest measured (it grows with the study, and the page says so)."""
-    a = study.user_attrs
-    if col == MACS and "space" in a:
-        return hypervolume_reference(a["space"], a.get("max_mmacs"))[1]
-    return 1.1 * float(df[col].max())
+    space and MAC limit (nas.results.front.hypervolume_reference); for a measured cost,
+    REF_MACS_FACTOR x the largest measured (it grows with the study, and the page says so)."""
+    s = StudyRecord.of(study)
+    if col == MACS and s.space:
+        return hypervolume_reference(s.space, Limits.from_dict(s.limits).get("macs"))[1]
+    return REF_MACS_FACTOR * float(df[col].max())
 
 
 def hypervolume_figure(df: pd.DataFrame, study: optuna.Study) -> go.Figure | None:
     """The hypervolume after each trained trial, in accuracy x log10 of the study's cost;
     None for a study of three objectives (the page says why in a line)."""
-    objectives = study.user_attrs.get("objectives", list(DEFAULT_OBJECTIVES))
+    objectives = StudyRecord.of(study).objectives
     if len(objectives) != 2:
         return None
     col = OBJECTIVE_COLUMNS[objectives[1]]
@@ -439,14 +447,7 @@ def dependence_figure(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def axis_budget(attrs: dict, col: str) -> float | None:
-    """The study's budget on the cost in table column `col`, in that column's unit."""
-    limits = attrs.get("limits") or {}
-    device = limits.get("latency_device", "cpu")
-    return {
-        MACS: attrs.get("max_mmacs"),
-        "params": limits.get("params"),
-        "CPU latency (ms)": limits.get("latency_ms") if device == "cpu" else None,
-        "GPU latency (ms)": limits.get("latency_ms") if device == "gpu" else None,
-        "train memory (MB)": limits.get("memory_mb"),
-    }.get(col)
+def axis_limit(s: StudyRecord, col: str) -> float | None:
+    """The study's cost limit on the cost in table column `col`, in that column's unit."""
+    limits = Limits.from_dict(s.limits)
+    return next((limits.get(key) for key, m in COSTS.items() if m.col == col), None)

@@ -32,87 +32,72 @@ import optuna
 
 from nas.arch.macs import closed_form_mmacs
 from nas.arch.space import SearchSpace
-from nas.study.metrics import BUDGET_OPTIONS, Limits, budget_checks, budget_excess
+from nas.study.metrics import COSTS, Limits
+from nas.study.record import StudyRecord, TrialRecord
 
 __all__ = [
     "REF_ACCURACY",
     "crowding_distance",
     "dominates",
     "first_front",
-    "over_budgets",
+    "over_limits",
     "hypervolume_history",
     "hypervolume_reference",
     "kendall_tau",
     "knee_index",
-    "mmacs",
     "most_promising",
     "nondominated_fronts",
     "pareto_front",
     "pooled_stdev",
     "ranks",
     "spearman_rho",
-    "trial_costs",
     "usable_trials",
     "why_no_front",
     "within_noise",
 ]
 
-REF_ACCURACY = 0.1  # chance on 10 classes: the hypervolume's reference accuracy
+REF_ACCURACY = 0.1  # the hypervolume's reference accuracy (chance on Fashion-MNIST's 10 classes)
 REF_MACS_FACTOR = 1.1  # the reference MACs: 1.1 x the largest network the study can train
 
 
-def mmacs(t: optuna.trial.FrozenTrial) -> float:
-    """A trial's MACs (fvcore) in millions, whatever the study's objectives."""
-    return t.user_attrs["macs_fvcore"] / 1e6
-
-
-def trial_costs(t: optuna.trial.FrozenTrial) -> dict[str, dict]:
-    """A trial's measured costs (nas.training.measure), or for a trial stored before trials carried
-    them, its MACs and parameters (in millions, as `costs` stores them)."""
-    a = t.user_attrs
-    if "costs" in a:
-        return a["costs"]
-    old = {"macs": a.get("macs_fvcore"), "params": a.get("params")}
-    return {k: {"value": v / 1e6} for k, v in old.items() if v is not None}
-
-
-def over_budgets(
-    study: optuna.Study, t: optuna.trial.FrozenTrial, attrs: dict[str, Any] | None = None
+def over_limits(
+    study: optuna.Study, t: optuna.trial.FrozenTrial, attrs: StudyRecord | None = None
 ) -> list[str]:
-    """The constraints `t` breaks under the study's budgets as they are now (they may have
-    changed since it ran: nas.study.storage.update_budgets), from its stored costs; a budget
-    whose cost `t` never measured keeps the constraint value stored with it. A study that
-    records no budgets (not made by nas.search) is judged by its stored constraints.
-    `attrs`: the study's user attributes, read once by a caller looping over trials."""
-    a = study.user_attrs if attrs is None else attrs
-    if "max_mmacs" not in a and "limits" not in a:
+    """The constraints `t` breaks under the study's cost limits as they are now (they may
+    have changed since it ran: nas.study.storage.update_limits), from its stored costs; a
+    limit whose cost `t` never measured keeps the constraint value stored with it. A study
+    that records no experiment (not made by nas.search) is judged by its stored
+    constraints. `attrs`: the study's record, read once by a caller looping over trials."""
+    s = StudyRecord.of(study) if attrs is None else attrs
+    if not s.is_search:
         return [name for name, v in t.constraints.items() if v > 0]
-    max_mmacs, limits = a.get("max_mmacs"), Limits.from_dict(a.get("limits"))
-    excess = {**t.constraints, **budget_excess(trial_costs(t), max_mmacs, limits)}
-    current = {name for name, *_ in budget_checks(max_mmacs, limits)}
+    limits = Limits.from_dict(s.limits)
+    excess = {**t.constraints, **limits.excess(TrialRecord.of(t).costs)}
+    current = {name for name, *_ in limits.checks()}
     return [name for name, v in excess.items() if v > 0 and name in current]
 
 
 def why_no_front(study: optuna.Study) -> str:
-    """Why a study has no usable trial: per budget, how many trials it excluded and the
-    cheapest network's cost in its unit (what the budget would have to allow)."""
-    a = study.user_attrs
+    """Why a study has no usable trial: per cost limit, how many trials it excluded and
+    the cheapest network's cost in its unit (what the limit would have to allow)."""
+    s = StudyRecord.of(study)
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not done:
         return "no complete trial yet"
+    records = [TrialRecord.of(t) for t in done]
     words = []
-    for name, key, limit, scale in budget_checks(
-        a.get("max_mmacs"), Limits.from_dict(a.get("limits"))
-    ):
-        values = [trial_costs(t)[key]["value"] * scale for t in done if key in trial_costs(t)]
+    for _, key, limit, scale in Limits.from_dict(s.limits).checks():
+        values = [r.costs[key]["value"] * scale for r in records if key in r.costs]
         over = sum(v > limit for v in values)
         if over:
-            option, unit = BUDGET_OPTIONS[name]
+            cap = COSTS[key].limit
+            assert cap is not None
+            option = cap.option + (f" ({cap.device.upper()})" if cap.device else "")
             words.append(
                 f"{option} {limit:g} excluded {over} of {len(values)} (the cheapest "
-                f"measured: {min(values):.4g} {unit})"
+                f"measured: {min(values):.4g} {cap.unit})"
             )
-    untrained = sum(t.user_attrs.get("trained") is not True for t in done)
+    untrained = sum(not r.trained for r in records)
     return "no trial is within the budgets: " + (
         "; ".join(words) or f"{untrained} of {len(done)} complete trials were not trained"
     )
@@ -120,11 +105,11 @@ def why_no_front(study: optuna.Study) -> str:
 
 def usable_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Complete, trained trials within the study's current budgets."""
-    attrs = study.user_attrs  # one read of the study, not one per trial
+    attrs = StudyRecord.of(study)  # one read of the study, not one per trial
     return [
         t
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if t.user_attrs.get("trained") is True and not over_budgets(study, t, attrs)
+        if TrialRecord.of(t).trained and not over_limits(study, t, attrs)
     ]
 
 
@@ -170,9 +155,9 @@ def knee_index(points: Sequence[tuple[float, float]]) -> int:
 def hypervolume_reference(space: dict[str, Any], max_mmacs: float | None) -> tuple[float, float]:
     """(accuracy, MMACs) of a reference point fixed for the whole study.
 
-    MMACs: 1.1 x the largest network the study can train, the larger corner of its search
-    space (MACs grow with k, convs and theta) or the MAC budget, whichever is smaller, so
-    that past hypervolumes never change as the study grows.
+    MMACs: REF_MACS_FACTOR x the largest network the study can train, the larger corner
+    of its search space (MACs grow with k, convs and theta) or the MAC limit, whichever
+    is smaller, so that past hypervolumes never change as the study grows.
     """
     largest = closed_form_mmacs(SearchSpace.from_dict(space).corners()[1])
     if max_mmacs is not None:

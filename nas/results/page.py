@@ -13,7 +13,7 @@ import pandas as pd
 from nas.errors import UsageError
 from nas.results.figures import (
     MIN_TRUSTED_TRIALS,
-    axis_budget,
+    axis_limit,
     costs_figure,
     dependence_figure,
     hypervolume_figure,
@@ -25,13 +25,17 @@ from nas.results.front import (
 )
 from nas.results.refinements import linked_refinements
 from nas.results.table import (
+    DUPLICATE,
     OBJECTIVE_COLUMNS,
     OVER_EARLIER,
+    OVER_MACS,
     OVER_OTHER,
+    OVER_TRAINED,
     describe_budget,
     trials_frame,
 )
-from nas.study.metrics import DEFAULT_OBJECTIVES, METRICS, describe_limits
+from nas.study.metrics import METRICS, Limits
+from nas.study.record import StudyRecord
 
 __all__ = [
     "write_report",
@@ -41,7 +45,7 @@ __all__ = [
 def write_report(study: optuna.Study, out: Path, table_format: str | None = None) -> dict:
     """Write the HTML page, the Pareto CSV (and the full table); return what was written."""
     df = trials_frame(study)
-    objectives = list(study.user_attrs.get("objectives", DEFAULT_OBJECTIVES))
+    objectives = list(StudyRecord.of(study).objectives)
     cost_cols = [OBJECTIVE_COLUMNS[n] for n in objectives[1:]]
     out.parent.mkdir(parents=True, exist_ok=True)
     front = df[df["status"] == "pareto"].sort_values(cost_cols[0])
@@ -104,13 +108,13 @@ def _plots(
     study: optuna.Study, df: pd.DataFrame, cost_cols: list[str], contended: bool
 ) -> list[str]:
     """Each panel as an HTML fragment (plotly.js inlined in the first), in page order."""
-    a = study.user_attrs
-    stdev = (a.get("seed_stdev") or {}).get("stdev")
+    a = StudyRecord.of(study)
+    stdev = (a.seed_stdev or {}).get("stdev")
     refined = linked_refinements(study)
     three = len(cost_cols) == 2
     hypervolume = hypervolume_figure(df, study)
     figures = [
-        *(pareto_figure(df, refined, stdev, c, axis_budget(a, c), three) for c in cost_cols),
+        *(pareto_figure(df, refined, stdev, c, axis_limit(a, c), three) for c in cost_cols),
         costs_figure(df, contended),
         *([hypervolume] if hypervolume is not None else []),
         importance_figure(study),
@@ -129,15 +133,14 @@ def _plots(
     return parts
 
 
-def _data_line(attrs: dict) -> str:
+def _data_line(a: StudyRecord) -> str:
     """'Data: SOURCE, HxWxC, N classes; train/val/test sizes, augmentation.'"""
-    record, fp = attrs.get("data_record") or {}, attrs.get("data") or {}
-    shape = "x".join(map(str, fp.get("shape") or record.get("shape") or [])) or "?"
+    fp = a.data
     return (
-        f"Data: {record.get('source', 'fashion-mnist')}, {shape} images in "
-        f"{fp.get('classes', '?')} classes; {fp.get('train', '?'):,} train, "
-        f"{fp.get('val', '?'):,} validation, {fp.get('test', '?'):,} test images (the test "
-        f"split unused); augmentation {fp.get('augment', 'none')}."
+        f"Data: {a.data_record.get('source', '?')}, {'x'.join(map(str, fp['shape']))} images "
+        f"in {fp['classes']} classes; {fp['train']:,} train, {fp['val']:,} validation, "
+        f"{fp['test']:,} test images (the test split unused); augmentation "
+        f"{a.budget['augment']}."
     )
 
 
@@ -146,9 +149,9 @@ def _summary_html(
 ) -> str:
     """What the study holds, how its trials were trained and scored, and the cautions a
     reader needs before comparing its numbers."""
-    a = study.user_attrs
+    a = StudyRecord.of(study)
     counts = df["status"].value_counts().to_dict()
-    budget = a.get("budget") or {}
+    budget = a.budget
     trained = int(df["val_accuracy"].notna().sum())
     cautions = []
     if budget.get("name") == "smoke":
@@ -177,24 +180,28 @@ def _summary_html(
     return (
         f"<p>{len(df)} trials: {counts.get('pareto', 0)} on the Pareto front, "
         f"{counts.get('dominated', 0)} dominated, "
-        f"{counts.get('not trained (over MAC budget)', 0) + counts.get(OVER_OTHER, 0)} over a "
-        "budget (not trained), "
+        f"{counts.get(OVER_MACS, 0) + counts.get(OVER_OTHER, 0)} over a budget (not trained), "
+        + (
+            f"{counts[OVER_TRAINED]} trained but over a budget (infeasible), "
+            if counts.get(OVER_TRAINED)
+            else ""
+        )
         + (
             f"{counts[OVER_EARLIER]} not trained under an earlier budget but within today's "
             "(trained when sampled again), "
             if counts.get(OVER_EARLIER)
             else ""
         )
-        + f"{counts.get('duplicate (not trained again)', 0)} repeating a trained network (its "
+        + f"{counts.get(DUPLICATE, 0)} repeating a trained network (its "
         f"values reused), {counts.get('fail', 0)} failed, {counts.get('running', 0)} "
         "running.<br>"
         f"{escape(describe_budget(budget))}<br>"
         "Budgets: "
-        + escape(describe_limits(a.get("max_mmacs"), a.get("limits") or {}))
+        + escape(Limits.from_dict(a.limits).describe())
         + ".<br>"
         + escape(_data_line(a))
         + "<br>Objectives: validation accuracy on at most "
-        f"{budget.get('val_images', 10_000):,} images of the data's fixed validation split "
+        f"{budget['val_images']:,} images of the data's fixed validation split "
         "(the test set is not used; maximised), and "
         + " and ".join(
             f"{escape(METRICS[n].label)}: {escape(METRICS[n].how)}" for n in objectives[1:]

@@ -17,30 +17,29 @@ from nas.results.front import (
     knee_index,
     pareto_front,
     pooled_stdev,
-    trial_costs,
     usable_trials,
     within_noise,
 )
 from nas.results.refinements import linked_refinements, refined_name
-from nas.study.metrics import DEFAULT_OBJECTIVES, METRICS
+from nas.study.metrics import COSTS, METRICS
+from nas.study.record import StudyRecord, TrialRecord
 from nas.training.budget import get_budget
 
 __all__ = [
-    "PICK_BUDGETS",
+    "PICK_LIMITS",
     "PICK_HELP",
     "Pick",
     "describe_pick",
-    "parse_budget_pick",
+    "parse_limit_pick",
     "pick_trial",
 ]
 
-# --pick max-NAME=N: NAME -> (cost key, scale of the stored cost to N's unit, unit)
-PICK_BUDGETS = {
-    "mmacs": ("macs", 1.0, "MMACs (fvcore)"),
-    "params": ("params", 1e6, "parameters"),  # a count, as nas.search --max-params
-    "latency-ms": ("latency_cpu", 1.0, "ms"),  # the study's latency: see _latency_key
-    "memory-mb": ("memory", 1.0, "MB"),
-}
+# --pick max-NAME=N, as nas.search's --max-NAME: NAME -> the cost keys it may bound (one,
+# but for the latency: the study's, see _latency_key), N in the cost limit's unit
+PICK_LIMITS: dict[str, list[str]] = {}
+for _key, _m in COSTS.items():
+    if _m.limit is not None:
+        PICK_LIMITS.setdefault(_m.limit.option.removeprefix("--max-"), []).append(_key)
 
 
 @dataclass(frozen=True)
@@ -58,16 +57,16 @@ def pick_trial(study: optuna.Study, pick: str) -> Pick:
         return _most_accurate(study, trials)
     if pick == "knee":
         return _knee(study)
-    return _within(study, trials, *parse_budget_pick(pick))
+    return _within(study, trials, *parse_limit_pick(pick))
 
 
-PICK_HELP = "accuracy, knee, " + ", ".join(f"max-{n}=N" for n in PICK_BUDGETS)
+PICK_HELP = "accuracy, knee, " + ", ".join(f"max-{n}=N" for n in PICK_LIMITS)
 
 
-def parse_budget_pick(pick: str) -> tuple[str, float]:
+def parse_limit_pick(pick: str) -> tuple[str, float]:
     """'max-latency-ms=3' -> ('latency-ms', 3.0); UsageError for anything else."""
     name, _, value = pick.removeprefix("max-").partition("=")
-    if not (pick.startswith("max-") and name in PICK_BUDGETS and "=" in pick):
+    if not (pick.startswith("max-") and name in PICK_LIMITS and "=" in pick):
         raise UsageError(f"unknown --pick {pick!r}; use {PICK_HELP}")
     try:
         limit = float(value)
@@ -79,7 +78,7 @@ def parse_budget_pick(pick: str) -> tuple[str, float]:
 
 
 def _summary(t: optuna.trial.FrozenTrial, study: optuna.Study) -> dict[str, Any]:
-    names = study.user_attrs.get("objectives", list(DEFAULT_OBJECTIVES))
+    names = StudyRecord.of(study).objectives
     return {"trial": t.number, "values": dict(zip(names, t.values))}
 
 
@@ -91,7 +90,7 @@ def _most_accurate(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) 
     by = {t.number: t for t in trials if t.number in runs}
     mean = {n: statistics.fmean(r) for n, r in runs.items()}
     noise = pooled_stdev(list(runs.values()))
-    sigma = noise[0] if noise else (study.user_attrs.get("seed_stdev") or {}).get("stdev")
+    sigma = noise[0] if noise else (StudyRecord.of(study).seed_stdev or {}).get("stdev")
     best = max(by, key=lambda n: (mean[n], -by[n].values[1]))
     if sigma:
         near = [
@@ -141,7 +140,7 @@ def _train_images(budget: str) -> int:
 
 
 def _knee(study: optuna.Study) -> Pick:
-    names = study.user_attrs.get("objectives", list(DEFAULT_OBJECTIVES))
+    names = StudyRecord.of(study).objectives
     if len(names) != 2:
         raise UsageError(
             f"--pick knee needs a study of two objectives; {study.study_name!r} has "
@@ -163,12 +162,13 @@ def _knee(study: optuna.Study) -> Pick:
 def _within(
     study: optuna.Study, trials: list[optuna.trial.FrozenTrial], name: str, limit: float
 ) -> Pick:
-    key, scale, unit = PICK_BUDGETS[name]
-    if name == "latency-ms":
-        key = _latency_key(study)
-    cost = {
-        t.number: trial_costs(t)[key]["value"] * scale for t in trials if key in trial_costs(t)
-    }
+    keys = PICK_LIMITS[name]
+    key = keys[0] if len(keys) == 1 else _latency_key(study)
+    cap = COSTS[key].limit
+    assert cap is not None
+    scale, unit = cap.scale, cap.unit
+    costs = {t.number: TrialRecord.of(t).costs for t in trials}
+    cost = {n: c[key]["value"] * scale for n, c in costs.items() if key in c}
     if not cost:
         raise UsageError(f"no trained trial of {study.study_name!r} has a measured {key}")
     within = sorted(
@@ -177,7 +177,7 @@ def _within(
     )
     if not within:
         smallest = min(cost.values())
-        exact = f"{smallest:.6f}" if name == "mmacs" else f"{smallest:.6g}"  # MACs: whole
+        exact = f"{smallest:.6f}" if key == "macs" else f"{smallest:.6g}"  # MACs: whole
         raise UsageError(
             f"no trained trial has at most {limit:g} {unit}; the smallest has {exact} {unit}"
         )
@@ -188,11 +188,12 @@ def _within(
 
 
 def _latency_key(study: optuna.Study) -> str:
-    """The latency a study is about: its objective's, else its budget's device, else CPU."""
-    for n in study.user_attrs.get("objectives", []):
+    """The latency a study is about: its objective's, else its limit's device, else CPU."""
+    s = StudyRecord.of(study)
+    for n in s.objectives:
         if n.startswith("latency-"):
             return METRICS[n].key
-    device = (study.user_attrs.get("limits") or {}).get("latency_device", "cpu")
+    device = s.limits.get("latency_device", "cpu")
     return f"latency_{device}"
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import optuna
 
+from nas.study.record import StudyRecord, TrialRecord
+
 __all__ = [
     "linked_refinements",
     "refined_name",
@@ -21,10 +23,11 @@ def linked_refinements(study: optuna.Study) -> dict[str, dict[int, list[float]]]
     that refines `study` in its storage (empty if none)."""
     out: dict[str, dict[int, list[float]]] = {}
     for summary in optuna.get_all_study_summaries(study._storage, include_best_trial=False):
-        if summary.user_attrs.get("source_study") != study.study_name:
+        s = StudyRecord.from_attrs(summary.user_attrs)
+        if s.source_study != study.study_name:
             continue
         linked = optuna.load_study(study_name=summary.study_name, storage=study._storage)
-        out[summary.user_attrs["budget"]["name"]] = refined_runs(linked)
+        out[s.budget["name"]] = refined_runs(linked)
     return out
 
 
@@ -33,6 +36,8 @@ def refined_runs(refined: optuna.Study) -> dict[int, list[float]]:
     trained run: the source's budgets already held for the networks refined)."""
     runs: dict[int, list[float]] = {}
     done = refined.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    for t in (t for t in done if t.user_attrs.get("trained") is True):
-        runs.setdefault(t.user_attrs["source_trial"], []).append(t.values[0])
+    for t in done:
+        r = TrialRecord.of(t)
+        if r.trained and r.source_trial is not None:
+            runs.setdefault(r.source_trial, []).append(t.values[0])
     return runs

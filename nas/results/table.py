@@ -4,25 +4,30 @@ words (what the report page plots and writes as CSV or Parquet)."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import optuna
 import pandas as pd
 
 from nas.results.front import (
     kendall_tau,
-    over_budgets,
+    over_limits,
     pareto_front,
     spearman_rho,
     usable_trials,
 )
-from nas.study.metrics import METRICS
+from nas.study.metrics import COSTS, METRICS
+from nas.study.record import StudyRecord, TrialRecord
 
 __all__ = [
     "COST_COLUMNS",
+    "DUPLICATE",
     "MACS",
     "OBJECTIVE_COLUMNS",
+    "OVER_MACS",
     "OVER_EARLIER",
     "OVER_OTHER",
+    "OVER_TRAINED",
     "STATES",
     "describe_budget",
     "rank_agreement",
@@ -32,21 +37,19 @@ __all__ = [
 MACS = "MMACs (fvcore)"
 
 
-# measured costs (a trial's `costs` attribute, nas.training.measure) -> table columns, with units
-COST_COLUMNS = {
-    **{m.key: m.label for m in METRICS.values() if m.key not in ("", "macs", "params")},
-    "throughput_gpu": "GPU throughput (img/s)",  # measured beside GPU latency
-}
+# measured costs (a trial's `costs`, nas.training.measure) -> table columns, with units;
+# MACs and parameters have columns of their own (parameters counted, not in millions)
+COST_COLUMNS = {key: m.col for key, m in COSTS.items() if key not in ("macs", "params")}
+OBJECTIVE_COLUMNS = {n: m.col for n, m in METRICS.items()}  # the column of each objective
 
 
-# table column of each objective: its metric name, but parameters are counted, not in M
-OBJECTIVE_COLUMNS = {**{n: m.label for n, m in METRICS.items()}, "params": "params"}
-
-
+# a complete trial's status, beside "pareto" and "dominated" (the usable ones)
+DUPLICATE = "duplicate (not trained again)"
+OVER_MACS = "not trained (over MAC budget)"
 OVER_OTHER = "not trained (over a budget)"
-
-
 OVER_EARLIER = "not trained (over an earlier budget)"
+OVER_TRAINED = "trained, over a budget"  # its memory, known only after training, or a
+# budget tightened since: infeasible, and kept off the front
 
 
 STATES = optuna.trial.TrialState
@@ -55,47 +58,59 @@ STATES = optuna.trial.TrialState
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial with the columns the report and its CSV need."""
     usable = {t.number for t in usable_trials(study)}
-    attrs = study.user_attrs  # one read of the study, not one per trial
+    attrs = StudyRecord.of(study)  # one read of the study, not one per trial
     front = {t.number for t in pareto_front(study)}
     rows = []
     for t in study.get_trials(deepcopy=False):
-        a = t.user_attrs
-        cfg = a.get("config") or {}
-        convs = cfg.get("convs_per_block") or []
-        if t.state == STATES.COMPLETE and t.number in usable:
-            status = "pareto" if t.number in front else "dominated"
-        elif t.state == STATES.COMPLETE and a.get("duplicate_of") is not None:
-            status = "duplicate (not trained again)"
-        elif t.state == STATES.COMPLETE and not over_budgets(study, t, attrs):
-            status = OVER_EARLIER  # within the budgets now: trained when sampled again
-        elif t.state == STATES.COMPLETE:
-            over = a.get("over_budget") or ["macs"]  # older trials: only a MAC budget
-            status = "not trained (over MAC budget)" if over == ["macs"] else OVER_OTHER
-        else:
-            status = t.state.name.lower()
-        costs = a.get("costs") or {}
-        rows.append(
-            {
-                "trial": t.number,
-                "status": status,
-                "val_accuracy": t.values[0] if t.values and t.number in usable else None,
-                MACS: a["macs_fvcore"] / 1e6 if "macs_fvcore" in a else None,
-                "growth_rate": cfg.get("growth_rate"),
-                "convs_per_block": "-".join(map(str, convs)) or None,
-                "total_convs": sum(convs) if convs else None,
-                "compression": cfg.get("compression"),
-                "params": a.get("params"),
-                **{col: costs.get(key, {}).get("value") for key, col in COST_COLUMNS.items()},
-                "train_seconds": a.get("train_seconds"),
-                "images_per_second": a.get("images_per_second"),
-                "reference": bool(a.get("reference")),
-                "duplicate_of": a.get("duplicate_of"),
-                "fail_reason": a.get("fail_reason"),
-                "device": a.get("device"),
-                "timed_beside": a.get("timed_beside", 1),
-            }
-        )
+        a = TrialRecord.of(t)
+        rows.append({"trial": t.number, "status": _status(study, t, a, attrs, usable, front)})
+        rows[-1].update(_columns(t, a, t.number in usable))
     return pd.DataFrame(rows)
+
+
+def _status(
+    study: optuna.Study,
+    t: optuna.trial.FrozenTrial,
+    a: TrialRecord,
+    attrs: StudyRecord,
+    usable: set[int],
+    front: set[int],
+) -> str:
+    """A trial's status in words: pareto, dominated, a reason it is neither, or its state."""
+    if t.state != STATES.COMPLETE:
+        return t.state.name.lower()
+    if t.number in usable:
+        return "pareto" if t.number in front else "dominated"
+    if a.duplicate_of is not None:
+        return DUPLICATE
+    over = over_limits(study, t, attrs)  # by the limits of today
+    if not over:
+        return OVER_EARLIER  # within the budgets now: trained when sampled again
+    if a.trained:
+        return OVER_TRAINED
+    return OVER_MACS if over == ["mmacs_over_budget"] else OVER_OTHER
+
+
+def _columns(t: optuna.trial.FrozenTrial, a: TrialRecord, usable: bool) -> dict[str, Any]:
+    cfg = a.config or {}
+    convs = cfg.get("convs_per_block") or []
+    return {
+        "val_accuracy": t.values[0] if t.values and usable else None,
+        MACS: a.mmacs if a.macs_fvcore is not None else None,
+        "growth_rate": cfg.get("growth_rate"),
+        "convs_per_block": "-".join(map(str, convs)) or None,
+        "total_convs": sum(convs) if convs else None,
+        "compression": cfg.get("compression"),
+        "params": a.params,
+        **{col: a.costs.get(key, {}).get("value") for key, col in COST_COLUMNS.items()},
+        "train_seconds": a.train_seconds,
+        "images_per_second": a.images_per_second,
+        "reference": bool(a.reference),
+        "duplicate_of": a.duplicate_of,
+        "fail_reason": a.fail_reason,
+        "device": a.device,
+        "timed_beside": a.timed_beside,
+    }
 
 
 def describe_budget(b: dict) -> str:
@@ -123,9 +138,7 @@ def describe_budget(b: dict) -> str:
 def rank_agreement(df: pd.DataFrame, col: str) -> tuple[int, float, float]:
     """(networks, Spearman rho, Kendall tau) between MACs and the cost in `col`, over the
     distinct networks measured (a repeated network counts once)."""
-    rows = df[
-        df[col].notna() & df[MACS].notna() & (df["status"] != "duplicate (not trained again)")
-    ]
+    rows = df[df[col].notna() & df[MACS].notna() & (df["status"] != DUPLICATE)]
     if len(rows) < 3:
         return len(rows), math.nan, math.nan
     xs, ys = list(rows[MACS]), list(rows[col])

@@ -1,25 +1,24 @@
-"""One Optuna trial: sample -> config -> costs -> (budget check) -> train -> stored trial.
+"""One Optuna trial: sample -> config -> costs -> (cost limits) -> train -> stored trial.
 
-Objectives (nas.study.metrics): validation accuracy (maximise) and one or two costs (minimise),
-by default MACs (fvcore) in millions at batch 1. Every trial measures all the costs it
-can, whatever the objectives: parameters, MACs, CPU latency, and on a GPU with the GPU
-to itself its latency and throughput, its CPU latency (on one core beside training on a
-GPU, after training on a CPU, before training if a budget needs it) and after training
-the step's GPU memory (a trial over its MAC or parameter budget is
-not trained, and timed only where the time is an objective); they
-are stored in the `costs` user attribute with unit, device and runs. Everything else a
-user may want to browse is a user attribute too: the architecture JSON, train time,
-throughput, device. A budget (`--max-mmacs`, `--max-params`, `--max-latency-ms`,
-`--max-memory-mb`) is an Optuna constraint (`trial.set_constraint`); a trial over one
-whose cost is known before training is not trained: its accuracy value is 0.0, its
-`trained` attribute false and `over_budget` names the costs; Optuna keeps infeasible
+Objectives (nas.study.metrics): validation accuracy (maximise) and one or two costs
+(minimise), by default MACs (fvcore) in millions at batch 1. Every trial measures all the
+costs it can, whatever the objectives: parameters, MACs, CPU latency, and on a GPU with
+the GPU to itself its latency and throughput, its CPU latency (on one core beside training
+on a GPU, after training on a CPU, before training if a limit needs it) and after
+training the step's GPU memory (a trial over its MAC or parameter limit is not trained,
+and timed only where the time is an objective). What a trial stores, and under which
+keys, is nas.study.record's: the costs with unit, device and runs, the architecture JSON,
+train time, throughput, device. A cost limit (`--max-mmacs`, `--max-params`,
+`--max-latency-ms`, `--max-memory-mb`) is an Optuna constraint (`trial.set_constraint`);
+a trial over one whose cost is known before training is not trained: its accuracy value
+is 0.0, it is recorded as not trained and over those limits; Optuna keeps infeasible
 trials off the Pareto front. A network the study has already trained (same config, same
-seed) is not trained again: the trial takes its twin's values and carries
-`duplicate_of` (its `trained` attribute is false, so the front counts the network once).
+seed) is not trained again: the trial takes its twin's values and is recorded as its
+duplicate (not trained, so the front counts the network once).
 
 A trial that runs out of memory, diverges (NaN loss) or samples an architecture the
-builder rejects fails alone: its reason is stored as the `fail_reason` attribute, the
-device memory is released, and the search goes on.
+builder rejects fails alone: its reason is recorded, the device memory is released, and
+the search goes on.
 """
 
 from __future__ import annotations
@@ -40,7 +39,8 @@ from nas.arch.macs import measure_cost
 from nas.arch.space import SearchSpace, sample
 from nas.data.dataset import Dataset
 from nas.errors import ConfigError, StopFlag, exception_chain, first_line, interruption
-from nas.study.metrics import DEFAULT_OBJECTIVES, METRICS, Limits, budget_checks, budget_excess
+from nas.study.metrics import DEFAULT_OBJECTIVES, METRICS, Limits
+from nas.study.record import TrialRecord, write_trial
 from nas.training.budget import TrainBudget
 from nas.training.fit import Diverged, TrainResult, train_and_evaluate
 from nas.training.gpu import out_of_memory, release_if_large, release_memory
@@ -120,11 +120,10 @@ class Objective:
     space: SearchSpace
     budget: TrainBudget
     data: Dataset  # already on the training device
-    max_mmacs: float | None = None  # MACs (fvcore) budget in millions, or None
     label: str = ""  # prefix of this worker's progress lines ("[w1] " with several)
     stop: StopFlag | None = None  # set when trials run in threads (nas.parallel.threads)
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES  # nas.study.metrics; accuracy first
-    limits: Limits = field(default_factory=Limits)  # budgets beside max_mmacs
+    limits: Limits = field(default_factory=Limits)  # the cost limits (--max-*)
     gpu_timing: bool = False  # time GPU latency and throughput (the GPU to this trial alone)
     # trials that may run at once on this host (workers x concurrency): above 1, a timed
     # cost may include the others' load; stored on each trial, so the report can say so
@@ -142,7 +141,7 @@ class Objective:
             release_if_large(self.data.train_x.device)
             return values
         except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP (nas.cli)
-            trial.set_user_attr("fail_reason", f"interrupted ({interruption(e)[0]})")
+            write_trial(trial, fail_reason=f"interrupted ({interruption(e)[0]})")
             raise
         except Exception as e:
             reason = failure_reason(e)
@@ -151,7 +150,7 @@ class Objective:
         # Out of the except block: the traceback (and the model and CUDA graph its frames
         # hold) is gone, so the memory can go back to the device.
         release_memory()
-        trial.set_user_attr("fail_reason", reason)
+        write_trial(trial, fail_reason=reason)
         raise TrialFailed(reason)
 
     def _run(self, trial: optuna.Trial) -> tuple[float, ...]:
@@ -159,7 +158,7 @@ class Objective:
         t0 = time.perf_counter()
         with self._sampling:
             config = sample(trial, self.space)
-        seed = trial.user_attrs.get("seed")  # nas.refine's trials name their seed
+        seed = TrialRecord.of(trial).seed  # nas.refine's trials name their seed
         twin = trained_twin(trial, config.to_dict(), seed)
         if twin is not None:  # TPE proposes what it has seen: never train it twice
             return self._reuse(trial, twin)
@@ -168,8 +167,7 @@ class Objective:
         costs, over = self._costs_before_training(trial, config, constraints)
         t2 = time.perf_counter()
         if over:  # known before training: not trained
-            trial.set_user_attr("trained", False)
-            trial.set_user_attr("over_budget", over)
+            write_trial(trial, trained=False, over_budget=over)
             return self.values(0.0, costs)
         b = self.budget if seed is None else self.budget.with_seed(seed)
         r, timer = self._train(trial, config, b, costs)
@@ -185,19 +183,24 @@ class Objective:
             }
             over = self._constrain(trial, costs, constraints)
             if over:  # trained, but over a budget known only now
-                trial.set_user_attr("over_budget", over)
-        trial.set_user_attr("costs", costs)
+                write_trial(trial, over_budget=over)
+        write_trial(trial, costs=costs)
         self._record(trial, r, (t0, t1, t2, t3))
         return self.values(r.accuracy, costs)
 
     def _reuse(self, trial: optuna.Trial, twin: optuna.trial.FrozenTrial) -> tuple[float, ...]:
         """The values of the twin the study already trained (same network and seed)."""
-        for key in ("config", "params", "macs_fvcore", "costs"):
-            if key in twin.user_attrs:
-                trial.set_user_attr(key, twin.user_attrs[key])
-        trial.set_user_attr("duplicate_of", twin.number)
-        trial.set_user_attr("trained", False)  # its values are its twin's
-        self._constrain(trial, twin.user_attrs.get("costs") or _costs_of_old(twin), {})
+        a = TrialRecord.of(twin)
+        write_trial(
+            trial,
+            config=a.config,
+            params=a.params,
+            macs_fvcore=a.macs_fvcore,
+            costs=a.costs,
+            duplicate_of=twin.number,
+            trained=False,  # its values are its twin's
+        )
+        self._constrain(trial, a.costs, {})
         return tuple(twin.values)
 
     def _costs_before_training(
@@ -212,10 +215,13 @@ class Objective:
             "macs": {"value": cost.fvcore_macs / 1e6, "unit": "MMACs (fvcore)", "device": "-"},
             "params": {"value": cost.params / 1e6, "unit": "M", "device": "-"},
         }
-        trial.set_user_attr("config", config.to_dict())
-        trial.set_user_attr("params", cost.params)
-        trial.set_user_attr("macs_fvcore", cost.fvcore_macs)
-        trial.set_user_attr("fvcore_seconds", round(cost.fvcore_seconds, 4))
+        write_trial(
+            trial,
+            config=config.to_dict(),
+            params=cost.params,
+            macs_fvcore=cost.fvcore_macs,
+            fvcore_seconds=round(cost.fvcore_seconds, 4),
+        )
         # Over the MAC or parameter budget: infeasible, not trained, and timed only where
         # the time is an objective (a value Optuna needs, finite for optuna-dashboard).
         over = self._constrain(trial, costs, constraints)
@@ -230,8 +236,7 @@ class Objective:
             costs["latency_gpu"] = latency.to_dict()
             costs["throughput_gpu"] = throughput.to_dict()
         over += self._constrain(trial, costs, constraints)
-        trial.set_user_attr("costs", costs)
-        trial.set_user_attr("timed_beside", self.beside)
+        write_trial(trial, costs=costs, timed_beside=self.beside)
         return costs, over
 
     def _train(
@@ -248,10 +253,8 @@ class Objective:
         r = train_and_evaluate(
             config,
             b,
-            d.train_x,
-            d.train_y,
-            d.val_x,
-            d.val_y,
+            d.train,
+            d.val,
             on_step=progress,
             on_warm=None if timer is None else timer.start,
         )
@@ -263,12 +266,15 @@ class Objective:
         and training ended."""
         t0, t1, t2, t3 = marks
         t4 = time.perf_counter()
-        trial.set_user_attr("trained", True)
-        trial.set_user_attr("train_seconds", round(r.train_seconds, 3))
-        trial.set_user_attr("images_per_second", round(r.images_per_second, 1))
-        trial.set_user_attr("final_loss", round(r.final_loss, 5))
-        trial.set_user_attr("device", r.device)
-        trial.set_user_attr("step_mode", r.step_mode)
+        write_trial(
+            trial,
+            trained=True,
+            train_seconds=round(r.train_seconds, 3),
+            images_per_second=round(r.images_per_second, 1),
+            final_loss=round(r.final_loss, 5),
+            device=r.device,
+            step_mode=r.step_mode,
+        )
         seconds = {
             "sample": t1 - t0,
             "cost_and_attrs": t2 - t1,  # fvcore, GPU timing, storage writes
@@ -279,7 +285,7 @@ class Objective:
             "latency_cpu": t4 - t3,  # waiting for the CPU latency (beside training on a GPU)
             "attrs": time.perf_counter() - t4,
         }
-        trial.set_user_attr("seconds", {k: round(v, 4) for k, v in seconds.items()})
+        write_trial(trial, seconds={k: round(v, 4) for k, v in seconds.items()})
 
     def values(self, accuracy: float, costs: dict[str, dict]) -> tuple[float, ...]:
         """The study's objective values; a cost never measured (the training memory of a
@@ -294,11 +300,11 @@ class Objective:
     def _constrain(
         self, trial: optuna.Trial, costs: dict[str, dict], done: dict[str, float]
     ) -> list[str]:
-        """Record each budget's constraint (over > 0: infeasible) whose cost is measured and
-        not yet recorded in `done`; return the costs over their budget."""
-        keys = {name: key for name, key, _, _ in budget_checks(self.max_mmacs, self.limits)}
+        """Record each limit's constraint (over > 0: infeasible) whose cost is measured and
+        not yet recorded in `done`; return the costs over their limit."""
+        keys = {name: key for name, key, _, _ in self.limits.checks()}
         over = []
-        for name, excess in budget_excess(costs, self.max_mmacs, self.limits).items():
+        for name, excess in self.limits.excess(costs).items():
             if name in done:
                 continue
             done[name] = excess
@@ -335,21 +341,13 @@ class CpuLatencyTimer:
         return self._timing.result().to_dict()
 
 
-def _costs_of_old(t: optuna.trial.FrozenTrial) -> dict[str, dict]:
-    """The costs of a trial stored before trials carried `costs` (MACs and parameters)."""
-    return {
-        "macs": {"value": t.user_attrs["macs_fvcore"] / 1e6},
-        "params": {"value": t.user_attrs["params"] / 1e6},
-    }
-
-
 def trained_twin(
     trial: optuna.Trial, config: dict, seed: int | None = None
 ) -> optuna.trial.FrozenTrial | None:
     """The study's first complete, trained trial of exactly this architecture and seed, if
     any (a study holds one budget, so its accuracy is this trial's too)."""
     for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        a = t.user_attrs
-        if a.get("trained") is True and a.get("config") == config and a.get("seed") == seed:
+        a = TrialRecord.of(t)
+        if a.trained and a.config == config and a.seed == seed:
             return t
     return None

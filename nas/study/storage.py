@@ -25,11 +25,11 @@ import sqlalchemy.pool
 from sqlalchemy.engine import make_url
 
 from nas.errors import UsageError, exception_chain, first_line
-from nas.study.metrics import DEFAULT_OBJECTIVES, describe_limits, directions, metric_names
+from nas.study.metrics import DEFAULT_OBJECTIVES, Limits, directions, metric_names
+from nas.study.record import EXPERIMENT_KEYS, StudyRecord, stored_experiment, write_study
 from nas.study.urls import public_url
 
 __all__ = [
-    "EXPERIMENT_KEYS",
     "METRIC_NAMES",
     "connection_note",
     "default_storage_url",
@@ -38,7 +38,7 @@ __all__ = [
     "open_or_create_study",
     "open_storage",
     "storage_failure",
-    "update_budgets",
+    "update_limits",
 ]
 
 METRIC_NAMES = metric_names(DEFAULT_OBJECTIVES)  # ["val_accuracy", "MMACs (fvcore)"]
@@ -228,53 +228,31 @@ def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
         ) from None
 
 
-# What a study records about how its accuracies were made, in the order it is checked;
-# "budget" is written last, so its presence means the record is complete.
-EXPERIMENT_KEYS = {
-    "space": "search space",
-    "objectives": "objectives",
-    "max_mmacs": "MAC budget (MMACs, fvcore)",
-    "limits": "budgets (--max-params, --max-latency-ms, --max-memory-mb)",
-    "precision": "training precision",
-    "data": "data (the images, their splits, normalisation or augmentation)",
-    "budget": "train budget",
-}
-# Keys added after studies were first written: a study without one has this value.
-LATER_KEYS = {"objectives": list(DEFAULT_OBJECTIVES), "limits": {}}
-# Cost budgets change no trial's training, only which trials are feasible: a study takes
-# new ones (update_budgets); the other keys are frozen.
-BUDGET_KEYS = ("max_mmacs", "limits")
+# Cost limits change no trial's training, only which trials are feasible: a study takes
+# new ones (update_limits); the other keys are frozen.
+LIMIT_KEYS = ("limits",)
 
 
-def update_budgets(
-    study: optuna.Study, max_mmacs: float | None, limits: dict[str, Any]
-) -> str | None:
-    """Give the study these cost budgets if it has others, and record the change in its
-    `budget_history` (a list of {at, max_mmacs, limits}; `at` None for the budgets of a
-    study older than the history). Every stored trial's feasibility follows from its
-    stored costs and the budgets of the moment (nas.results.front.over_budgets); networks never
-    trained because of an old budget are trained when next sampled. Returns a line
-    saying what changed, or None."""
-    stored = study.user_attrs
-    old = (stored.get("max_mmacs"), stored.get("limits", {}))
-    if old == (max_mmacs, limits):
+def update_limits(study: optuna.Study, limits: Limits) -> str | None:
+    """Give the study these cost limits if it has others, and record the change in its
+    `limits_history` (a list of {at, limits}). Every stored trial's feasibility follows
+    from its stored costs and the limits of the moment (nas.results.front.over_limits);
+    networks never trained because of an old limit are trained when next sampled.
+    Returns a line saying what changed, or None."""
+    stored = StudyRecord.of(study)
+    old, new = Limits.from_dict(stored.limits), limits.to_dict()
+    if stored.limits == new:
         return None
-    history = stored.get("budget_history") or [{"at": None, "max_mmacs": old[0], "limits": old[1]}]
-    study.set_user_attr("max_mmacs", max_mmacs)
-    study.set_user_attr("limits", limits)
-    study.set_user_attr("budget_history", [*history, _budget_entry(max_mmacs, limits)])
+    history = [*stored.limits_history, _limits_entry(new)]
+    write_study(study, limits=new, limits_history=history)
     return (
-        f"budgets changed from {describe_limits(*old)} to {describe_limits(max_mmacs, limits)}; "
-        "every stored trial is judged by the new ones, from its stored costs"
+        f"budgets changed from {old.describe()} to {limits.describe()}; every stored trial "
+        "is judged by the new ones, from its stored costs"
     )
 
 
-def _budget_entry(max_mmacs: float | None, limits: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "max_mmacs": max_mmacs,
-        "limits": limits,
-    }
+def _limits_entry(limits: dict[str, Any]) -> dict[str, Any]:
+    return {"at": datetime.now(UTC).isoformat(timespec="seconds"), "limits": limits}
 
 
 def open_or_create_study(
@@ -290,7 +268,7 @@ def open_or_create_study(
     train budget). Returns (study, created). Creation is atomic in the database (a unique
     study name), so of several workers starting at once exactly one creates the study.
     Refuses (UsageError, nothing written) a study with other objectives or any other
-    entry, but for the cost budgets (BUDGET_KEYS), which update_budgets changes.
+    entry, but for the cost limits (LIMIT_KEYS), which update_limits changes.
     """
     assert list(experiment) == list(EXPERIMENT_KEYS)
     objectives = tuple(experiment["objectives"])
@@ -305,14 +283,12 @@ def open_or_create_study(
         with warnings.catch_warnings():  # set_metric_names is "experimental" since Optuna 3.2
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(metric_names(objectives))
-        study.set_user_attr(
-            "budget_history", [_budget_entry(experiment["max_mmacs"], experiment["limits"])]
-        )
+        write_study(study, limits_history=[_limits_entry(experiment["limits"])])
         for key, value in experiment.items():  # "budget" last: the record is complete
-            study.set_user_attr(key, value)
+            write_study(study, **{key: value})
         return study, True
     have = [d.name.lower() for d in study.directions]
-    stored = study.user_attrs
+    stored = stored_experiment(study)
     if len(have) != len(wanted) or (have != wanted and "objectives" not in stored):
         there = ",".join(stored.get("objectives") or [f"{len(have)} objectives: {have}"])
         raise UsageError(
@@ -323,13 +299,13 @@ def open_or_create_study(
         if "budget" in stored:
             break
         time.sleep(0.1)
-        stored = study.user_attrs
-    # the data first: other images also change the space (channels, classes, statistics)
-    for key, label in sorted(EXPERIMENT_KEYS.items(), key=lambda kv: kv[0] != "data"):
-        if key in BUDGET_KEYS:  # budgets may change: update_budgets
+        stored = stored_experiment(study)
+    # the record's format first (an older one would not compare key by key), then the
+    # data: other images also change the space (channels, classes, statistics)
+    first = {"record": 0, "data": 1}
+    for key, label in sorted(EXPERIMENT_KEYS.items(), key=lambda kv: first.get(kv[0], 2)):
+        if key in LIMIT_KEYS:  # limits may change: update_limits
             continue
-        if key not in stored and key in LATER_KEYS:
-            stored = {**stored, key: LATER_KEYS[key]}
         if key not in stored:
             raise UsageError(
                 f"study {name!r} has no {label} recorded (made by an older nas, or not by "
@@ -359,9 +335,6 @@ def difference(stored: Any, ours: Any) -> str:
 def storage_failure(e: BaseException) -> str | None:
     """One line for a database that cannot be written or read (read-only file, lock held
     too long, full disk, lost server), from the driver's own message; None otherwise."""
-    import optuna
-    import sqlalchemy.exc
-
     for link in exception_chain(e):
         if isinstance(link, sqlalchemy.exc.OperationalError) and link.orig is not None:
             return first_line(link.orig, limit=10_000)

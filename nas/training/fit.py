@@ -62,11 +62,15 @@ class TrainResult:
     warmup_seconds: float  # until steady state: warm-up + capture + 1st replay, or 1st eager step
     eval_seconds: float  # BN re-estimate (if any) and scoring
     device: str
-    cuda_graph: bool  # the steps after warm-up were replays of one CUDA graph
     step_mode: str = "eager"  # "cuda-graph", "eager", or "eager: <why graphs were off>"
     # GPU memory of a training step: weights, momentum and the step graph's memory pool
     # in whole allocator segments (nas.training.gpu); None when not replayed as a CUDA graph
     step_memory_bytes: int | None = None
+
+    @property
+    def cuda_graph(self) -> bool:
+        """The steps after warm-up were replays of one CUDA graph."""
+        return self.step_mode == "cuda-graph"
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -88,22 +92,25 @@ def _sync(device: torch.device) -> None:
         torch.cuda.current_stream(device).synchronize()
 
 
+Split = tuple[torch.Tensor, torch.Tensor]  # (images, labels): a Dataset's train, val or test
+
+
 def train_and_evaluate(
     config: ArchConfig,
     budget: TrainBudget,
-    train_x: torch.Tensor,
-    train_y: torch.Tensor,
-    eval_x: torch.Tensor,
-    eval_y: torch.Tensor,
+    train: Split,
+    evaluate: Split,
+    *,
     model: nn.Module | None = None,
     cuda_graph: bool | None = None,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
     on_warm: Callable[[], None] | None = None,
     runner: GraphRunner | None = None,
 ) -> TrainResult:
-    """Train a fresh model (seeded by budget.seed) and score it on (eval_x, eval_y).
+    """Train a fresh model (seeded by budget.seed) on `train` and score it on `evaluate`.
 
-    Tensors are uint8 images (N, 28, 28) and int64 labels on the device to train on.
+    Each is (uint8 images (N, H, W, C), int64 labels) on the device to train on: a
+    Dataset's `train` and `val` in a search.
     `model`: a model the caller built (and seeded); else one is built here, seeded by
     budget.seed.
     Only the first budget.val_images evaluation images are scored. cuda_graph (default:
@@ -113,6 +120,7 @@ def train_and_evaluate(
     called once, when warm-up and graph capture are over. `runner`: the CUDA graph's
     stand-in in CPU tests of the graphed step (nas.training.step.GraphRunner).
     """
+    (train_x, train_y), (eval_x, eval_y) = train, evaluate
     device = train_x.device
     if cuda_graph is None:
         cuda_graph = device.type == "cuda"
@@ -135,12 +143,12 @@ def train_and_evaluate(
         opt,
         train_x,
         train_y,
-        config.image_size,
-        bs,
-        budget.label_smoothing,
-        cuda_graph,
-        runner,
-        budget.augment,
+        image_size=config.image_size,
+        batch_size=bs,
+        cuda_graph=cuda_graph,
+        label_smoothing=budget.label_smoothing,
+        runner=runner,
+        augment=budget.augment,
     )
     try:
         return _train(
@@ -217,7 +225,6 @@ def _train(
         warmup_seconds=warmup_seconds,
         eval_seconds=time.perf_counter() - t1,
         device=_device_name(device),
-        cuda_graph=stepper.mode == "cuda-graph",
         step_mode=stepper.mode,
         step_memory_bytes=memory,
     )

@@ -209,10 +209,11 @@ def make_step(
     opt: TensorLRSGD,
     train_x: torch.Tensor,
     train_y: torch.Tensor,
+    *,
     image_size: int,
     batch_size: int,
-    label_smoothing: float,
     cuda_graph: bool,
+    label_smoothing: float = 0.0,
     runner: GraphRunner | None = None,
     augment: str = "none",
 ) -> Step:

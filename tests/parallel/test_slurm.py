@@ -16,8 +16,9 @@ import optuna
 import pytest
 
 from conftest import TINY
+from nas.cli import slurm_minutes
 from nas.parallel.slurm import shares
-from nas.search import main, slurm_minutes
+from nas.search import main
 
 ROOT = Path(__file__).resolve().parents[2]
 # As the README's recipe writes it, on a CPU

@@ -99,7 +99,7 @@ def test_seeded_draws_follow_the_trial_number(sampler: str) -> None:
 
 
 def test_trials_trained_eagerly_on_a_gpu_are_counted_and_the_first_warned_of() -> None:
-    from nas.parallel.workers import tally_trial
+    from nas.parallel.workers import Tally
 
     def trial(number: int, mode: str) -> optuna.trial.FrozenTrial:
         t = optuna.trial.create_trial(
@@ -108,12 +108,12 @@ def test_trials_trained_eagerly_on_a_gpu_are_counted_and_the_first_warned_of() -
         t.number = number
         return t
 
-    counts = [0, 0, 0, 0, 0]
+    counts = Tally()
     off = "eager: capture failed: RuntimeError: operation not permitted when stream is capturing"
-    assert tally_trial(counts, trial(0, "cuda-graph")) is None
-    assert tally_trial(counts, trial(1, "eager")) is None  # a CPU run: nothing to warn of
-    warning = tally_trial(counts, trial(2, off))
+    assert counts.count(trial(0, "cuda-graph")) is None
+    assert counts.count(trial(1, "eager")) is None  # a CPU run: nothing to warn of
+    warning = counts.count(trial(2, off))
     assert warning is not None and warning.startswith("warning: trial 2 trained eagerly")
     assert "operation not permitted" in warning
-    assert tally_trial(counts, trial(3, off)) is None  # one warning per run
-    assert counts == [4, 0, 0, 4, 2]
+    assert counts.count(trial(3, off)) is None  # one warning per run
+    assert counts == Tally(done=4, failed=0, duplicates=0, trained=4, eager=2)

@@ -1,14 +1,15 @@
-"""nas.study.metrics: the objectives a search can choose, and budgets as constraints."""
+"""nas.study.metrics: the one table of objectives and costs, and cost limits as constraints."""
 
 from __future__ import annotations
 
 import pytest
 
 from nas.study.metrics import (
+    COSTS,
     METRICS,
     Limits,
-    describe_limits,
     directions,
+    limit_options,
     metric_names,
     parse_objectives,
 )
@@ -41,20 +42,42 @@ def test_bad_objectives(text: str, message: str) -> None:
 
 def test_limits_become_named_constraints_in_the_stored_units() -> None:
     assert Limits().checks() == [] and Limits().to_dict() == {}
-    limits = Limits(params=5e5, latency_ms=2.5, latency_device="gpu", memory_mb=900)
+    limits = Limits.of("gpu", mmacs=50, params=5e5, latency_ms=2.5, memory_mb=900)
     assert limits.checks() == [
+        ("mmacs_over_budget", "macs", 50, 1.0),
         ("params_over_budget", "params", 5e5, 1e6),  # params are stored in millions
         ("latency_gpu_ms_over_budget", "latency_gpu", 2.5, 1.0),
         ("memory_mb_over_budget", "memory", 900, 1.0),
     ]
-    assert limits.needs() == {"params", "latency_gpu", "memory"}
-    assert Limits(latency_ms=3).to_dict() == {"latency_ms": 3, "latency_device": "cpu"}
-    assert Limits(params=10).to_dict() == {"params": 10}  # no latency: no latency device
-    text = describe_limits(50, limits.to_dict())
-    assert text == (
+    assert limits.needs() == {"macs", "params", "latency_gpu", "memory"}
+    assert limits.get("latency_gpu") == 2.5 and limits.get("latency_cpu") is None
+    assert Limits.of(latency_ms=3).to_dict() == {"latency_ms": 3, "latency_device": "cpu"}
+    assert Limits.of(params=10).to_dict() == {"params": 10}  # no latency: no latency device
+    assert Limits.from_dict(limits.to_dict()) == limits  # as a study stores and reads them
+    assert limits.describe() == (
         "MACs <= 50 MMACs (fvcore), params <= 500,000, GPU latency <= 2.5 ms, "
         "train memory <= 900 MB"
     )
-    assert describe_limits(None, {}) == "none"
-    for name, m in METRICS.items():  # a cost key for every cost, none for accuracy
+    assert Limits().describe() == "none"
+    costs = {"macs": {"value": 60.0}, "params": {"value": 0.4}, "latency_cpu": {"value": 9}}
+    assert limits.excess(costs) == {"mmacs_over_budget": 10.0, "params_over_budget": -1e5}
+    with pytest.raises(AssertionError, match="not a cost limit"):
+        Limits.of(flops=1)
+
+
+def test_every_cost_is_one_entry_of_the_table() -> None:
+    """A cost key for every cost, none for accuracy; each limit's option once, and each
+    option a limit of its own but the latency's, which --latency-device splits."""
+    for name, m in METRICS.items():
         assert (m.key == "") == (name == "accuracy")
+        assert COSTS.get(m.key, m) is m
+    assert list(limit_options()) == [
+        "--max-mmacs",
+        "--max-params",
+        "--max-latency-ms",
+        "--max-memory-mb",
+    ]
+    limited = [m for m in COSTS.values() if m.limit is not None]
+    assert len({m.limit.constraint for m in limited}) == len(limited)
+    assert {m.limit.device for m in limited if m.limit.name == "latency_ms"} == {"cpu", "gpu"}
+    assert "throughput-gpu" not in METRICS and "throughput_gpu" in COSTS  # measured beside

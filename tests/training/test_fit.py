@@ -21,7 +21,7 @@ SMALL = small_config(image_size=28)
 def test_tiny_run_reports_consistent_numbers(tiny_data_dir) -> None:
     d = load_fashion_mnist(tiny_data_dir)
     b = replace(get_budget("smoke"), train_images=64, batch_size=16, val_images=20)
-    r = train_and_evaluate(SMALL, b, d.train_x, d.train_y, d.val_x, d.val_y)
+    r = train_and_evaluate(SMALL, b, d.train, d.val)
     assert r.steps == 4 and r.train_images == 64 and r.eval_images == 20
     assert 0.0 <= r.accuracy <= 1.0 and (r.accuracy * 20) == round(r.accuracy * 20)
     assert r.train_seconds > 0 and r.images_per_second == pytest.approx(64 / r.train_seconds)
@@ -31,17 +31,14 @@ def test_tiny_run_reports_consistent_numbers(tiny_data_dir) -> None:
 def test_same_seed_same_result_other_seed_other_result(tiny_data_dir) -> None:
     d = load_fashion_mnist(tiny_data_dir)
     b = replace(get_budget("smoke"), train_images=64, batch_size=16, val_images=20)
-    runs = [
-        train_and_evaluate(SMALL, b.with_seed(s), d.train_x, d.train_y, d.val_x, d.val_y)
-        for s in (0, 0, 1)
-    ]
+    runs = [train_and_evaluate(SMALL, b.with_seed(s), d.train, d.val) for s in (0, 0, 1)]
     assert runs[0].final_loss == runs[1].final_loss
     assert runs[0].final_loss != runs[2].final_loss
 
 
 def test_smoke_budget_learns_real_fashion_mnist(real_data) -> None:
     d = real_data
-    r = train_and_evaluate(SMALL, get_budget("smoke"), d.train_x, d.train_y, d.val_x, d.val_y)
+    r = train_and_evaluate(SMALL, get_budget("smoke"), d.train, d.val)
     # 16 steps of 32 images: far from converged, but well above chance (0.10)
     assert r.accuracy > 0.25, r  # chance is 0.10 (+-0.013 on 500 images)
 
@@ -54,7 +51,7 @@ def test_diverging_run_raises(tiny_data_dir) -> None:
     with torch.no_grad():
         model.head[-1].weight[0, 0] = float("nan")
     with pytest.raises(Diverged, match="nan"):
-        train_and_evaluate(SMALL, b, d.train_x, d.train_y, d.val_x, d.val_y, model=model)
+        train_and_evaluate(SMALL, b, d.train, d.val, model=model)
 
 
 def test_pick_device() -> None:
@@ -74,11 +71,9 @@ def test_a_graphed_run_of_any_length_reads_a_pool_only_after_a_capture(
     monkeypatch.setattr(gpu.GRAPHS, "off", None)
     d = load_fashion_mnist(tiny_data_dir)
     b = replace(get_budget("smoke"), train_images=16 * steps, batch_size=16, val_images=20)
-    eager = train_and_evaluate(SMALL, b, d.train_x, d.train_y, d.val_x, d.val_y)
+    eager = train_and_evaluate(SMALL, b, d.train, d.val)
     graph = EmulatedGraph()
-    r = train_and_evaluate(
-        SMALL, b, d.train_x, d.train_y, d.val_x, d.val_y, cuda_graph=True, runner=graph
-    )
+    r = train_and_evaluate(SMALL, b, d.train, d.val, cuda_graph=True, runner=graph)
     assert r.steps == steps and r.final_loss == eager.final_loss
     assert r.accuracy == eager.accuracy
     if steps <= WARMUP_STEPS:
@@ -98,10 +93,8 @@ def test_on_warm_is_called_once_after_the_capture(tiny_data_dir, monkeypatch) ->
     train_and_evaluate(
         SMALL,
         b,
-        d.train_x,
-        d.train_y,
-        d.val_x,
-        d.val_y,
+        d.train,
+        d.val,
         cuda_graph=True,
         runner=graph,
         on_warm=lambda: graph.events.append("warm"),

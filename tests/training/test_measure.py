@@ -68,9 +68,7 @@ def test_training_memory_lies_between_what_it_must_hold_and_what_was_reserved(
     torch.cuda.reset_peak_memory_stats()
     reserved = torch.cuda.memory_reserved()
     config = small_config()
-    r = train_and_evaluate(
-        config, get_budget("smoke"), data.train_x, data.train_y, data.val_x, data.val_y
-    )
+    r = train_and_evaluate(config, get_budget("smoke"), data.train, data.val)
     weights = 4 * count_params(build_model(config))  # fp32
     assert r.step_memory_bytes is not None
     assert 3 * weights <= r.step_memory_bytes <= torch.cuda.max_memory_reserved() - reserved

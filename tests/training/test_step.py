@@ -68,7 +68,16 @@ def our_run(runner: EmulatedGraph | None = None, mode: list[str] | None = None):
     x, y, order = batches(96, 16)
     model = fresh_model(dtype=torch.float64)
     opt = TensorLRSGD(list(model.parameters()), momentum=MOMENTUM, weight_decay=WD, nesterov=True)
-    step = make_step(model, opt, x, y, 32, 16, 0.0, runner is not None, runner)
+    step = make_step(
+        model,
+        opt,
+        x,
+        y,
+        image_size=32,
+        batch_size=16,
+        cuda_graph=runner is not None,
+        runner=runner,
+    )
     losses = [step.run(idx, lr).item() for idx, lr in zip(order, LRS)]
     if mode is not None:
         mode.append(step.mode)
@@ -203,7 +212,7 @@ def test_cuda_graph_step_matches_eager() -> None:
         for graph in (False, True):
             model = fresh_model("cuda").to(memory_format=torch.channels_last)
             opt = TensorLRSGD(list(model.parameters()), MOMENTUM, WD, True)
-            step = make_step(model, opt, x, y, 32, 16, 0.0, cuda_graph=graph)
+            step = make_step(model, opt, x, y, image_size=32, batch_size=16, cuda_graph=graph)
             losses[graph] = [step.run(idx, lr).item() for idx, lr in zip(order, LRS)]
             assert step.mode == ("cuda-graph" if graph else "eager")
     finally:

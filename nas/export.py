@@ -116,7 +116,7 @@ def _run(argv: list[str] | None) -> int:
     if args.pick not in ("accuracy", "knee"):
         parse_limit_pick(args.pick)  # a bad pick is refused before the study is opened
     url = args.storage or default_storage_url(args.study)
-    study = load_study(open_storage(url, must_exist=True), args.study)
+    study = load_study(open_storage(url, must_exist=True), args.study, searched=True)
     chosen = pick_trial(study, args.pick)
     record = export_record(study, chosen, args.pick, url)
     out = Path(args.out)

@@ -92,10 +92,8 @@ def _run(argv: list[str] | None) -> int:
         raise UsageError(f"--seeds must be in 1..20, got {a.seeds}")
     url = a.storage or default_storage_url(a.study)
     storage = open_storage(url, must_exist=True)
-    source = load_study(storage, a.study)
+    source = load_study(storage, a.study, searched=True)
     s = StudyRecord.of(source)
-    if not s.is_search:
-        raise UsageError(f"study {a.study!r} was not made by nas.search: nothing to refine")
     if s.budget["name"] == a.budget:
         raise UsageError(f"study {a.study!r} already has budget {a.budget!r}: pick a higher one")
     trials = usable_trials(source)

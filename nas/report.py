@@ -52,7 +52,7 @@ def _run(argv: list[str] | None) -> int:
     args = p.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = args.storage or default_storage_url(args.study)
-    study = load_study(open_storage(url, must_exist=True), args.study)
+    study = load_study(open_storage(url, must_exist=True), args.study, searched=True)
     out = Path(args.out or f"dashboards/{args.study}.html")
     try:
         written = write_report(study, out, args.format)

@@ -77,7 +77,6 @@ def export_program(
 
 
 def _parser() -> argparse.ArgumentParser:
-
     p = make_parser(
         "nas.train",
         "Train an exported architecture on all the data's training images (train + val) "
@@ -201,11 +200,10 @@ def _splits(data: Dataset) -> tuple[Any, ...]:
         "validation split, which the search scored on too (an optimistic figure)",
         flush=True,
     )
-    return data.train, data.val, "validation"
+    return data.train_x, data.train_y, data.val_x, data.val_y, "validation"
 
 
 def _run(argv: list[str] | None) -> int:
-
     a = _parser().parse_args(argv)
     if not (math.isfinite(a.epochs) and 0 < a.epochs <= 1000):
         raise UsageError(f"--epochs must be in (0, 1000], got {a.epochs}")
@@ -339,7 +337,6 @@ def _write(
 
 
 def main(argv: list[str] | None = None) -> int:
-
     return run_cli("nas.train", _run, argv)
 
 

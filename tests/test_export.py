@@ -229,6 +229,7 @@ def test_the_knee_pick_is_the_knee_not_the_most_accurate(tmp_path: Path) -> None
     study = optuna.create_study(
         study_name="l", storage=f"sqlite:///{tmp_path}/l.db", directions=["maximize", "minimize"]
     )
+    study.set_user_attr("objectives", ["accuracy", "macs"])  # as nas.search records them
     for acc, macs in ((0.84, 20.0), (0.88, 40.0), (0.89, 80.0), (0.895, 160.0), (0.85, 90.0)):
         study.add_trial(
             optuna.trial.create_trial(values=[acc, macs], user_attrs={"trained": True})

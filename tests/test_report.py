@@ -128,6 +128,7 @@ def test_a_trained_network_over_a_budget_is_never_labelled_not_trained(cost_stud
     copy, number = add_trained_infeasible_trial(
         optuna.load_study(study_name=name, storage=url), "m"
     )
+    copy.set_user_attr("limits", {"params": 65000.0, "memory_mb": 10.0})  # both limits
     df = trials_frame(copy)
     status = dict(zip(df["trial"], df["status"]))
     assert status[number] == OVER_TRAINED

@@ -236,7 +236,7 @@ def test_other_precision_or_split_is_refused(tmp_path: Path, real_data_dir, caps
     monkeypatch.setattr(nas.data.dataset, "SPLIT_SEED", 1)  # as a version with another split would
     assert main([*TINY, "--trials", "1", "--study", "s", "--storage", url]) == 2
     err = capsys.readouterr().err
-    assert "another data (the images, their splits, normalisation or augmentation) (" in err
+    assert "another data (the images, their splits and normalisation) (" in err
     assert "val_from 'held out of train by key 0: " in err
     assert err.count("\n") == 1 and len(load(url, "s").trials) == 1
 
@@ -446,6 +446,16 @@ def test_a_study_from_before_this_record_format_is_refused_in_one_line(
         "--study\n"
     )
     assert len(load(url, "old").trials) == 0
+    from nas.export import main as export
+    from nas.refine import main as refine
+    from nas.report import main as report
+
+    out = ["--out", str(tmp_path / "x.json")]
+    for command, more in ((report, []), (export, out), (refine, [])):  # nothing to read by
+        assert command(["--study", "old", "--storage", url, *more]) == 2
+        err = capsys.readouterr().err
+        assert "study 'old' was not written by this nas.search (record format none" in err
+        assert err.count("\n") == 1
     load(url, "new").set_user_attr("record", 1)
     assert main([*argv, "--study", "new"]) == 2
     assert "another record format (1 there, 2 here)" in capsys.readouterr().err

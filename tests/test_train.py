@@ -234,3 +234,22 @@ def test_a_config_for_other_data_is_one_line(tmp_path, real_data_dir, capsys) ->
     cfg.write_text(replace(SMALL, num_classes=3).to_json())
     assert main([str(cfg), "--epochs", "0.01", "--device", "cpu"]) == 2
     assert "in 3 classes, the data fashion-mnist has 1-channel" in capsys.readouterr().err
+
+
+def test_data_without_a_test_split_is_scored_on_its_validation_split(tmp_path, capsys) -> None:
+    """scikit-learn's digits as a .npz of a training split alone: nas.train trains on its
+    train part and scores on the held-out validation part, and says so."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images * 16).clip(0, 255).astype(np.uint8)  # 0..16 -> 0..255
+    npz = tmp_path / "digits.npz"
+    np.savez(npz, train_images=images, train_labels=digits.target.astype(np.int64))
+    cfg = tmp_path / "c.json"
+    cfg.write_text(replace(SMALL, image_size=8).to_json())
+    argv = [str(cfg), "--data", str(npz), "--epochs", "0.1", "--batch-size", "64"]
+    assert main([*argv, "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "has no test split: trained on train only and scored on the validation split" in out
+    result = json.loads((tmp_path / "c.result.json").read_text())
+    assert result["test_images"] == 1797 // 6  # min(10,000, N/6) held out for validation

@@ -114,7 +114,7 @@ EXPERIMENT_KEYS = {
     "limits": "cost limits (--max-*)",
     "precision": "training precision",
     "data": "data (the images, their splits and normalisation)",
-    "budget": "train budget (augmentation included)",
+    "budget": "train budget",
 }
 
 

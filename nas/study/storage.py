@@ -3,8 +3,9 @@
 Default: one SQLite file per study, `sqlite:///studies/<study>.db`. Any Optuna storage
 URL works, PostgreSQL included (`postgresql://user@host/db`), for searches spread over
 several machines. A study remembers everything that makes its accuracies comparable
-(search space, MAC budget, precision, data and validation split, train budget); a run
-that asks for anything else is refused before anything is written.
+(search space, objectives, precision, data and validation split, train budget; its cost
+limits may change); a run that asks for anything else is refused before anything is
+written.
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ from sqlalchemy.engine import make_url
 
 from nas.errors import UsageError, exception_chain, first_line
 from nas.study.metrics import DEFAULT_OBJECTIVES, Limits, directions, metric_names
-from nas.study.record import EXPERIMENT_KEYS, StudyRecord, stored_experiment, write_study
+from nas.study.record import (
+    EXPERIMENT_KEYS,
+    RECORD_VERSION,
+    StudyRecord,
+    stored_experiment,
+    write_study,
+)
 from nas.study.urls import public_url
 
 __all__ = [
@@ -216,16 +223,28 @@ def _immediate_transactions(engine: sqlalchemy.engine.Engine) -> None:
     engine.dispose()  # connections made before the listeners are dropped
 
 
-def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
-    """An existing study; a UsageError naming the studies that do exist otherwise."""
+def load_study(
+    storage: optuna.storages.BaseStorage, name: str, searched: bool = False
+) -> optuna.Study:
+    """An existing study; a UsageError naming the studies that do exist otherwise.
+    searched: refuse one that nas.search did not write in this record format (nothing to
+    read its trials by)."""
     try:
-        return optuna.load_study(study_name=name, storage=storage)
+        study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         have = ", ".join(names) if names else "none"
         raise UsageError(
             f"no study named {name!r} in this storage (studies there: {have})"
         ) from None
+    record = StudyRecord.of(study).record
+    if searched and record != RECORD_VERSION:
+        raise UsageError(
+            f"study {name!r} was not written by this nas.search (record format "
+            f"{record or 'none'}, this nas reads {RECORD_VERSION}): run the search again "
+            "into another --study"
+        )
+    return study
 
 
 # Cost limits change no trial's training, only which trials are feasible: a study takes
@@ -263,10 +282,11 @@ def open_or_create_study(
 ) -> tuple[optuna.Study, bool]:
     """Continue study `name`, or create it with our objectives and `experiment`.
 
-    `experiment` has one entry per EXPERIMENT_KEYS key: everything that makes the
-    study's accuracies comparable (search space, MAC budget, precision, data fingerprint,
-    train budget). Returns (study, created). Creation is atomic in the database (a unique
-    study name), so of several workers starting at once exactly one creates the study.
+    `experiment` has one entry per EXPERIMENT_KEYS key (nas.study.record): everything
+    that makes the study's accuracies comparable (record format, search space,
+    objectives, cost limits, precision, data fingerprint, train budget). Returns (study,
+    created). Creation is atomic in the database (a unique study name), so of several
+    workers starting at once exactly one creates the study.
     Refuses (UsageError, nothing written) a study with other objectives or any other
     entry, but for the cost limits (LIMIT_KEYS), which update_limits changes.
     """

@@ -48,8 +48,8 @@ class TrialRecord:
     costs: dict[str, dict[str, Any]] = field(default_factory=dict)
     timed_beside: int = 1  # trials that could run at once on the host as costs were timed
     # its fate
-    trained: bool = False  # trained here (False: over a budget known before, or a repeat)
-    over_budget: tuple[str, ...] = ()  # cost keys over a budget as the trial ran
+    trained: bool = False  # trained here (False: over a cost limit known before, or a repeat)
+    over_budget: tuple[str, ...] = ()  # cost keys over their limit as the trial ran
     duplicate_of: int | None = None  # the trial whose network and seed it repeats
     fail_reason: str | None = None  # a failed trial: why, in one line
     # its training (trained trials)

@@ -53,6 +53,7 @@ def make_parser(prog: str, description: str, epilog: str | None = None) -> argpa
         description=textwrap.fill(description, 79),
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # `--trial 2` is a typo to name, not --trials to guess
     )
 
 

@@ -226,7 +226,8 @@ def _run(argv: list[str] | None) -> int:
         raise UsageError(f"--out {out}: folder {out.parent} does not exist")
     model = build_model(config, a.seed)
     print(
-        f"training {config.describe()} for {a.epochs:g} epochs ({budget.steps} steps, "
+        f"training {config.describe()} for {a.epochs:g} epoch{'s' if a.epochs != 1 else ''} "
+        f"({budget.steps} steps, "
         f"recipe {a.recipe}, lr {a.lr}) on {device}",
         flush=True,
     )

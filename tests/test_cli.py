@@ -126,3 +126,20 @@ def test_an_error_with_an_empty_message_is_still_one_line() -> None:
     assert error_line(ValueError()) == "ValueError" and first_line(KeyError()) == "KeyError"
     assert error_line(RuntimeError("bad\nmore")) == "RuntimeError: bad"
     assert first_line(RuntimeError("x" * 500), limit=10) == "x" * 10
+
+
+def test_an_abbreviated_option_is_refused_not_guessed(capsys) -> None:
+    """`--trial 2` is a typo: named in one line, not taken for --trials (argparse's
+    default), and `--max` does not reach the hidden --max-mflops."""
+    from nas.export import main as export
+    from nas.search import main as search
+
+    hint = ["--max-mflops", "5"]  # refused after parsing: the old parser stops there
+    assert search(["--trial", "2", *hint]) == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --trial 2" in err and err.count("\n") == 1
+    assert search(["--max", "5", *hint]) == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --max 5" in err and "mflops" not in err
+    assert export(["--stud", "s", "--out", "x.json"]) == 2  # --study is required
+    assert "required: --study" in capsys.readouterr().err

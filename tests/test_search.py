@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -421,6 +423,24 @@ def test_latency_objective_and_params_budget_end_to_end(cost_study, capsys) -> N
     assert main([*base, "--objectives", "accuracy,macs"]) == 2
     assert "objectives" in capsys.readouterr().err
     assert len(load(url, name).trials) == 6
+
+
+def test_a_one_trial_run_speaks_plainly(tmp_path: Path, real_data_dir) -> None:
+    """What a user reads of a one-trial run: "1 trial in", and no library warning (Optuna
+    calls its stale-trial check experimental); a study with other objectives of the same
+    count is refused as "another set of objectives"."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    argv = [sys.executable, "-m", "nas.search", *TINY, "--trials", "1", "--storage", url]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "\n1 trial in " in done.stdout and "Warning" not in done.stderr, done.stderr
+    other = subprocess.run(
+        [*argv, "--objectives", "accuracy,params"], capture_output=True, text=True, timeout=300
+    )
+    assert other.returncode == 2
+    assert "was created with another set of objectives (['accuracy', 'macs'] there" in (
+        other.stderr
+    )
 
 
 def test_a_study_from_before_this_record_format_is_refused_in_one_line(

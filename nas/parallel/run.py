@@ -375,9 +375,8 @@ def _summary(
     if gpu.mean() is not None:
         use += f"; GPU busy {gpu.mean():.0f}% of the time (NVML, {len(gpu.samples)} samples)"
     return (
-        f"{counts.done} trials in {elapsed:.1f} s ({counts.failed} failed, {counts.duplicates} "
-        "repeating a "
-        f"trained network, "
+        f"{counts.done} trial{'s' if counts.done != 1 else ''} in {elapsed:.1f} s "
+        f"({counts.failed} failed, {counts.duplicates} repeating a trained network, "
         + (f"{counts.eager} trained eagerly with CUDA graphs off, " if counts.eager else "")
         + f"{workers} worker{'s' if workers > 1 else ''} x {spec.concurrency} at once); "
         f"{use}\nPareto front: {len(front)} trial"

@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import astuple, dataclass, field
 from typing import Any
@@ -262,7 +263,9 @@ def trial_loop(
     # slot asks for a trial: Optuna does it at the start of every trial too, but with K
     # slots one slot could ask while another is still queueing the retries, and run a new
     # trial in a retry's place (left WAITING at the end of the run).
-    optuna.storages.fail_stale_trials(study)
+    with warnings.catch_warnings():  # "experimental" since Optuna 2.9: noise to a user
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
     run_concurrently(spec.concurrency, device, one_slot, stop)
 
 

@@ -110,7 +110,7 @@ def write_trial(trial: optuna.Trial, **values: Any) -> None:
 EXPERIMENT_KEYS = {
     "record": "record format",
     "space": "search space",
-    "objectives": "objectives",
+    "objectives": "set of objectives",
     "limits": "cost limits (--max-*)",
     "precision": "training precision",
     "data": "data (the images, their splits and normalisation)",

@@ -164,7 +164,9 @@ def trial_line(t: optuna.trial.FrozenTrial) -> str:
     words = [COSTS[k].limit.words for k in over if COSTS[k].limit]
     budgets = " and ".join(words) + (" budgets" if over[1:] else " budget")
     if not r.trained:
-        return f"{head}  {cost_words(r, exact=True)}  over the {budgets}, not trained"
+        excess = t.constraints.get("mmacs_over_budget") if "macs" in over else None
+        limit = None if excess is None else r.mmacs - excess
+        return f"{head}  {cost_words(r, limit)}  over the {budgets}, not trained"
     secs = (t.datetime_complete - t.datetime_start).total_seconds()
     tail = f"; over the {budgets}" if over else ""
     return (
@@ -174,17 +176,26 @@ def trial_line(t: optuna.trial.FrozenTrial) -> str:
     )
 
 
-def cost_words(r: TrialRecord, exact: bool = False) -> str:
+def cost_words(r: TrialRecord, mac_limit: float | None = None) -> str:
     """'70.2 MMACs (fvcore), 0.41 M params, CPU 3.10 ms' and what else was measured;
-    exact: MACs to the last one (as compared with a limit)."""
+    mac_limit: the MAC limit a network is over, which its MACs are shown above."""
     words = [
         m.shown.format(r.costs[key]["value"])
         for key, m in COSTS.items()
         if m.shown and key in r.costs
     ]
-    if exact:  # MACs are counted, so a limit is met or not to the last one
-        words[0] = f"{r.mmacs:.6f} MMACs (fvcore)"
+    if mac_limit is not None:
+        words[0] = f"{r.mmacs:,.{_decimals_above(r.mmacs, mac_limit)}f} MMACs (fvcore)"
     return ", ".join(words)
+
+
+def _decimals_above(value: float, limit: float) -> int:
+    """The fewest decimals (1 to 6: whole MACs) at which `value` still reads above `limit`:
+    7.000012 over a limit of 7 is 7.00001, not 7.0."""
+    for d in range(1, 6):
+        if round(value, d) > limit:
+            return d
+    return 6
 
 
 def worker_seed(index: int, existing: int) -> int:

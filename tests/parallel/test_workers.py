@@ -117,3 +117,12 @@ def test_trials_trained_eagerly_on_a_gpu_are_counted_and_the_first_warned_of() -
     assert "operation not permitted" in warning
     assert counts.count(trial(3, off)) is None  # one warning per run
     assert counts == Tally(done=4, failed=0, duplicates=0, trained=4, eager=2)
+
+
+def test_macs_over_a_limit_are_shown_with_the_decimals_that_tell_them_above_it() -> None:
+    from nas.parallel.workers import _decimals_above
+
+    assert _decimals_above(17.8, 7.0) == 1  # "17.8"
+    assert _decimals_above(7.04, 7.0) == 2  # "7.04", not "7.0"
+    assert _decimals_above(7.000012, 7.0) == 5  # "7.00001"
+    assert _decimals_above(7.0000004, 7.0) == 6  # under a MAC over: to the last one

@@ -6,11 +6,12 @@ sorted; within a split, images are ordered by file name (then class), so a folde
 from an array in index order (00000.png, 00001.png, ...) reads back in that order.
 
 Decoding runs with Pillow in worker processes with a progress bar. First each file's
-header gives its size and mode (no pixels decoded); every image is then decoded to the
-most common size (others resized bilinearly, as Pillow does) and to grey if
-all are grey, else RGB. The arrays are cached as .npy files under $NAS_CACHE_DIR (default
-~/.cache/nas/data), keyed by the files' names, sizes and modification times: a second
-run reads them at once, and a changed file makes a new key.
+header gives its size and mode (no pixels decoded); every image is then decoded upright
+(turned by its EXIF orientation, as a phone's photo is shown), to the most common size
+(others resized bilinearly, as Pillow does) and to grey if all are grey, else RGB. The
+arrays are cached as .npy files under $NAS_CACHE_DIR (default ~/.cache/nas/data), keyed
+by the files' names, sizes and modification times and CACHE_VERSION: a second run reads
+them at once, and a changed file makes a new key.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from nas.errors import DataError
 __all__ = ["cache_dir", "read_folder"]
 
 SPLITS = ("train", "val", "test")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: images turned upright by their EXIF orientation
+ORIENTATION = 0x0112  # the EXIF tag
+QUARTER_TURNS = {5, 6, 7, 8}  # orientations that turn the image a quarter: W and H swap
 CHUNK = 256  # files per task handed to a worker process
 
 
@@ -81,7 +84,10 @@ def _header(path: str) -> tuple[tuple[int, int], str] | str:
 
     try:
         with Image.open(path) as im:
-            return im.size, im.mode
+            w, h = im.size
+            if im.getexif().get(ORIENTATION) in QUARTER_TURNS:
+                w, h = h, w  # the size it is shown at, upright
+            return (w, h), im.mode
     except Exception as e:  # Pillow raises many kinds for a bad file
         return f"{type(e).__name__}: {e}"
 
@@ -90,14 +96,16 @@ GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 
 def _decode(job: tuple[list[str], tuple[int, int], bool]) -> list[np.ndarray | str]:
-    """Decode files to uint8 (H, W, C) of one size; a string for a file that fails."""
-    from PIL import Image
+    """Decode files upright to uint8 (H, W, C) of one size; a string for a file that
+    fails."""
+    from PIL import Image, ImageOps
 
     paths, size, rgb = job
     out: list[np.ndarray | str] = []
     for p in paths:
         try:
-            with Image.open(p) as im:
+            with Image.open(p) as opened:
+                im = ImageOps.exif_transpose(opened)  # a copy, turned as its EXIF says
                 if im.mode.startswith("I"):  # 16- or 32-bit grey: scaled to 8 bits, not clipped
                     wide = np.asarray(im).astype(np.float64) * (255 / 65535)
                     im = Image.fromarray(np.clip(np.round(wide), 0, 255).astype(np.uint8))

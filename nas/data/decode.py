@@ -44,10 +44,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("NAS_CACHE_DIR") or Path.home() / ".cache" / "nas" / "data")
 
 
-def _list(root: Path) -> dict[str, list[tuple[Path, str]]]:
-    """split -> [(file, class name)], ordered by file name then class."""
+def _hidden(p: Path) -> bool:
+    """A name starting with '.': .ipynb_checkpoints/, .git/, macOS's ._photo.jpg."""
+    return p.name.startswith(".")
+
+
+def _list(root: Path) -> tuple[dict[str, list[tuple[Path, str]]], int]:
+    """split -> [(file, class name)], ordered by file name then class; and how many
+    hidden files and folders were left out (with all they hold)."""
     split_dirs = {s: root / s for s in SPLITS if (root / s).is_dir()}
-    others = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in SPLITS)
+    hidden = sum(1 for p in root.iterdir() if _hidden(p))
+    others = sorted(
+        p.name for p in root.iterdir() if p.is_dir() and p.name not in SPLITS and not _hidden(p)
+    )
     if split_dirs and others:
         raise DataError(
             f"{root} has {', '.join(s + '/' for s in split_dirs)} and also {others[0]}/: put "
@@ -62,12 +71,20 @@ def _list(root: Path) -> dict[str, list[tuple[Path, str]]]:
         split_dirs = {"train": root}
     out = {}
     for split, folder in split_dirs.items():
-        classes = sorted(p for p in folder.iterdir() if p.is_dir())
+        if folder != root:
+            hidden += sum(1 for p in folder.iterdir() if _hidden(p))
+        classes = sorted(p for p in folder.iterdir() if p.is_dir() and not _hidden(p))
         if not classes:
             raise DataError(f"{folder} has no class subfolders (expected {folder}/<class>/*.png)")
         files = []
         for c in classes:
-            found = [p for p in c.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
+            hidden += sum(1 for p in c.rglob("*") if _hidden(p))
+            found = [
+                p
+                for p in c.rglob("*")
+                if p.suffix.lower() in IMAGE_SUFFIXES
+                and not any(part.startswith(".") for part in p.relative_to(c).parts)
+            ]
             if not found:
                 raise DataError(
                     f"class folder {c} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
@@ -75,7 +92,7 @@ def _list(root: Path) -> dict[str, list[tuple[Path, str]]]:
             files += [(p, c.name) for p in found]
         files.sort(key=lambda fc: (fc[0].name, fc[1], str(fc[0])))
         out[split] = files
-    return out
+    return out, hidden
 
 
 def _header(path: str) -> tuple[tuple[int, int], str] | str:
@@ -131,9 +148,17 @@ def _key(root: Path, files: dict[str, list[tuple[Path, str]]]) -> str:
 
 
 def _bad(failures: list[tuple[Path, str]]) -> DataError:
+    """One line: the first bad image and why, a few more by name, and how many per class."""
     p, why = failures[0]
-    more = f" (and {len(failures) - 1} other images)" if len(failures) > 1 else ""
-    return DataError(f"cannot read image {p}: {why}{more}")
+    if len(failures) == 1:
+        return DataError(f"cannot read image {p}: {why}")
+    names = ", ".join(q.name for q, _ in failures[1:4]) + (", ..." if len(failures) > 4 else "")
+    per_class = Counter(q.parent.name for q, _ in failures)
+    counts = ", ".join(f"{c} {n}" for c, n in sorted(per_class.items()))
+    return DataError(
+        f"cannot read image {p}: {why} (and {len(failures) - 1} other images: {names}; "
+        f"per class folder: {counts})"
+    )
 
 
 def _pool_map(fn, jobs: list, desc: str, total: int):
@@ -167,7 +192,7 @@ def _headers(paths: list[str]) -> list[tuple[tuple[int, int], str] | str]:
 
 def read_folder(root: Path) -> tuple[Raw, bool]:
     """The folder's splits as arrays, and whether they came from the cache."""
-    files = _list(root)
+    files, hidden = _list(root)
     key = _key(root, files)
     cached = cache_dir() / key
     if (cached / "meta.json").exists():
@@ -203,6 +228,11 @@ def read_folder(root: Path) -> tuple[Raw, bool]:
         splits[split], at = (x, y), at + len(items)
     resized = sum(n for s, n in sizes.items() if s != target)
     notes = []
+    if hidden:
+        notes.append(
+            f"{hidden:,} hidden files and folders left out (names starting with '.', such as "
+            ".ipynb_checkpoints/ or macOS's ._ files)"
+        )
     if resized:
         notes.append(
             f"{resized:,} of {len(everything):,} images resized to {target[0]}x{target[1]} "

@@ -350,3 +350,45 @@ def test_phone_photos_are_turned_upright_by_their_exif_orientation(
         turned = np.rot90(got[1::2], axes=(1, 2))[:, :20, :20].astype(int)  # as if ignored
         sideways = np.abs(turned - want[1::2, :20, :20].astype(int))
         assert diff.mean() < 2 < sideways.mean(), (diff.mean(), sideways.mean())
+
+
+def test_a_folder_as_it_comes_leaves_out_hidden_entries_and_names_its_bad_images(
+    tmp_path, real_data_dir, monkeypatch
+) -> None:
+    """Fashion-MNIST pixels as PNGs in two class folders, with what real folders carry: a
+    Jupyter .ipynb_checkpoints/ folder of images, macOS's ._ twins (not images) and a
+    .DS_Store. The hidden entries are left out, and said; the classes are the two. Then
+    four truncated PNGs: the one line names the first, more by name, and the count per
+    class folder."""
+    from PIL import Image
+
+    from nas.data.decode import read_folder
+    from nas.errors import DataError
+
+    monkeypatch.setenv("NAS_CACHE_DIR", str(tmp_path / "cache"))
+    x = read_idx(real_data_dir / "t10k-images-idx3-ubyte.gz", 3)[:8]
+    root = tmp_path / "photos"
+    for i, image in enumerate(x):
+        folder = root / ("coat" if i % 2 else "shirt")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{i:03d}.png")
+        (folder / f"._{i:03d}.png").write_bytes(b"\x00\x05\x16\x07AppleDouble")
+    (root / "coat" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (root / ".ipynb_checkpoints").mkdir()
+    Image.fromarray(x[0]).save(root / ".ipynb_checkpoints" / "000.png")
+    raw, _ = read_folder(root)
+    assert raw.classes == ["coat", "shirt"] and len(raw.splits["train"][0]) == 8
+    assert any("10 hidden files and folders left out" in n for n in raw.notes), raw.notes
+    png = (root / "coat" / "001.png").read_bytes()
+    for i in range(4):
+        (root / ("coat" if i < 3 else "shirt") / f"bad{i}.png").write_bytes(png[:60])
+    with pytest.raises(DataError) as e:
+        read_folder(root)
+    line = str(e.value)
+    assert (
+        line.startswith(f"cannot read image {root / 'coat' / 'bad0.png'}: ") and "\n" not in line
+    )
+    assert (
+        "(and 3 other images: bad1.png, bad2.png, bad3.png; per class folder: coat 3, "
+        "shirt 1)" in line
+    ), line

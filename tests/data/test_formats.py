@@ -123,7 +123,8 @@ def test_each_bad_input_is_one_line_exit_2_nothing_written(tmp_path, monkeypatch
     corrupt = capsys.readouterr()
     assert main([*SEARCH, "--data", str(cases["corrupt image"][0])]) == 2
     corrupt = capsys.readouterr().err
-    assert "bad0.png" in corrupt and "(and 2 other images)" in corrupt
+    assert "bad0.png: " in corrupt
+    assert "(and 2 other images: bad1.png, bad2.png; per class folder: b 3)" in corrupt
 
 
 class Hostile:

@@ -300,7 +300,7 @@ class Limits:
         """As a study stores it: only the limits that are set (none: {}), and the latency
         device where a latency is limited."""
         d: dict[str, Any] = dict(self.values)
-        if any(m.limit and m.limit.device for m in COSTS.values() if m in self.metrics()):
+        if any(m.limit and m.limit.device for m in self.metrics()):
             d["latency_device"] = self.latency_device
         return d
 

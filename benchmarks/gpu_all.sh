@@ -11,7 +11,9 @@
 #   4. the same for d2l;
 #   5. a `short` cifar search of accuracy vs GPU latency and training memory, one trial at
 #      a time, its report, and the rank agreement of the measured costs with MACs;
-#   6. the fidelity benchmark for cifar, as far as the time left allows.
+#   6. the latency as shipped: the bf16 AOTInductor CUDA package of three networks
+#      against eager and against a trial's CUDA-graph figure (benchmarks/shipped_latency.py);
+#   7. the fidelity benchmark for cifar, as far as the time left allows.
 # Usage: bash benchmarks/gpu_all.sh OUT [--cpu] [--from DIR]
 #   OUT gets two files: gpu_all.tar.gz (every part's log and results) and summary.txt.
 #   The work happens in a scratch folder, packed into OUT also when the deadline or a
@@ -67,6 +69,7 @@ pack() {  # the archive and the summary, whatever happened before
     grep -h "^PASS\|^FAIL\|checks passed" "$work/doctor.log" 2>/dev/null
     tail -n 1 "$work/cuda-tests.log" 2>/dev/null
     grep -h "trials/min\|vs MACs" "$work"/throughput-*.log "$work/costs-report.log" 2>/dev/null
+    grep -h "^(g)" "$work/shipped-latency.log" 2>/dev/null
   } > "$out/summary.txt"
   tar czf "$out/gpu_all.tar.gz" -C "$work" .
   echo "packed $(tar tzf "$out/gpu_all.tar.gz" | wc -l) entries into $out/gpu_all.tar.gz"
@@ -143,7 +146,8 @@ fi
 part costs-report 20 $py - "$url" "$work" <<'EOF'
 import sys
 import optuna
-from nas.report import main, rank_agreement, trials_frame
+from nas.report import main
+from nas.results.table import rank_agreement, trials_frame
 url, out = sys.argv[1:]
 main(["--study", "gpu-costs", "--storage", url, "--out", f"{out}/gpu-costs.html",
       "--no-artifacts", "--format", "csv"])
@@ -153,6 +157,12 @@ for col in ("GPU latency (ms)", "train memory (MB)", "CPU latency (ms)"):
         n, rho, tau = rank_agreement(df, col)
         print(f"{col} vs MACs (fvcore): Spearman rho {rho:.2f}, Kendall tau {tau:.2f}, {n} networks")
 EOF
+
+# the latency as shipped on the GPU: bf16 AOTInductor package against eager and against
+# a trial's CUDA-graph figure (on --cpu: the CPU ratio of one tiny network)
+if [ "$cpu" = "--cpu" ]; then shipped=(--tiny --parts a); else shipped=(--parts g --rounds 3); fi
+part shipped-latency 120 $py benchmarks/shipped_latency.py "${shipped[@]}" \
+  --out "$work/shipped-latency-$device.json"
 
 part fidelity-cifar 60 $py benchmarks/fidelity.py --preset cifar --device "$device" "${tiny[@]}" \
   --results "$work/fidelity-cifar.jsonl" --out "$work/fidelity-cifar.json"

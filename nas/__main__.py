@@ -20,7 +20,7 @@ latency or training memory (--objectives). Each command has --help.
   python -m nas.cost     parameters, MACs (fvcore) and CPU latency of an architecture
   python -m nas.train    train an exported architecture on the study's data (train and
                          validation images), score it on the test split, write it as a
-                         torch.export program
+                         torch.export program and an AOTInductor CPU package (timed)
   python -m nas.doctor   check a machine: environment, data, the training step eager
                          and as a CUDA graph, several trials at once, latency
 

@@ -19,12 +19,18 @@ and the runner-up.
 
 The file carries every cost the trial measured (`costs`: MACs, parameters, CPU latency,
 and on a GPU its latency, throughput and training memory, each with unit and device).
+Where the study is about CPU latency (an objective, a budget, or a max-latency-ms pick),
+the pick is also timed as nas ships it (nas.deploy.timing: its AOTInductor CPU package in
+a fresh process, 1 thread, batch 1, uint8 in; about half a minute to compile), printed
+beside the search's eager figure, stored as `costs.latency_cpu_shipped`, and said if it
+misses the budget.
 The file's "config" member is exactly the architecture JSON of nas.arch.config, so
 `python -m nas.cost best.json` and the model builder accept the file as it is.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import sys
@@ -35,9 +41,12 @@ from typing import Any
 
 import optuna
 
+from nas.arch.config import ArchConfig
 from nas.cli import make_parser, run_cli
+from nas.deploy.timing import describe_shipped, shipped_latency
 from nas.errors import UsageError
-from nas.results.picks import Pick, describe_pick, parse_limit_pick, pick_trial
+from nas.results.picks import Pick, describe_pick, latency_key, parse_limit_pick, pick_trial
+from nas.study.metrics import Limits
 from nas.study.record import StudyRecord, TrialRecord
 from nas.study.storage import default_storage_url, load_study, open_storage
 from nas.study.urls import public_url
@@ -102,6 +111,14 @@ def _run(argv: list[str] | None) -> int:
     p.add_argument("--storage", help="Optuna storage URL (default sqlite:///studies/STUDY.db)")
     p.add_argument("--out", required=True, help="JSON file to write")
     p.add_argument(
+        "--time-shipped",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="time the pick's CPU package as shipped (AOTInductor, fresh process, 1 thread, "
+        "batch 1, uint8 in; compiling it takes about half a minute): auto (default) where the "
+        "study is about CPU latency (an objective, a budget or a max-latency-ms pick)",
+    )
+    p.add_argument(
         "--pick",
         default="knee",
         help="accuracy: the most accurate trial, by its refined runs (nas.refine) where the "
@@ -120,14 +137,65 @@ def _run(argv: list[str] | None) -> int:
     chosen = pick_trial(study, args.pick)
     record = export_record(study, chosen, args.pick, url)
     out = Path(args.out)
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {out}: folder {out.parent} does not exist")
+    shipped = None
+    if args.time_shipped == "yes" or (args.time_shipped == "auto" and _about_cpu(study, args)):
+        shipped = _time_shipped(study, chosen, args.pick, record)
     try:
-        if not out.parent.is_dir():
-            raise UsageError(f"--out {out}: folder {out.parent} does not exist")
         out.write_text(json.dumps(record, indent=2) + "\n")
     except OSError as e:
         raise UsageError(f"cannot write {out}: {e.strerror or e}") from None
     print(f"wrote {out} ({args.pick}): {describe_pick(study, chosen)}")
+    if shipped:
+        print(shipped)
     return 0
+
+
+def _cpu_budget(study: optuna.Study, pick: str) -> float | None:
+    """The CPU latency budget the pick answers to: a max-latency-ms pick's, else the
+    study's own, in ms."""
+    s = StudyRecord.of(study)
+    if pick.startswith("max-latency-ms=") and latency_key(study) == "latency_cpu":
+        return parse_limit_pick(pick)[1]
+    return Limits.from_dict(s.limits).get("latency_cpu")
+
+
+def _about_cpu(study: optuna.Study, args: argparse.Namespace) -> bool:
+    s = StudyRecord.of(study)
+    return "latency-cpu" in s.objectives or _cpu_budget(study, args.pick) is not None
+
+
+def _time_shipped(study: optuna.Study, chosen: Pick, pick: str, record: dict) -> str:
+    """Time the pick as shipped; store it in `record`; the line that says it."""
+    a = TrialRecord.of(chosen.trial)
+    config = ArchConfig.from_dict(a.config)
+    h, w, c = StudyRecord.of(study).data_record.get(
+        "shape", [config.image_size, config.image_size, config.in_channels]
+    )
+    shape = (h, w) if c == 1 else (h, w, c)
+    budget = _cpu_budget(study, pick)
+    print(
+        f"timing trial {chosen.trial.number} as shipped (compiling its AOTInductor CPU "
+        "package, about half a minute) ...",
+        flush=True,
+    )
+    try:
+        m = shipped_latency(config, shape, budget)
+    except RuntimeError as e:
+        return f"note: the CPU latency as shipped is not measured: {str(e).splitlines()[-1]}"
+    record["costs"]["latency_cpu_shipped"] = m.to_dict()
+    line = f"CPU latency {describe_shipped(m, shape)}"
+    eager = a.costs.get("latency_cpu")
+    if eager:
+        line += (
+            f"; the search timed the eager network at {eager['value']:.3g} ms "
+            f"({m.value / eager['value']:.2f}x)"
+        )
+    if budget is not None:
+        verdict = "within" if m.value <= budget else "OVER"
+        line += f"; {verdict} the {budget:g} ms budget as shipped"
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:

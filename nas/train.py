@@ -3,13 +3,14 @@
 Trains an architecture (a config JSON or a nas.export file) on all the data's training
 images (train + val) with this project's recipe or the d2l chapter's, scores it on the
 data's test split (the first and only place the test set is used), and writes a
-checkpoint, a result JSON and the trained network as a `torch.export` program (OUT.pt2):
-fp32, on the CPU, taking raw uint8 images as the data holds them, (B, H, W) grey or
-(B, H, W, C) colour, and returning (B, classes) logits, resizing and normalisation
-included, so that it loads and runs with PyTorch alone
-(`torch.export.load(p).module()(images)`), without this package. The data is the export
-file's own (its "data" record) unless --data names another. The training loop is a
-trial's (nas.training.fit), run for whole epochs.
+checkpoint, a result JSON and the trained network to ship (nas.deploy.artifact): OUT.pt2,
+a torch.export program (portable), and OUT.cpu.pt2, the same compiled by AOTInductor for
+this kind of CPU (the fast one, its latency timed and printed). Both are fp32 on the CPU,
+take uint8 images of any size, (B, H, W) grey or (B, H, W, C) colour, and return
+(B, classes) logits, resizing and normalisation included, so that they load and run with
+PyTorch alone, without this package. The data is the export file's own (its "data"
+record) unless --data names another. The training loop is a trial's (nas.training.fit),
+run for whole epochs.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from torch import nn
 from nas.arch.config import ArchConfig, load_config_file
 from nas.arch.model import build_model
 from nas.cli import make_parser, positive_int, run_cli
-from nas.data.dataset import Dataset, default_augment, describe, load_data, to_input
+from nas.data.dataset import Dataset, default_augment, describe, load_data
+from nas.deploy.artifact import compile_package, export_program
+from nas.deploy.timing import describe_shipped, package_latency
 from nas.errors import DataError, UsageError
 from nas.training.budget import TrainBudget
 from nas.training.fit import pick_device, train_and_evaluate
@@ -46,44 +49,17 @@ RECIPES = {
 }
 
 
-class Classifier(nn.Module):
-    """uint8 images (B, H, W) or (B, H, W, C) -> logits (B, classes): the input conversion
-    the network was trained with (nas.data.dataset.to_input), then the network (which
-    normalises)."""
-
-    def __init__(self, net: nn.Module, image_size: int) -> None:
-        super().__init__()
-        self.net, self.image_size = net, image_size
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(to_input(images, self.image_size, torch.float32))
-
-
-def export_program(
-    model: nn.Module, config: ArchConfig, path: Path, shape: tuple[int, ...] = (28, 28)
-) -> None:
-    """Write the trained network (eval mode, fp32, CPU) as a torch.export program with a
-    dynamic batch dimension, taking uint8 images of `shape`: (H, W) or (H, W, C)."""
-    import copy
-
-    net = copy.deepcopy(model).to(device="cpu", dtype=torch.float32)
-    net = net.to(memory_format=torch.contiguous_format).eval()
-    example = torch.zeros(2, *shape, dtype=torch.uint8)
-    batch = torch.export.Dim("batch", min=1, max=1 << 20)
-    program = torch.export.export(
-        Classifier(net, config.image_size).eval(), (example,), dynamic_shapes=({0: batch},)
-    )
-    torch.export.save(program, path)
-
-
 def _parser() -> argparse.ArgumentParser:
     p = make_parser(
         "nas.train",
         "Train an exported architecture on all the data's training images (train + val) "
         "and report its accuracy on the data's test split. Writes OUT.pt (checkpoint), "
-        "OUT.result.json and OUT.pt2 (the trained network as a torch.export program, which "
-        "loads without this package: torch.export.load('OUT.pt2').module()(uint8 images "
-        "(B, H, W) grey or (B, H, W, C) colour) -> logits).",
+        "OUT.result.json, OUT.pt2 (the trained network as a torch.export program: "
+        "torch.export.load('OUT.pt2').module()(images)) and OUT.cpu.pt2 (the same compiled "
+        "by AOTInductor for this kind of CPU, faster: "
+        "torch._inductor.aoti_load_package('OUT.cpu.pt2')(images)), both loading without "
+        "this package and taking uint8 images of any size, (B, H, W) grey or (B, H, W, C) "
+        "colour (docs/commands.md has the contract).",
     )
     p.add_argument("config", help="architecture JSON or nas.export file")
     p.add_argument(
@@ -125,6 +101,12 @@ def _parser() -> argparse.ArgumentParser:
         help="default auto: the export's, else crop-flip for colour images, none for grey",
     )
     p.add_argument("--out", help="output prefix (default: the config path without .json)")
+    p.add_argument(
+        "--no-cpu-package",
+        action="store_true",
+        help="write OUT.pt2 only, not OUT.cpu.pt2 (its compile takes tens of seconds and "
+        "needs a C++ compiler)",
+    )
     return p
 
 
@@ -255,7 +237,7 @@ def _run(argv: list[str] | None) -> int:
         "torch": torch.__version__,
     }
     shape = tuple(data.train_x.shape[1:3]) + ((data.channels,) if data.channels > 1 else ())
-    written = _write(out, model, config, result, shape)
+    written, program = _write(out, model, config, result, shape)
     print(
         f"{scored} accuracy {r.accuracy:.4f} on {r.eval_images:,} {scored} images"
         + (
@@ -266,10 +248,31 @@ def _run(argv: list[str] | None) -> int:
         )
         + "; "
         f"{r.train_seconds:.1f} s of training ({r.images_per_second:,.0f} img/s)\n"
-        f"wrote {', '.join(map(str, written[:-1]))} and {written[-1]} (torch.export: loads "
-        "without nas)"
+        f"wrote {', '.join(map(str, written))} (torch.export: loads without nas)",
+        flush=True,
     )
+    if not a.no_cpu_package:
+        _ship_cpu_package(out, program, result, shape)
     return 0
+
+
+def _ship_cpu_package(
+    out: Path, program: torch.export.ExportedProgram, result: dict, shape: tuple[int, ...]
+) -> None:
+    """OUT.cpu.pt2, timed as shipped; its latency joins OUT.result.json. A failed compile
+    (no C++ compiler, say) is one note: the portable OUT.pt2 is there."""
+    package = out.with_name(out.name + ".cpu.pt2")
+    print(f"compiling {package} (AOTInductor, for this kind of CPU) ...", flush=True)
+    try:
+        compile_package(program, package)
+        m = package_latency(package, shape)
+    except RuntimeError as e:
+        print(f"note: {package} not written: {str(e).strip().splitlines()[-1]}", flush=True)
+        return
+    result["latency_cpu_shipped"] = m.to_dict()
+    res = out.with_name(out.name + ".result.json")
+    res.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {package}: {describe_shipped(m, shape)}")
 
 
 class EpochLines:
@@ -324,8 +327,9 @@ class EpochLines:
 
 def _write(
     out: Path, model: nn.Module, config: ArchConfig, result: dict, shape: tuple[int, ...]
-) -> list[Path]:
-    """OUT.pt (checkpoint), OUT.result.json and OUT.pt2 (the torch.export program)."""
+) -> tuple[list[Path], torch.export.ExportedProgram]:
+    """OUT.pt (checkpoint), OUT.result.json and OUT.pt2 (the torch.export program, also
+    returned)."""
     ckpt = out.with_name(out.name + ".pt")
     torch.save(
         {"config": config.to_dict(), "state_dict": model.state_dict(), "result": result}, ckpt
@@ -333,8 +337,9 @@ def _write(
     res = out.with_name(out.name + ".result.json")
     res.write_text(json.dumps(result, indent=2) + "\n")
     program = out.with_name(out.name + ".pt2")
-    export_program(model, config, program, shape)
-    return [ckpt, res, program]
+    exported = export_program(model, config, shape)
+    torch.export.save(exported, program)
+    return [ckpt, res, program], exported
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,6 +46,26 @@ def small_config(image_size: int = 28):
     return small_densenet(image_size)
 
 
+def slowed_rounds(monkeypatch, every: int = 2, extra_s: float = 0.005) -> list[int]:
+    """Make every `every`-th timing round (the 1st, 3rd, ... by default) noisy on purpose:
+    two of each three of its runs 5 ms slower, as if another process took the core.
+    Returns the list of rounds timed so far (its length)."""
+    from nas.training import measure
+
+    real = measure.time_runs
+    seen: list[int] = []
+
+    def noisy(run):  # noqa: ANN001, ANN202 - the callable time_runs takes
+        times = real(run)
+        seen.append(len(times))
+        if len(seen) % every == 1:
+            times = [t + (extra_s if i % 3 else 0.0) for i, t in enumerate(times)]
+        return times
+
+    monkeypatch.setattr(measure, "time_runs", noisy)
+    return seen
+
+
 class EmulatedGraph:
     """A CUDA graph's stand-in on the CPU (nas.training.step.GraphRunner), so that the graphed
     step's
@@ -263,3 +283,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def cpu_package(tmp_path_factory) -> Path:
+    """small_config's AOTInductor CPU package for 28x28 grey images (nas.deploy.artifact),
+    compiled once (tens of seconds)."""
+    from nas.arch.model import build_model
+    from nas.deploy.artifact import compile_package, export_program
+
+    config = small_config()
+    program = export_program(build_model(config), config, (28, 28))
+    return compile_package(program, tmp_path_factory.mktemp("package") / "net.cpu.pt2")

@@ -200,3 +200,17 @@ def test_fidelity_refuses_to_mix_datasets() -> None:
     assert fidelity.one_device([row, dict(row)], "cifar", None) == [row, row]
     with pytest.raises(ValueError, match=r"datasets .*data aaaa\).*data bbbb\)"):
         fidelity.one_device([row, {**row, "data": "bbbb"}], "cifar", None)
+
+
+def test_shipped_latency_tiny(tmp_path: Path) -> None:
+    """shipped_latency.py (a) at its tiny setting: one network, one round of each kind in
+    its own fresh process, the ratios computed from them (nothing judged)."""
+    out = tmp_path / "s.json"
+    assert load("shipped_latency").main(["--tiny", "--parts", "a", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    [(name, a)] = r["a_ratio"].items()
+    assert name == "tiny k=8 2-2-2 28x28 grey" and set(a["ms"]) == {"eager", "program", "package"}
+    assert all(len(v) == 1 and v[0] > 0 for v in a["ms_rounds"].values())
+    ms = a["ms"]
+    assert math.isclose(a["package_over_eager"]["median"], ms["package"] / ms["eager"])
+    assert "b_stand_in" not in r and "c_end_to_end" not in r

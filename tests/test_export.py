@@ -134,8 +134,11 @@ def test_a_printed_number_typed_back_means_what_it_says(study_url: str, tmp_path
     assert main([*base, "--pick", "max-mmacs=0.001"]) == 2
     smallest = re.search(r"the smallest has ([\d.]+)", capsys.readouterr().err)[1]
     assert main([*base, "--pick", f"max-mmacs={smallest}"]) == 0
-    picked = json.loads((tmp_path / "o.json").read_text())["metrics"]["mmacs_fvcore"]
-    assert f"{picked:.6f}" == smallest
+    record = json.loads((tmp_path / "o.json").read_text())
+    assert f"{record['metrics']['mmacs_fvcore']:.6f}" == smallest
+    # a study of MACs alone is not timed as shipped unless asked (--time-shipped yes)
+    assert "latency_cpu_shipped" not in record["costs"]
+    assert "as shipped" not in capsys.readouterr().out
 
 
 def test_pick_accuracy_within_measured_noise(tmp_path: Path) -> None:
@@ -158,13 +161,21 @@ def test_pick_accuracy_within_measured_noise(tmp_path: Path) -> None:
     assert pick_trial(study, "accuracy").trial.values == [0.896, 40.0]
 
 
-def test_export_of_a_latency_study_carries_its_costs(cost_study, tmp_path: Path) -> None:
+def test_export_of_a_latency_study_carries_its_costs(cost_study, tmp_path: Path, capsys) -> None:
     """A study of accuracy vs CPU latency (conftest): --pick accuracy is the most accurate
-    feasible trial, its record carries every measured cost and the study's objectives."""
+    feasible trial, its record carries every measured cost and the study's objectives, and
+    the pick is timed as shipped (its CPU package in a fresh process), printed beside the
+    search's eager figure and stored."""
     url, name = cost_study
     out = tmp_path / "best.json"
     assert main(["--study", name, "--storage", url, "--out", str(out), "--pick", "accuracy"]) == 0
     rec = json.loads(out.read_text())
+    shipped = rec["costs"]["latency_cpu_shipped"]
+    assert "AOTInductor package, fresh process" in shipped["device"] and shipped["rounds"] >= 1
+    eager = rec["costs"]["latency_cpu"]["value"]
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith(f"CPU latency {shipped['value']:.3g} ms per image as shipped (")
+    assert f"the search timed the eager network at {eager:.3g} ms" in line
     study = optuna.load_study(study_name=name, storage=url)
     trial = study.trials[rec["trial"]]
     assert trial.user_attrs["params"] <= 65000 and trial.user_attrs["trained"]
@@ -185,7 +196,7 @@ def test_budget_picks_on_the_study_objectives_and_the_working_shown(
     limit = sorted(latency.values())[len(latency) // 2]  # about half of them within
     out = tmp_path / "lat.json"
     capsys.readouterr()
-    argv = ["--study", name, "--storage", url, "--out", str(out)]
+    argv = ["--study", name, "--storage", url, "--out", str(out), "--time-shipped", "no"]
     assert main([*argv, "--pick", f"max-latency-ms={limit}"]) == 0
     rec = json.loads(out.read_text())
     within = [t for t in usable if latency[t.number] <= limit]

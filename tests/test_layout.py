@@ -11,7 +11,15 @@ import ast
 from pathlib import Path
 
 NAS = Path(__file__).resolve().parents[1] / "nas"
-STAGES = ("arch", "data", "training", "study", "parallel", "results")  # the pipeline's order
+STAGES = (
+    "arch",
+    "data",
+    "training",
+    "study",
+    "parallel",
+    "results",
+    "deploy",
+)  # the pipeline's order
 SHARED = {"nas.errors"}  # the top level's one library module: what every layer raises
 
 

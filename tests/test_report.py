@@ -280,6 +280,8 @@ def test_report_in_the_study_objectives_with_costs_against_macs(cost_study, tmp_
     pareto = pd.read_csv(tmp_path / "c-pareto.csv")
     assert len(pareto) and pareto[lat].notna().all() and pareto[MACS].notna().all()
     assert list(pareto[lat]) == sorted(pareto[lat])  # cheapest in the study's cost first
+    spread = "CPU latency spread (IQR / median)"  # how steady each timing was
+    assert pareto[spread].notna().all() and (pareto[spread] >= 0).all()
     timed = df[df[lat].notna()]
     assert len(timed) == 6  # every network: latency is the study's objective
     rho, tau = (

@@ -49,6 +49,83 @@ def test_train_cli_on_real_data(tmp_path, real_data_dir, capsys) -> None:
         _fresh_process_test_accuracy(tmp_path / "best.pt2", real_data_dir, tmp_path)
         == (result["test_accuracy"])
     )
+    shipped = result["latency_cpu_shipped"]
+    assert "AOTInductor package, fresh process" in shipped["device"] and shipped["value"] > 0
+    assert (
+        f"wrote {tmp_path / 'best.cpu.pt2'}: {shipped['value']:.3g} ms per image as shipped" in out
+    )
+    _package_classifies_images_of_any_size_as_trained(
+        tmp_path, model, real_data_dir, result["test_accuracy"]
+    )
+
+
+# Run by a fresh `python -I` where `import nas` fails: the CPU package's predictions for
+# uint8 images of one size (an .npy file), as a user would load it.
+PREDICT_ALONE = """
+import sys
+sys.modules["nas"] = None
+import numpy as np, torch
+run = torch._inductor.aoti_load_package(sys.argv[1])
+x = torch.from_numpy(np.load(sys.argv[2]))
+with torch.inference_mode():
+    logits = torch.cat([run(x[i : i + 100]) for i in range(0, len(x), 100)])
+np.save(sys.argv[3], logits.numpy())
+"""
+
+
+def _package_classifies_images_of_any_size_as_trained(folder, model, data_dir, accuracy) -> None:
+    """best.cpu.pt2, in a fresh process without nas, on the real test images as stored
+    (28x28) and enlarged by Pillow to 64x64 and 36x44 (a user's own sizes): at each size
+    its predictions are the trained network's on the same input conversion (nas.deploy:
+    Pillow's resize back to 28x28, then training's), but for near ties, where the C++
+    kernels' other order of float32 sums may tip a prediction: images whose two best
+    logits lie within 1e-3 (float32 sums of these sizes differ by under 1e-5). At 28x28
+    its accuracy is nas.train's, to those near ties."""
+    from PIL import Image
+
+    from nas.data.dataset import load_fashion_mnist
+    from nas.deploy.artifact import Deployed
+
+    data = load_fashion_mnist(data_dir)
+    x, y = data.test_x[..., 0].numpy(), data.test_y
+    script = folder / "predict_alone.py"
+    script.write_text(PREDICT_ALONE)
+    trained = Deployed(model.eval(), (28, 28), SMALL.image_size).eval()
+    for h, w in [(28, 28), (64, 64), (36, 44)]:
+        images = np.stack(
+            [np.asarray(Image.fromarray(a).resize((w, h), Image.Resampling.BILINEAR)) for a in x]
+        )
+        np.save(folder / "images.npy", images)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-I",
+                str(script),
+                str(folder / "best.cpu.pt2"),
+                str(folder / "images.npy"),
+                str(folder / "logits.npy"),
+            ],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr
+        shipped = torch.from_numpy(np.load(folder / "logits.npy"))
+        with torch.no_grad():
+            ref = torch.cat(
+                [
+                    trained(torch.from_numpy(images[i : i + 500]))
+                    for i in range(0, len(images), 500)
+                ]
+            )
+        top2 = ref.topk(2, dim=1).values
+        near_tie = (top2[:, 0] - top2[:, 1]) < 1e-3
+        differ = shipped.argmax(1) != ref.argmax(1)
+        assert not (differ & ~near_tie).any(), (h, w, int(differ.sum()))
+        if (h, w) == (28, 28):
+            got = float((shipped.argmax(1) == y).float().mean())
+            assert abs(got - accuracy) <= int(near_tie.sum()) / len(y), (got, accuracy)
 
 
 # Run by a fresh `python -I` (isolated: no PYTHONPATH, no current folder on sys.path), with
@@ -111,7 +188,7 @@ def test_short_run_re_estimates_bn_and_says_so(tmp_path, real_data_dir, capsys) 
     (chance on 10k test images is 0.100 +- 0.003)."""
     cfg = tmp_path / "s.json"
     cfg.write_text(SMALL.to_json())
-    assert main([str(cfg), "--epochs", "0.02", "--device", "cpu"]) == 0
+    assert main([str(cfg), "--epochs", "0.02", "--device", "cpu", "--no-cpu-package"]) == 0
     result = json.loads((tmp_path / "s.result.json").read_text())
     assert result["bn_recalibration_images"] == 2560
     assert result["test_accuracy"] > 0.2
@@ -209,7 +286,8 @@ def test_colour_data_search_export_train_and_program(tmp_path, monkeypatch, caps
     assert export(["--study", "rgb", "--out", "best.json"]) == 0
     exported = json.loads((tmp_path / "best.json").read_text())
     assert exported["data"]["source"] == str(cifar) and exported["config"]["in_channels"] == 3
-    assert main(["best.json", "--epochs", "1", "--batch-size", "32", "--device", "cpu"]) == 0
+    argv = ["best.json", "--epochs", "1", "--batch-size", "32", "--device", "cpu"]
+    assert main([*argv, "--no-cpu-package"]) == 0
     result = json.loads((tmp_path / "best.result.json").read_text())
     assert result["test_images"] == 120 and result["budget"]["augment"] == "crop-flip"
     script = tmp_path / "alone.py"
@@ -248,7 +326,7 @@ def test_data_without_a_test_split_is_scored_on_its_validation_split(tmp_path, c
     cfg = tmp_path / "c.json"
     cfg.write_text(replace(SMALL, image_size=8).to_json())
     argv = [str(cfg), "--data", str(npz), "--epochs", "0.1", "--batch-size", "64"]
-    assert main([*argv, "--device", "cpu"]) == 0
+    assert main([*argv, "--device", "cpu", "--no-cpu-package"]) == 0
     out = capsys.readouterr().out
     assert "has no test split: trained on train only and scored on the validation split" in out
     result = json.loads((tmp_path / "c.result.json").read_text())

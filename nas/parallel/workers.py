@@ -33,7 +33,7 @@ from nas.arch.space import SearchSpace
 from nas.data.dataset import Dataset, load_data
 from nas.errors import Interrupted, StopFlag, interruption, stop_signals
 from nas.parallel.threads import run_concurrently
-from nas.study.metrics import COSTS, DEFAULT_OBJECTIVES, Limits
+from nas.study.metrics import COSTS, DEFAULT_OBJECTIVES, SHIPPED_KEYS, Limits
 from nas.study.objective import CATCH, Objective
 from nas.study.record import TrialRecord
 from nas.study.storage import open_storage
@@ -180,13 +180,31 @@ def cost_words(r: TrialRecord, mac_limit: float | None = None) -> str:
     """'70.2 MMACs (fvcore), 0.41 M params, CPU 3.10 ms' and what else was measured;
     mac_limit: the MAC limit a network is over, which its MACs are shown above."""
     words = [
-        m.shown.format(r.costs[key]["value"])
+        m.shown.format(r.costs[key]["value"]) + _steadiness(r.costs[key]) + _shipped(r, key)
         for key, m in COSTS.items()
         if m.shown and key in r.costs
     ]
     if mac_limit is not None:
         words[0] = f"{r.mmacs:,.{_decimals_above(r.mmacs, mac_limit)}f} MMACs (fvcore)"
     return ", ".join(words)
+
+
+def _steadiness(cost: dict) -> str:
+    """' (spread 3%)' after a timed cost: its runs' quartiles apart, over the median;
+    ', noisy' where they stayed wider than nas.training.measure.WIDE after re-timing."""
+    if "spread" not in cost:
+        return ""
+    noisy = ", noisy" if cost.get("noisy") else ""
+    return f" (spread {cost['spread']:.0%}{noisy})"
+
+
+def _shipped(r: TrialRecord, key: str) -> str:
+    """', as shipped 1.9 ms' where the network was also timed as shipped (a budget judges
+    that figure: nas.study.metrics.judged_value)."""
+    entry = r.costs.get(SHIPPED_KEYS.get(key, ""))
+    if entry is None:
+        return ""
+    return f", as shipped {entry['value']:.2f} ms" + _steadiness(entry)
 
 
 def _decimals_above(value: float, limit: float) -> int:

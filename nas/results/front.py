@@ -32,7 +32,7 @@ import optuna
 
 from nas.arch.macs import closed_form_mmacs
 from nas.arch.space import SearchSpace
-from nas.study.metrics import COSTS, Limits
+from nas.study.metrics import COSTS, Limits, judged_value
 from nas.study.record import StudyRecord, TrialRecord
 
 __all__ = [
@@ -87,7 +87,7 @@ def why_no_front(study: optuna.Study) -> str:
     records = [TrialRecord.of(t) for t in done]
     words = []
     for _, key, limit, scale in Limits.from_dict(s.limits).checks():
-        values = [r.costs[key]["value"] * scale for r in records if key in r.costs]
+        values = [judged_value(r.costs, key) * scale for r in records if key in r.costs]
         over = sum(v > limit for v in values)
         if over:
             cap = COSTS[key].limit

@@ -21,7 +21,7 @@ from nas.results.front import (
     within_noise,
 )
 from nas.results.refinements import linked_refinements, refined_name
-from nas.study.metrics import COSTS, METRICS
+from nas.study.metrics import COSTS, METRICS, judged_value
 from nas.study.record import StudyRecord, TrialRecord
 from nas.training.budget import get_budget
 
@@ -30,12 +30,13 @@ __all__ = [
     "PICK_HELP",
     "Pick",
     "describe_pick",
+    "latency_key",
     "parse_limit_pick",
     "pick_trial",
 ]
 
 # --pick max-NAME=N, as nas.search's --max-NAME: NAME -> the cost keys it may bound (one,
-# but for the latency: the study's, see _latency_key), N in the cost limit's unit
+# but for the latency: the study's, see latency_key), N in the cost limit's unit
 PICK_LIMITS: dict[str, list[str]] = {}
 for _key, _m in COSTS.items():
     if _m.limit is not None:
@@ -163,12 +164,12 @@ def _within(
     study: optuna.Study, trials: list[optuna.trial.FrozenTrial], name: str, limit: float
 ) -> Pick:
     keys = PICK_LIMITS[name]
-    key = keys[0] if len(keys) == 1 else _latency_key(study)
+    key = keys[0] if len(keys) == 1 else latency_key(study)
     cap = COSTS[key].limit
     assert cap is not None
     scale, unit = cap.scale, cap.unit
     costs = {t.number: TrialRecord.of(t).costs for t in trials}
-    cost = {n: c[key]["value"] * scale for n, c in costs.items() if key in c}
+    cost = {n: judged_value(c, key) * scale for n, c in costs.items() if key in c}
     if not cost:
         raise UsageError(f"no trained trial of {study.study_name!r} has a measured {key}")
     within = sorted(
@@ -187,7 +188,7 @@ def _within(
     return Pick(within[0], working)
 
 
-def _latency_key(study: optuna.Study) -> str:
+def latency_key(study: optuna.Study) -> str:
     """The latency a study is about: its objective's, else its limit's device, else CPU."""
     s = StudyRecord.of(study)
     for n in s.objectives:

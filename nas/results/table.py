@@ -40,6 +40,7 @@ MACS = "MMACs (fvcore)"
 # measured costs (a trial's `costs`, nas.training.measure) -> table columns, with units;
 # MACs and parameters have columns of their own (parameters counted, not in millions)
 COST_COLUMNS = {key: m.col for key, m in COSTS.items() if key not in ("macs", "params")}
+LATENCY_SPREAD = "CPU latency spread (IQR / median)"
 OBJECTIVE_COLUMNS = {n: m.col for n, m in METRICS.items()}  # the column of each objective
 
 
@@ -103,6 +104,8 @@ def _columns(t: optuna.trial.FrozenTrial, a: TrialRecord, usable: bool) -> dict[
         "compression": cfg.get("compression"),
         "params": a.params,
         **{col: a.costs.get(key, {}).get("value") for key, col in COST_COLUMNS.items()},
+        # how far apart its timed runs were (nas.training.measure.steady)
+        LATENCY_SPREAD: a.costs.get("latency_cpu", {}).get("spread"),
         "train_seconds": a.train_seconds,
         "images_per_second": a.images_per_second,
         "reference": bool(a.reference),

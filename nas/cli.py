@@ -30,6 +30,7 @@ from nas.study.storage import (
 from nas.study.urls import hide_secrets
 
 __all__ = [
+    "NONE",
     "at_least",
     "auto_or",
     "int_at_least",
@@ -37,6 +38,7 @@ __all__ = [
     "non_negative_int",
     "positive_float",
     "positive_int",
+    "positive_or_none",
     "run_cli",
     "slurm_minutes",
 ]
@@ -117,6 +119,16 @@ def positive_float(text: str) -> float:
     if not (math.isfinite(v) and v > 0):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return v
+
+
+NONE = "none"  # a --max-* value that removes a continued study's limit
+
+
+def positive_or_none(text: str) -> float | str:
+    """A positive number, or 'none' (kept as NONE: remove the limit)."""
+    if text.strip().lower() == NONE:
+        return NONE
+    return positive_float(text)
 
 
 def auto_or(high: int) -> Callable[[str], int]:

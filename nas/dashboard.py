@@ -5,6 +5,12 @@ checking that the study exists. Objective names come from the study's metric nam
 infeasible (over a budget: MACs, parameters, latency, memory) trials carry the constraint
 format optuna-dashboard 0.21 reads (see nas.study.objective); `python -m nas.report` stores the
 report page and the Pareto trials' architecture JSON as artifacts.
+
+Optuna keeps a finished trial's constraints as they were when it ran, so after a study's
+budgets change the dashboard would mark trials by the old ones, while nas.report and
+nas.export judge by today's. nas.dashboard then writes the study's note (shown on its
+page) saying so, with today's budgets and the trials the two disagree on; a note a user
+wrote is left alone and the same is printed instead.
 """
 
 from __future__ import annotations
@@ -13,12 +19,69 @@ import socket
 import sys
 from pathlib import Path
 
+import optuna
+
 from nas.cli import make_parser, run_cli
 from nas.errors import UsageError
 from nas.results.artifacts import default_artifact_dir
+from nas.results.front import over_limits
+from nas.study.metrics import Limits
+from nas.study.record import StudyRecord
 from nas.study.storage import default_storage_url, load_study, open_storage
 
-__all__ = ["main"]
+__all__ = ["budgets_note", "main"]
+
+NOTE_MARK = "_Written by nas.dashboard, and again at each start; a note of your own replaces it._"
+
+
+def budgets_note(study: optuna.Study) -> str | None:
+    """The study note on its budgets (Markdown), or None while they never changed."""
+    s = StudyRecord.of(study)
+    if len(s.limits_history) <= 1:
+        return None
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    shown_over = {t.number for t in done if any(v > 0 for v in t.constraints.values())}
+    over_now = {t.number for t in done if over_limits(study, t, s)}
+    now_ok, now_over = sorted(shown_over - over_now), sorted(over_now - shown_over)
+    lines = [
+        "**The budgets changed since some trials ran.** This dashboard marks each trial "
+        "feasible or infeasible by the budgets it ran under (Optuna keeps a finished "
+        "trial's constraints as they were); `nas.report` and `nas.export` judge every "
+        f"trial by today's: **{Limits.from_dict(s.limits).describe()}**.",
+    ]
+    if now_ok:
+        lines.append(f"- within today's budgets, shown infeasible here: {_numbers(now_ok)}")
+    if now_over:
+        lines.append(f"- over today's budgets, shown feasible here: {_numbers(now_over)}")
+    if not (now_ok or now_over):
+        lines.append("- for every complete trial the two agree.")
+    return "\n\n".join([*lines, NOTE_MARK])
+
+
+def _numbers(ns: list[int]) -> str:
+    return ("trial " if len(ns) == 1 else "trials ") + ", ".join(map(str, ns))
+
+
+def _say_budgets(study: optuna.Study) -> None:
+    """Write budgets_note as the study's note (unless a user's own note is there) and
+    print its gist."""
+    from optuna_dashboard import get_note, save_note
+
+    body = budgets_note(study)
+    if body is None:
+        return
+    mine = get_note(study)
+    if not mine.strip() or mine.endswith(NOTE_MARK):
+        save_note(study, body)
+        where = "the study's note on the dashboard says which"
+    else:
+        where = "the study's note is your own, left as it is"
+    today = Limits.from_dict(StudyRecord.of(study).limits).describe()
+    print(
+        "note: the budgets changed since some trials ran: the dashboard marks trials by the "
+        f"budgets they ran under, nas.report and nas.export by today's ({today}); {where}",
+        flush=True,
+    )
 
 
 def _run(argv: list[str] | None) -> int:
@@ -33,7 +96,8 @@ def _run(argv: list[str] | None) -> int:
         raise UsageError(f"--port must be in 1..65535, got {args.port}")
     url = args.storage or default_storage_url(args.study)
     storage = open_storage(url, must_exist=True)
-    load_study(storage, args.study)  # a clear error for a study that is not there
+    study = load_study(storage, args.study)  # a clear error for a study that is not there
+    _say_budgets(study)
 
     from optuna.artifacts import FileSystemArtifactStore
     from optuna_dashboard import run_server

@@ -44,7 +44,7 @@ import optuna
 from nas.arch.config import ArchConfig
 from nas.cli import make_parser, run_cli
 from nas.deploy.timing import describe_shipped, shipped_latency
-from nas.errors import UsageError
+from nas.errors import UsageError, first_line
 from nas.results.picks import Pick, describe_pick, latency_key, parse_limit_pick, pick_trial
 from nas.study.metrics import Limits
 from nas.study.record import StudyRecord, TrialRecord
@@ -170,9 +170,10 @@ def _time_shipped(study: optuna.Study, chosen: Pick, pick: str, record: dict) ->
     """Time the pick as shipped; store it in `record`; the line that says it."""
     a = TrialRecord.of(chosen.trial)
     config = ArchConfig.from_dict(a.config)
-    h, w, c = StudyRecord.of(study).data_record.get(
-        "shape", [config.image_size, config.image_size, config.in_channels]
-    )
+    stored = StudyRecord.of(study).data_record.get("shape")
+    if not stored:  # the images' size is what the package is timed at: not the network's
+        return "note: the CPU latency as shipped is not measured: the study records no image size"
+    h, w, c = stored
     shape = (h, w) if c == 1 else (h, w, c)
     budget = _cpu_budget(study, pick)
     print(
@@ -183,7 +184,7 @@ def _time_shipped(study: optuna.Study, chosen: Pick, pick: str, record: dict) ->
     try:
         m = shipped_latency(config, shape, budget)
     except RuntimeError as e:
-        return f"note: the CPU latency as shipped is not measured: {str(e).splitlines()[-1]}"
+        return f"note: the CPU latency as shipped is not measured: {first_line(e)}"
     record["costs"]["latency_cpu_shipped"] = m.to_dict()
     line = f"CPU latency {describe_shipped(m, shape)}"
     eager = a.costs.get("latency_cpu")

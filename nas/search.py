@@ -18,12 +18,14 @@ from typing import Any
 
 from nas.arch.space import PRESETS, load_space_file, parse_range
 from nas.cli import (
+    NONE,
     at_least,
     auto_or,
     make_parser,
     non_negative_int,
     positive_float,
     positive_int,
+    positive_or_none,
     run_cli,
     slurm_minutes,
 )
@@ -89,8 +91,11 @@ train budgets (--budget):
   smoke-long  64 steps of 32 images: smoke four times over, for nas.refine on a CPU
   short       195 steps of 256, one epoch of Fashion-MNIST's 50k: for a GPU (default)
   long        976 steps of 256, about five epochs
-cost budgets (--max-*) may change on an existing study: every stored trial is judged
-  by the new ones from its stored costs; the train budget, space and data may not.
+continuing a study (the same --study): it keeps its own space, objectives, train budget,
+  data and cost budgets for every option left out (--study S --trials N is enough); a
+  cost budget (--max-*) may change, only where given (none removes it), and every stored
+  trial is judged by the new ones from its stored costs; the train budget, space,
+  objectives and data may not (all that differ are named at once).
 examples:
   python -m nas.search --trials 100
   python -m nas.search --trials 3 --budget smoke --preset tiny --study demo
@@ -167,14 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--preset",
         choices=sorted(PRESETS),
-        default="d2l",
-        help="search space preset (default d2l; see presets below)",
+        help="search space preset (default d2l, or a continued study's own space; see "
+        "presets below)",
     )
     p.add_argument(
         "--budget",
         choices=list(BUDGETS),
-        default="short",
-        help="train budget per trial (default short; see budgets below)",
+        help="train budget per trial (default short, or a continued study's own; see "
+        "budgets below)",
     )
     p.add_argument(
         "--sampler",
@@ -268,21 +273,26 @@ def _add_objective_options(p: argparse.ArgumentParser) -> None:
     """--objectives, and a --max-* option per cost limit of the table (nas.study.metrics)."""
     p.add_argument(
         "--objectives",
-        default=",".join(DEFAULT_OBJECTIVES),
         metavar="A,B[,C]",
         help="what to optimise: accuracy and one or two of "
         + ", ".join(n for n in METRICS if n != "accuracy")
-        + f" (default {','.join(DEFAULT_OBJECTIVES)}; see objectives below)",
+        + f" (default {','.join(DEFAULT_OBJECTIVES)}, or a continued study's own; see "
+        "objectives below)",
     )
     for option, limit in limit_options().items():  # one per cost limit of the table
-        p.add_argument(option, type=positive_float, metavar=limit.metavar, help=limit.help)
+        p.add_argument(
+            option,
+            type=positive_or_none,
+            metavar=limit.metavar,
+            help=limit.help + " (a continued study keeps its own unless given; none removes it)",
+        )
     p.add_argument("--max-mflops", help=argparse.SUPPRESS)  # renamed: refused with a hint
     p.add_argument(
         "--latency-device",
         choices=("cpu", "gpu"),
-        default="cpu",
-        help="where --max-latency-ms is measured: cpu (one thread, fp32; default) or gpu "
-        "(the training GPU, bf16, CUDA graph; needs --concurrency 1)",
+        help="where --max-latency-ms is measured: cpu (one thread, fp32; default, or a "
+        "continued study's own) or gpu (the training GPU, bf16, CUDA graph; needs "
+        "--concurrency 1)",
     )
 
 
@@ -316,7 +326,9 @@ def parse_args(argv: list[str] | None) -> tuple[SearchArgs, SlurmRequest | None]
             "--max-mflops is now --max-mmacs: the budget is in millions of multiply-adds "
             "(fvcore's 'flops'), half the FLOP count"
         )
-    space = PRESETS[a.preset]
+    given = _given(a)
+    preset = a.preset or "d2l"
+    space = PRESETS[preset]
     if a.space:
         space = space.override(load_space_file(a.space), a.space)
     flags: dict[str, Any] = {}
@@ -330,20 +342,20 @@ def parse_args(argv: list[str] | None) -> tuple[SearchArgs, SlurmRequest | None]
         flags["image_size"] = a.image_size
     if flags:
         space = space.override(flags, "command line")
-    budget = get_budget(a.budget)
+    budget = get_budget(a.budget or "short")
     if a.lr is not None:
         budget = replace(budget, lr=a.lr)
     if a.augment != "auto":
         budget = replace(budget, augment=a.augment)
     augment_auto = a.augment == "auto"
     try:
-        objectives = parse_objectives(a.objectives)
+        objectives = parse_objectives(a.objectives or ",".join(DEFAULT_OBJECTIVES))
     except ValueError as e:
         raise UsageError(f"--objectives: {e}") from None
     options = vars(a)
     limits = Limits.of(
-        a.latency_device,
-        **{m.name: options[o[2:].replace("-", "_")] for o, m in limit_options().items()},
+        a.latency_device or "cpu",
+        **{m.name: _limit_value(options, o) for o, m in limit_options().items()},
     )
     spec = WorkerSpec(
         storage=a.storage or default_storage_url(a.study),
@@ -361,8 +373,35 @@ def parse_args(argv: list[str] | None) -> tuple[SearchArgs, SlurmRequest | None]
         limits=limits,
         data=a.data,
     )
-    size_given = bool(a.image_size) or space.image_size != PRESETS[a.preset].image_size
-    return SearchArgs(a.trials, spec, augment_auto, size_given), slurm_request(a)
+    size_given = bool(a.image_size) or space.image_size != PRESETS[preset].image_size
+    return SearchArgs(a.trials, spec, augment_auto, size_given, given), slurm_request(a)
+
+
+def _limit_value(options: dict[str, Any], option: str) -> float | None:
+    value = options[option[2:].replace("-", "_")]
+    return None if value in (None, NONE) else value
+
+
+def _given(a: argparse.Namespace) -> frozenset[str]:
+    """The settings this command line gives (nas.parallel.run.continued takes a continued
+    study's own for the others): space, budget, objectives, latency_device and each cost
+    limit's name."""
+    options = vars(a)
+    out = set()
+    if any(options[k] for k in ("preset", "space", "growth_rate", "convs", "compression")):
+        out.add("space")
+    if a.image_size:
+        out.add("space")
+    if a.budget or a.lr is not None or a.augment != "auto":
+        out.add("budget")
+    if a.objectives:
+        out.add("objectives")
+    if a.latency_device:
+        out.add("latency_device")
+    for option, limit in limit_options().items():
+        if options[option[2:].replace("-", "_")] is not None:
+            out.add(limit.name)
+    return frozenset(out)
 
 
 def slurm_task(args: SearchArgs) -> int:

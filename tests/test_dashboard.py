@@ -47,6 +47,10 @@ def served(tmp_path_factory, real_data_dir):
             )
             == 0
         )
+        # the budget tightened in a continued run: trials of 10 to 15 MMACs, trained and
+        # stored feasible, are over today's budget
+        more = [*TINY, "--trials", "1", "--sampler", "random", "--seed", "2"]
+        assert search([*more, "--max-mmacs", "10", "--study", "dash", "--storage", url]) == 0
         assert report(["--study", "dash", "--storage", url]) == 0
     finally:
         os.chdir(started_in)
@@ -77,7 +81,7 @@ def served(tmp_path_factory, real_data_dir):
             if proc.poll() is not None:
                 pytest.fail(f"nas.dashboard exited: {proc.stdout.read()}")
             time.sleep(0.2)
-    yield base
+    yield base, url
     proc.terminate()
     proc.wait(timeout=10)
 
@@ -94,7 +98,8 @@ def wait_for(driver, script: str, timeout: float = 30, equals: object = None):
     raise AssertionError(f"timed out waiting for: {script} (last value {value!r})")
 
 
-def test_dashboard_shows_study_objectives_and_pareto_front(served: str) -> None:
+def test_dashboard_shows_study_objectives_and_pareto_front(served) -> None:
+    served, _ = served
     driver = chromium()
     try:
         driver.get(f"{served}/dashboard")
@@ -104,13 +109,13 @@ def test_dashboard_shows_study_objectives_and_pareto_front(served: str) -> None:
         wait_for(driver, "return document.body.innerText.includes('val_accuracy')")
         text = driver.execute_script("return document.body.innerText")
         assert "MMACs (fvcore)" in text
-        # every complete trial, the infeasible ones drawn apart: waits for all 6, since the
+        # every complete trial, the infeasible ones drawn apart: waits for all 7, since the
         # plot may draw its points in more than one pass
         wait_for(
             driver,
             "const g = document.getElementById('graph-pareto-front');"
             "return g ? g.querySelectorAll('.scatterlayer .point').length : 0",
-            equals=6,
+            equals=7,
         )
         assert "Infeasible" in driver.execute_script("return document.body.innerText")
         screenshot(driver, "dashboard-study")
@@ -147,3 +152,45 @@ def test_port_taken_or_out_of_range_is_one_line(tmp_path: Path, capsys) -> None:
     assert "cannot listen on 192.0.2.1:8080: Cannot assign requested address" in (
         capsys.readouterr().err
     )
+
+
+def test_after_a_budget_change_the_dashboard_says_which_trials_it_marks_otherwise(
+    served,
+) -> None:
+    """Optuna keeps a finished trial's constraints as they were: after --max-mmacs 15
+    became 10, the dashboard would mark the trained 10-15 MMAC networks feasible, while
+    report and export judge them over. The study's note, read through the dashboard's own
+    API and shown on its page, names today's budget and exactly those trials; export's
+    pick is none of them."""
+    import json
+    import re
+
+    import optuna
+
+    from nas.export import main as export
+
+    base, url = served
+    detail = json.loads(urllib.request.urlopen(f"{base}/api/studies/1", timeout=10).read())
+    body = detail["note"]["body"]
+    assert "budgets changed since some trials ran" in body and "MACs <= 10" in body
+    study = optuna.load_study(study_name="dash", storage=url)
+    between = {
+        t.number
+        for t in study.trials
+        if t.user_attrs.get("trained") and 10 < t.user_attrs["macs_fvcore"] / 1e6 <= 15
+    }
+    listed = re.search(r"over today's budgets, shown feasible here: trials? ([\d, ]+)", body)
+    assert between and listed, body
+    assert {int(n) for n in listed[1].split(",")} == between
+    out = Path(url.removeprefix("sqlite:///")).parent / "pick.json"
+    assert (
+        export(["--study", "dash", "--storage", url, "--out", str(out), "--pick", "accuracy"]) == 0
+    )
+    assert json.loads(out.read_text())["trial"] not in between
+    driver = chromium()
+    try:
+        driver.get(f"{base}/dashboard/studies/1/note")  # the study's note, rendered
+        wait_for(driver, "return document.body.innerText.includes('budgets changed since')")
+        screenshot(driver, "dashboard-budgets-note")
+    finally:
+        driver.quit()

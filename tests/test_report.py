@@ -17,7 +17,7 @@ from browser import chromium, screenshot
 from nas.report import main
 from nas.results.figures import hypervolume_figure, log_ticks, pareto_figure
 from nas.results.front import hypervolume_history, pareto_front
-from nas.results.table import MACS, OVER_TRAINED, trials_frame
+from nas.results.table import MACS, OVER_BUDGET_ACCURACY, OVER_TRAINED, trials_frame
 from nas.search import main as search
 
 TINY = ["--preset", "cifar", "--growth-rate", "8:16:4", "--convs", "1:3", "--budget", "smoke"]
@@ -138,6 +138,12 @@ def test_a_trained_network_over_a_budget_is_never_labelled_not_trained(cost_stud
     assert set(strips) == {"not trained (over budget)", OVER_TRAINED}
     assert list(strips[OVER_TRAINED].x) == list(df.loc[df["trial"] == number, "params"])
     assert "trained, but over a budget" in strips[OVER_TRAINED].hovertext[0]
+    # its accuracy is shown, apart from the front's: in the table and on the strip
+    accuracy = copy.trials[number].values[0]
+    row = df.loc[df["trial"] == number].iloc[0]
+    assert row[OVER_BUDGET_ACCURACY] == accuracy and pd.isna(row["val_accuracy"])
+    assert f"val acc {accuracy:.4f} (not on the front" in strips[OVER_TRAINED].hovertext[0]
+    assert df[OVER_BUDGET_ACCURACY].notna().sum() == 1  # no other trial is so
 
 
 def test_hypervolume_against_brute_force() -> None:

@@ -73,6 +73,8 @@ def test_preflight_notes(real_data) -> None:
     [note] = preflight(spec, 100, cpu, real_data)
     m = re.search(r"meant for a GPU\. On this CPU one training step of .* took ([\d.]+) s", note)
     assert m and float(m[1]) > 0 and "100 such trials for about" in note
+    [note] = preflight(spec, 1, cpu, real_data)  # one trial, in words that say one
+    assert "1 such trial for about" in note and " 0 min" not in note and "0.0 h" not in note
     spec = parse_args(["--preset", "tiny", "--budget", "smoke", "--max-mmacs", "0.5"])[0].spec
     [note] = preflight(spec, 1, cpu, real_data)
     assert "below the smallest network of this space (3.385982 MMACs (fvcore))" in note
@@ -484,3 +486,37 @@ def test_a_study_from_before_this_record_format_is_refused_in_one_line(
     assert main([*argv, "--study", "new"]) == 2
     assert "another record format (1 there, 2 here)" in capsys.readouterr().err
     assert len(load(url, "new").trials) == 1
+
+
+def test_a_continued_study_takes_its_own_settings_and_refuses_all_differences_at_once(
+    tmp_path: Path, real_data_dir, capsys
+) -> None:
+    """Continued with only --study and --trials, a study keeps its space, objectives, train
+    budget, data and cost limits (it was refused once per setting before, and a limit left
+    out was dropped); a limit changes only where given, `none` removes it; settings that
+    differ are named in one line, all of them."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    base = ["--study", "s", "--storage", url, "--trials", "1"]
+    first = [*TINY, "--objectives", "accuracy,params", "--max-mmacs", "15", "--augment", "none"]
+    assert main([*first, *base]) == 0
+    before = load(url, "s").user_attrs
+    assert main(base) == 0
+    study = load(url, "s")
+    assert len(study.trials) == 2
+    for key in ("space", "objectives", "budget", "data", "limits", "data_record"):
+        assert study.user_attrs[key] == before[key], key
+    assert main([*base, "--max-params", "100000"]) == 0  # one limit given: the other kept
+    assert load(url, "s").user_attrs["limits"] == {"mmacs": 15.0, "params": 100000.0}
+    assert main([*base, "--max-mmacs", "none"]) == 0
+    assert load(url, "s").user_attrs["limits"] == {"params": 100000.0}
+    capsys.readouterr()
+    assert (
+        main([*base, "--budget", "smoke-long", "--convs", "1:3", "--objectives", "accuracy,macs"])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    for said in ("another search space", "another set of objectives", "another train budget"):
+        assert said in err, said
+    assert "leave those options out to continue with the study's own" in err
+    assert len(load(url, "s").trials) == 4

@@ -331,3 +331,33 @@ def test_data_without_a_test_split_is_scored_on_its_validation_split(tmp_path, c
     assert "has no test split: trained on train only and scored on the validation split" in out
     result = json.loads((tmp_path / "c.result.json").read_text())
     assert result["test_images"] == 1797 // 6  # min(10,000, N/6) held out for validation
+
+
+def test_a_run_of_too_few_steps_says_what_to_change_and_the_change_helps(
+    tmp_path, real_data, capsys
+) -> None:
+    """1,003 real Fashion-MNIST images at the default batch of 256 for 3 epochs: 9 steps,
+    too few to learn; nas.train says so and what to run instead, and the run it names
+    (more, smaller steps over the same images) scores higher on the same test images."""
+    data = tmp_path / "small.npz"
+    np.savez(
+        data,
+        train_images=real_data.train_x[:1003, ..., 0].numpy(),
+        train_labels=real_data.train_y[:1003].numpy(),
+        test_images=real_data.test_x[:500, ..., 0].numpy(),
+        test_labels=real_data.test_y[:500].numpy(),
+    )
+    cfg = tmp_path / "net.json"
+    cfg.write_text(SMALL.to_json())
+    argv = [str(cfg), "--data", str(data), "--device", "cpu", "--no-cpu-package"]
+    assert main([*argv, "--epochs", "3"]) == 0
+    out = capsys.readouterr().out
+    short = json.loads((tmp_path / "net.result.json").read_text())
+    too_few = r"note: (\d+) steps of 256 images are too few .* try "
+    hint = re.search(too_few + r"(--batch-size \d+ --epochs \S+) \((\d+) steps\)", out)
+    assert hint and int(hint[1]) == short["train_images"] // 256 == 9, out
+    assert main([*argv, *hint[2].split()]) == 0
+    hinted = json.loads((tmp_path / "net.result.json").read_text())
+    assert hinted["train_images"] // hinted["budget"]["batch_size"] == int(hint[3]) >= 100
+    assert "too few" not in capsys.readouterr().out
+    assert hinted["test_accuracy"] > short["test_accuracy"], (hinted, short)

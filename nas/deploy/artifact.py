@@ -5,7 +5,7 @@ the network behind its input conversion (`Deployed`):
                `torch.export.load(p).module()(images)` runs it through Python node by node
   OUT.cpu.pt2  the same program compiled by AOTInductor into C++ kernels for this machine's
                kind of CPU (its vector instructions): `torch._inductor.aoti_load_package(p)
-               (images)`; the fast one, whose latency nas prints for a pick (nas.deploy.timing)
+               (images)`; the faster one, whose latency nas prints for a pick (nas.deploy.timing)
 
 The input contract (docs/commands.md): uint8 images as they come, (B, H, W) for a network
 trained on grey images or (B, H, W, C) with its C channels, any batch, height and width
@@ -19,6 +19,7 @@ the network's input side, [0, 1], normalised inside the network). Output: float3
 from __future__ import annotations
 
 import copy
+import threading
 from pathlib import Path
 
 import torch
@@ -37,6 +38,9 @@ __all__ = [
 ]
 
 MAX_SIDE = 8192  # the largest height or width the shipped files take
+# One compile at a time: trials compile from threads of one process (--concurrency), and
+# warnings.catch_warnings and inductor's global config are not safe across threads.
+_COMPILE_LOCK = threading.Lock()
 
 
 def resize_like_pillow(
@@ -121,13 +125,20 @@ def compile_package(program: torch.export.ExportedProgram, path: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            out = torch._inductor.aoti_compile_and_package(
-                program,
-                package_path=str(path),
-                # with AOTI_RUNTIME_CHECK_INPUTS=1 the package refuses a wrong dtype or
-                # rank; by default that check would also refuse batch 1 (lower bound 2)
-                inductor_configs={"aot_inductor.check_lowerbound": False},
-            )
+            with _COMPILE_LOCK:
+                out = torch._inductor.aoti_compile_and_package(
+                    program,
+                    package_path=str(path),
+                    inductor_configs={
+                        # with AOTI_RUNTIME_CHECK_INPUTS=1 the package refuses a wrong dtype
+                        # or rank; by default that check also refuses batch 1 (bound 2)
+                        "aot_inductor.check_lowerbound": False,
+                        # else the kernels bake in this process's thread count (an OpenMP
+                        # num_threads clause, which torch.set_num_threads cannot lower): the
+                        # package follows the caller's count, as eager does
+                        "cpp.dynamic_threads": True,
+                    },
+                )
         except Exception as e:  # inductor's errors (a compiler missing or failing) vary
             lines = [x for x in str(e).splitlines() if x.strip()] or [type(e).__name__]
             raise RuntimeError(f"AOTInductor could not compile {path.name}: {lines[0]}") from e

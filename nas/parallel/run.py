@@ -11,6 +11,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
+from typing import Any
 
 import optuna
 import torch
@@ -18,7 +19,7 @@ from tqdm import tqdm
 
 from nas.arch.config import D2L_CHAPTER
 from nas.arch.macs import closed_form_mmacs
-from nas.arch.space import reference_params
+from nas.arch.space import SearchSpace, reference_params
 from nas.data.dataset import DEFAULT_SOURCE, Dataset, default_augment, describe, load_data
 from nas.errors import ConfigError, DataError, UsageError
 from nas.parallel.threads import GpuMonitor
@@ -33,9 +34,7 @@ from nas.parallel.workers import (
 )
 from nas.results.front import pareto_front, why_no_front
 from nas.study import record
-from nas.study.metrics import (
-    metric_names,
-)
+from nas.study.metrics import LIMIT_NAMES, Limits, metric_names
 from nas.study.record import StudyRecord, TrialRecord
 from nas.study.storage import (
     connection_note,
@@ -64,7 +63,8 @@ __all__ = [
     "preflight",
     "reference_interrupted",
     "run_search",
-    "study_source",
+    "continued",
+    "existing_study",
 ]
 
 # Trial processes per GPU for --workers auto. Measured on an H200 (benchmarks/results/
@@ -95,6 +95,9 @@ class SearchArgs:
     # chosen from the device
     augment_auto: bool = False  # --augment auto: chosen from the data's channels
     size_given: bool = False  # --image-size, or image_size in --space
+    # the settings the command line gave (nas.search.GIVEN names; None: all of them): a
+    # continued study takes its own for the others (continued)
+    given: frozenset[str] | None = None
 
 
 def default_concurrency(device: torch.device) -> int:
@@ -123,18 +126,51 @@ def for_data(spec: WorkerSpec, data: Dataset, args: SearchArgs) -> WorkerSpec:
     return replace(spec, space=space, budget=budget)
 
 
-def study_source(spec: WorkerSpec) -> tuple[str, optuna.storages.BaseStorage | None]:
-    """Without --data: the data an existing study was searched on, else Fashion-MNIST;
-    and the storage, when it exists already (opened once: _open_study takes it)."""
+def existing_study(
+    spec: WorkerSpec,
+) -> tuple[StudyRecord | None, optuna.storages.BaseStorage | None]:
+    """The record of the study spec names, if it exists, and its storage, if that exists
+    (opened once: _open_study takes it)."""
     try:
         storage = open_storage(spec.storage, heartbeat=spec.heartbeat, must_exist=True)
     except UsageError:  # no such storage yet (it is made once the data has been read)
-        return DEFAULT_SOURCE, None
+        return None, None
     try:
-        stored = StudyRecord.of(optuna.load_study(study_name=spec.study, storage=storage))
+        return StudyRecord.of(optuna.load_study(study_name=spec.study, storage=storage)), storage
     except KeyError:  # no such study yet
-        return DEFAULT_SOURCE, storage
-    return stored.data_record.get("source") or DEFAULT_SOURCE, storage
+        return None, storage
+
+
+def continued(
+    spec: WorkerSpec, args: SearchArgs, stored: StudyRecord | None
+) -> tuple[WorkerSpec, SearchArgs]:
+    """A continued study's own settings for those the command line left out: its search
+    space, objectives, train budget and cost limits (a limit changes only where given:
+    `--max-X none` removes it); its data is its own unless --data names other
+    (run_search). Settings given that differ are refused later, all in one line
+    (nas.study.storage.create_or_load)."""
+    given = args.given
+    if given is None or stored is None or stored.record != record.RECORD_VERSION:
+        return spec, args  # new, or of another format: refused as such (_open_study)
+    changes: dict[str, Any] = {}
+    if "space" not in given and stored.space:
+        changes["space"] = SearchSpace.from_dict(stored.space)
+        args = replace(args, size_given=True)  # the stored side, as resolved then
+    if "budget" not in given:
+        changes["budget"] = TrainBudget.from_dict(stored.budget)
+        args = replace(args, augment_auto=False)  # the stored augmentation
+    if "objectives" not in given and stored.objectives:
+        changes["objectives"] = tuple(stored.objectives)
+    old = Limits.from_dict(stored.limits)
+    values = dict(old.values)
+    for name in LIMIT_NAMES:
+        if name in given:
+            values.pop(name, None)
+            if name in spec.limits.values:
+                values[name] = spec.limits.values[name]
+    device = spec.limits.latency_device if "latency_device" in given else old.latency_device
+    changes["limits"] = Limits.of(device, **values)
+    return replace(spec, **changes), args
 
 
 def budget_notes(budget: TrainBudget, data: Dataset) -> list[str]:
@@ -212,15 +248,25 @@ def preflight(spec: WorkerSpec, trials: int, device: torch.device, data: Dataset
         probe = replace(b, train_images=2 * b.batch_size, val_images=1, bn_recalibration=0)
         r = train_and_evaluate(config, probe, data.train, data.val)
         per_trial = r.train_seconds / 2 * b.steps
+        total = per_trial * trials / max(1, spec.workers)
         notes.append(
             f"budget {b.name!r} is meant for a GPU. On this CPU one training step of "
-            f"{config.describe()} took {r.train_seconds / 2:.1f} s: one {b.name} trial of it "
-            f"trains for about {per_trial / 60:,.0f} min, {trials} such trials for about "
-            f"{per_trial * trials / 3600 / max(1, spec.workers):,.1f} h (networks here span "
+            f"{config.describe()} took {r.train_seconds / 2:.2g} s: one {b.name} trial of it "
+            f"trains for about {_duration(per_trial)}, {trials} such "
+            f"trial{'s' if trials != 1 else ''} for about {_duration(total)} (networks here span "
             f"{small:,.1f} to {large:,.0f} MMACs). For a look on a CPU: --budget smoke "
             "--preset tiny"
         )
     return notes
+
+
+def _duration(seconds: float) -> str:
+    """'40 s', '12 min', '3.4 h': in the unit that keeps a figure readable."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:,.1f} h"
 
 
 def reference_interrupted(study: optuna.Study) -> bool:
@@ -240,7 +286,8 @@ def reference_interrupted(study: optuna.Study) -> bool:
 def run_search(args: SearchArgs) -> optuna.Study:
     """Check everything, open or create the study, run the trials, print the summary."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    spec = args.spec
+    stored, storage = existing_study(args.spec)
+    spec, args = continued(args.spec, args, stored)
     try:
         device = pick_device(spec.device)
     except ValueError as e:
@@ -250,10 +297,9 @@ def run_search(args: SearchArgs) -> optuna.Study:
     k = spec.concurrency or (1 if times_gpu_latency(spec) else default_concurrency(device))
     spec = replace(spec, device=device.type, workers=workers, concurrency=k)
     check_gpu_costs(spec, device)
-    storage = None
-    if spec.data is None:
-        source, storage = study_source(spec)
-        spec = replace(spec, data=source)
+    if spec.data is None:  # a continued study's own data, else Fashion-MNIST
+        source = stored.data_record.get("source") if stored else None
+        spec = replace(spec, data=source or DEFAULT_SOURCE)
     try:
         data = load_data(spec.data, spec.data_dir, device=device)  # loaded by each worker
     except DataError as e:

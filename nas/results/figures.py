@@ -24,6 +24,7 @@ from nas.results.table import (
     DUPLICATE,
     MACS,
     OBJECTIVE_COLUMNS,
+    OVER_BUDGET_ACCURACY,
     OVER_MACS,
     OVER_OTHER,
     OVER_TRAINED,
@@ -248,11 +249,21 @@ def _over_budget_strip(fig: go.Figure, over: pd.DataFrame, x: str) -> None:
                 name,
                 {"symbol": marker, "color": "#444", "size": 8},
                 x=x,
-                hovertext=[f"{h}<br>{words}" for h in _hover(rows)],
+                hovertext=[
+                    f"{h}<br>{words}" + _accuracy_apart(acc)
+                    for h, acc in zip(_hover(rows), rows[OVER_BUDGET_ACCURACY])
+                ],
             ),
             row=2,
             col=1,
         )
+
+
+def _accuracy_apart(accuracy: float | None) -> str:
+    """A trained network over a budget: its accuracy, said not to count."""
+    if accuracy is None or pd.isna(accuracy):
+        return ""
+    return f"<br>val acc {accuracy:.4f} (not on the front: over today's budget)"
 
 
 def _refined_traces(

@@ -27,6 +27,7 @@ from nas.results.refinements import linked_refinements
 from nas.results.table import (
     DUPLICATE,
     OBJECTIVE_COLUMNS,
+    OVER_BUDGET_ACCURACY,
     OVER_EARLIER,
     OVER_MACS,
     OVER_OTHER,
@@ -152,7 +153,7 @@ def _summary_html(
     a = StudyRecord.of(study)
     counts = df["status"].value_counts().to_dict()
     budget = a.budget
-    trained = int(df["val_accuracy"].notna().sum())
+    trained = int(df["val_accuracy"].notna().sum() + df[OVER_BUDGET_ACCURACY].notna().sum())
     cautions = []
     if budget.get("name") == "smoke":
         cautions.append(

@@ -21,7 +21,7 @@ from nas.results.front import (
     within_noise,
 )
 from nas.results.refinements import linked_refinements, refined_name
-from nas.study.metrics import COSTS, METRICS, judged_value
+from nas.study.metrics import COSTS, METRICS, SHIPPED_KEYS, judged_value
 from nas.study.record import StudyRecord, TrialRecord
 from nas.training.budget import get_budget
 
@@ -182,7 +182,11 @@ def _within(
         raise UsageError(
             f"no trained trial has at most {limit:g} {unit}; the smallest has {exact} {unit}"
         )
-    rule = f"the most accurate with {key} <= {limit:g} {unit} (one run each, this study's own)"
+    shipped = " (as shipped, where timed)" if SHIPPED_KEYS.get(key) else ""
+    rule = (
+        f"the most accurate with {key}{shipped} <= {limit:g} {unit} (one run each, this "
+        "study's own)"
+    )
     working = {"rule": rule, **_summary(within[0], study), key: cost[within[0].number]}
     working["runner_up"] = _summary(within[1], study) if within[1:] else None
     return Pick(within[0], working)

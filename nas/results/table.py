@@ -21,6 +21,7 @@ from nas.study.record import StudyRecord, TrialRecord
 
 __all__ = [
     "COST_COLUMNS",
+    "OVER_BUDGET_ACCURACY",
     "DUPLICATE",
     "MACS",
     "OBJECTIVE_COLUMNS",
@@ -41,6 +42,8 @@ MACS = "MMACs (fvcore)"
 # MACs and parameters have columns of their own (parameters counted, not in millions)
 COST_COLUMNS = {key: m.col for key, m in COSTS.items() if key not in ("macs", "params")}
 LATENCY_SPREAD = "CPU latency spread (IQR / median)"
+LATENCY_SHIPPED = "CPU latency as shipped (ms)"
+OVER_BUDGET_ACCURACY = "val_accuracy (trained, over a budget)"
 OBJECTIVE_COLUMNS = {n: m.col for n, m in METRICS.items()}  # the column of each objective
 
 
@@ -97,6 +100,10 @@ def _columns(t: optuna.trial.FrozenTrial, a: TrialRecord, usable: bool) -> dict[
     convs = cfg.get("convs_per_block") or []
     return {
         "val_accuracy": t.values[0] if t.values and usable else None,
+        # a network trained and then found over a budget (today's): its accuracy, apart
+        OVER_BUDGET_ACCURACY: t.values[0]
+        if t.values and a.trained and not usable and a.duplicate_of is None
+        else None,
         MACS: a.mmacs if a.macs_fvcore is not None else None,
         "growth_rate": cfg.get("growth_rate"),
         "convs_per_block": "-".join(map(str, convs)) or None,
@@ -106,6 +113,8 @@ def _columns(t: optuna.trial.FrozenTrial, a: TrialRecord, usable: bool) -> dict[
         **{col: a.costs.get(key, {}).get("value") for key, col in COST_COLUMNS.items()},
         # how far apart its timed runs were (nas.training.measure.steady)
         LATENCY_SPREAD: a.costs.get("latency_cpu", {}).get("spread"),
+        # where timed (a network the eager figure put over a CPU budget): what judged it
+        LATENCY_SHIPPED: a.costs.get("latency_cpu_shipped", {}).get("value"),
         "train_seconds": a.train_seconds,
         "images_per_second": a.images_per_second,
         "reference": bool(a.reference),

@@ -24,6 +24,7 @@ from typing import Any
 __all__ = [
     "COSTS",
     "DEFAULT_OBJECTIVES",
+    "LIMIT_NAMES",
     "METRICS",
     "CostLimit",
     "Limits",
@@ -263,6 +264,9 @@ def limit_options() -> dict[str, CostLimit]:
             out.setdefault(m.limit.option, m.limit)
     return out
 
+
+# every cost limit's name in a study's stored limits (latency_ms is the CPU's or the GPU's)
+LIMIT_NAMES = tuple(dict.fromkeys(m.limit.name for m in COSTS.values() if m.limit is not None))
 
 # A cost whose as-shipped figure, where a trial measured it, is what its limit judges: the
 # CPU latency of the network's AOTInductor package (nas.deploy), timed for a network the

@@ -233,7 +233,8 @@ class Objective:
             costs["latency_cpu"] = cpu_latency(
                 config, budget_ms=self.limits.get("latency_cpu")
             ).to_dict()
-            self._confirm_as_shipped(config, costs)
+            if not over:  # over a MAC or parameter budget already: nothing to confirm
+                self._confirm_as_shipped(config, costs)
         device = self.data.train_x.device
         if self.gpu_timing and device.type == "cuda" and (not over or "latency_gpu" in wanted):
             latency, throughput = gpu_latency_and_throughput(config, device)

@@ -323,6 +323,7 @@ def open_or_create_study(
     # the record's format first (an older one would not compare key by key), then the
     # data: other images also change the space (channels, classes, statistics)
     first = {"record": 0, "data": 1}
+    differ = []
     for key, label in sorted(EXPERIMENT_KEYS.items(), key=lambda kv: first.get(kv[0], 2)):
         if key in LIMIT_KEYS:  # limits may change: update_limits
             continue
@@ -332,11 +333,19 @@ def open_or_create_study(
                 "nas.search): its accuracies cannot be checked as comparable; use another --study"
             )
         if stored[key] != experiment[key]:
-            raise UsageError(
-                f"study {name!r} was created with another {label} "
-                f"({difference(stored[key], experiment[key])}); accuracies would not be "
-                "comparable (use another --study, or the same settings)"
-            )
+            if key == "record":  # another format: the rest would not compare key by key
+                raise UsageError(
+                    f"study {name!r} was created with another {label} "
+                    f"({difference(stored[key], experiment[key])}); accuracies would not be "
+                    "comparable (use another --study)"
+                )
+            differ.append(f"another {label} ({difference(stored[key], experiment[key])})")
+    if differ:  # every difference at once, not one per try
+        raise UsageError(
+            f"study {name!r} was created with " + "; and ".join(differ) + ": accuracies would "
+            "not be comparable (leave those options out to continue with the study's own, or "
+            "use another --study)"
+        )
     return study, False
 
 

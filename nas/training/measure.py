@@ -8,12 +8,12 @@ a trial's `costs` entry).
 No network is judged by one disturbed round (`steady`): other work on the machine only
 ever slows runs down, so a CPU round whose runs spread wide (quartiles more than WIDE of
 the median apart), or whose figure lies within NEAR of a budget it will be judged by, is
-timed again, up to ROUNDS rounds, and the round with the lowest median is kept. A figure
-still wide after that is stored with `noisy` set, and shown so.
+timed again, up to ROUNDS rounds, and the steady round with the lowest median is kept.
+Where every round was wide, the lowest is stored with `noisy` set, and shown so.
 
 The CPU figure of a trial is the eager network's: a stand-in for what nas ships, the
-AOTInductor package (nas.deploy), which ranks networks alike but runs 0.3 to 0.95 times
-as long (benchmarks/shipped_latency.py); a network the stand-in puts over a budget is
+AOTInductor package (nas.deploy), which ranks networks roughly alike but runs 0.24 to
+1.03 times as long (benchmarks/shipped_latency.py); a network the stand-in puts over a budget is
 timed as shipped before it is ruled out (nas.study.objective), and nas.export times its
 pick as shipped.
 
@@ -99,8 +99,8 @@ class Measured:
     runs: int  # timed runs the median is over
     spread: float  # (75th - 25th percentile) / median of the runs: how steady they were
     fastest: float  # the fastest run, same unit (interference only ever slows a run)
-    rounds: int = 1  # rounds timed (steady); the figure is the best round's
-    noisy: bool = False  # still spread wider than WIDE after every round
+    rounds: int = 1  # rounds timed (steady); the figure is the best steady round's
+    noisy: bool = False  # every round spread wider than WIDE
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -116,17 +116,23 @@ class Measured:
 
 
 def steady(time_round: Callable[[], Measured], budget: float | None = None) -> Measured:
-    """Rounds of `time_round` until one is steady (quartiles within WIDE of the median)
-    and, if a `budget` is given (same unit), not within NEAR of it; at most ROUNDS. Keeps
-    the round with the lowest median: interference only ever adds time."""
-    best, rounds = time_round(), 1
-    while rounds < ROUNDS:
-        near = budget is not None and abs(best.value - budget) <= NEAR * budget
-        if best.spread <= WIDE and not near:
+    """Rounds of `time_round` until the latest is steady (quartiles within WIDE of the
+    median) and the figure is not within NEAR of a `budget` (same unit); at most ROUNDS.
+    The figure is the steady round with the lowest median (interference only ever adds
+    time), or, if no round was steady, the lowest of all, flagged noisy."""
+    rounds = [time_round()]
+
+    def best() -> Measured:
+        calm = [m for m in rounds if m.spread <= WIDE]
+        return min(calm or rounds, key=lambda m: m.value)
+
+    while len(rounds) < ROUNDS:
+        near = budget is not None and abs(best().value - budget) <= NEAR * budget
+        if rounds[-1].spread <= WIDE and not near:
             break
-        m, rounds = time_round(), rounds + 1
-        best = m if m.value < best.value else best
-    return replace(best, rounds=rounds, noisy=best.spread > WIDE)
+        rounds.append(time_round())
+    noisy = all(m.spread > WIDE for m in rounds)
+    return replace(best(), rounds=len(rounds), noisy=noisy)
 
 
 def pin_threads() -> None:

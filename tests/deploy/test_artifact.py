@@ -71,3 +71,29 @@ def test_the_program_takes_any_height_and_width_and_batch() -> None:
         x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
         with torch.no_grad():
             assert torch.equal(program(x), module(x)), shape
+
+
+def test_the_package_follows_the_callers_thread_count(tmp_path) -> None:
+    """Compiled in a process set to one thread (fewer than the cores), inductor would bake
+    that count into the C++ kernels (no OpenMP region at 1, `num_threads(N)` at other N),
+    which torch.set_num_threads cannot change where the package runs; compiled with
+    dynamic threads, every parallel region follows the caller's count."""
+    import os
+    import zipfile
+
+    from nas.deploy.artifact import compile_package
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs 2 or more cores to tell")
+    config = small_config()
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        path = compile_package(
+            export_program(build_model(config), config, (28, 28)), tmp_path / "n.cpu.pt2"
+        )
+    finally:
+        torch.set_num_threads(saved)
+    with zipfile.ZipFile(path) as z:
+        source = "".join(z.read(n).decode() for n in z.namelist() if n.endswith(".cpp"))
+    assert "#pragma omp parallel" in source and "num_threads(" not in source

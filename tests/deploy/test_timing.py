@@ -83,3 +83,6 @@ def test_steady_keeps_the_quiet_round_and_flags_what_stays_noisy() -> None:
     # disturbed in every round: the best kept, flagged noisy
     m = steady(rounds((9.0, 0.5), (7.0, 0.4), (8.0, 0.7)))
     assert (m.value, m.rounds, m.noisy) == (7.0, 3, True)
+    # a steady round is preferred to a lower but disturbed one, and ends the timing
+    m = steady(rounds((1.0, 0.5), (1.05, 0.02), (9.9, 0.9)))
+    assert (m.value, m.rounds, m.noisy) == (1.05, 2, False)

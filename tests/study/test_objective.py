@@ -104,7 +104,7 @@ def test_a_network_over_the_budget_eager_but_within_it_as_shipped_is_trained(
     """The budget is the shipped package's: a network whose eager stand-in reads over a
     CPU latency budget (its eager figure, timed here first; the search's stand-in slowed by
     2 ms on purpose, so that it reads over whatever the machine does) is timed as shipped
-    (its AOTInductor package in a fresh process, untouched: 0.3 to 0.95 x eager,
+    (its AOTInductor package in a fresh process, untouched: 0.24 to 1.03 x eager,
     benchmarks/shipped_latency.py) and trained, as that figure is within; the constraint
     stored is the shipped figure's. Before, the stand-in ruled it out."""
     from dataclasses import replace

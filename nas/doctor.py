@@ -46,7 +46,7 @@ from nas.parallel.threads import nvidia_smi, run_concurrently
 from nas.training.budget import get_budget
 from nas.training.fit import pick_device, train_and_evaluate
 from nas.training.gpu import GRAPH_LOCK, GRAPHS, STREAMS, release_if_large, release_threshold
-from nas.training.measure import cpu_latency, gpu_latency_and_throughput
+from nas.training.measure import WIDE, cpu_latency, gpu_latency_and_throughput
 from nas.training.step import WARMUP_STEPS, TensorLRSGD, device_batch, make_step
 
 __all__ = ["Check", "main", "run_checks"]
@@ -55,7 +55,7 @@ SGD_LIMIT = 1e-10  # float64: the two optimizers differ by ~1e-14 (tests/trainin
 BF16_LIMIT = 2.0**-8  # relative: one rounding of bf16's 8 significant bits
 K2_TRIALS, K2_STEPS = 40, 6  # 6 steps: 3 warm-up, a capture, 2 replays
 FLAT_MB = 64  # reserved memory may grow this much from the first trials to the last
-NOISY_SPREAD = 0.2  # interquartile / median above this: the latency is said to be noisy
+NOISY_SPREAD = WIDE  # interquartile / median above this: the latency is said to be noisy
 
 
 @dataclass(frozen=True)

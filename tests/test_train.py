@@ -287,7 +287,9 @@ def test_colour_data_search_export_train_and_program(tmp_path, monkeypatch, caps
     exported = json.loads((tmp_path / "best.json").read_text())
     assert exported["data"]["source"] == str(cifar) and exported["config"]["in_channels"] == 3
     argv = ["best.json", "--epochs", "1", "--batch-size", "32", "--device", "cpu"]
+    capsys.readouterr()
     assert main([*argv, "--no-cpu-package"]) == 0
+    assert "for 1 epoch (" in capsys.readouterr().out  # one epoch, in words that say one
     result = json.loads((tmp_path / "best.result.json").read_text())
     assert result["test_images"] == 120 and result["budget"]["augment"] == "crop-flip"
     script = tmp_path / "alone.py"

@@ -51,7 +51,7 @@ import torch
 from nas.arch.config import D2L_CHAPTER, ArchConfig
 from nas.arch.model import build_model
 from nas.arch.space import PRESETS, sample
-from nas.deploy.artifact import compile_package, export_program
+from nas.deploy.artifact import compile_package, export_program, image_shape
 from nas.deploy.timing import shipped_latency
 from nas.results.front import kendall_tau, spearman_rho
 from nas.training import measure
@@ -264,8 +264,7 @@ def end_to_end(budget_ms: float) -> dict[str, Any]:
         trained = run("nas.train", "best.json", "--epochs", "0.05", "--device", "cpu")
         record = json.loads((Path(tmp) / "best.json").read_text())
         result = json.loads((Path(tmp) / "best.result.json").read_text())
-        h, w, c = record["data"]["shape"]
-        shape = [h, w] if c == 1 else [h, w, c]
+        shape = list(image_shape(*record["data"]["shape"]))
         independent = float(
             _fresh(["-c", _INDEPENDENT, str(Path(tmp) / "best.cpu.pt2"), json.dumps(shape)])
         )

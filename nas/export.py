@@ -43,6 +43,7 @@ import optuna
 
 from nas.arch.config import ArchConfig
 from nas.cli import make_parser, run_cli
+from nas.deploy.artifact import image_shape
 from nas.deploy.timing import describe_shipped, shipped_latency
 from nas.errors import UsageError, first_line
 from nas.results.picks import Pick, describe_pick, latency_key, parse_limit_pick, pick_trial
@@ -173,8 +174,7 @@ def _time_shipped(study: optuna.Study, chosen: Pick, pick: str, record: dict) ->
     stored = StudyRecord.of(study).data_record.get("shape")
     if not stored:  # the images' size is what the package is timed at: not the network's
         return "note: the CPU latency as shipped is not measured: the study records no image size"
-    h, w, c = stored
-    shape = (h, w) if c == 1 else (h, w, c)
+    shape = image_shape(*stored)
     budget = _cpu_budget(study, pick)
     print(
         f"timing trial {chosen.trial.number} as shipped (compiling its AOTInductor CPU "

@@ -31,7 +31,7 @@ from nas.arch.config import ArchConfig, load_config_file
 from nas.arch.model import build_model
 from nas.cli import make_parser, positive_int, run_cli
 from nas.data.dataset import Dataset, default_augment, describe, load_data
-from nas.deploy.artifact import compile_package, export_program
+from nas.deploy.artifact import compile_package, export_program, image_shape
 from nas.deploy.timing import describe_shipped, package_latency
 from nas.errors import DataError, UsageError, first_line
 from nas.training.budget import TrainBudget
@@ -261,7 +261,7 @@ def _run(argv: list[str] | None) -> int:
         "device": r.device,
         "torch": torch.__version__,
     }
-    shape = tuple(data.train_x.shape[1:3]) + ((data.channels,) if data.channels > 1 else ())
+    shape = image_shape(*data.train_x.shape[1:])
     written, program = _write(out, model, config, result, shape)
     print(
         f"{scored} accuracy {r.accuracy:.4f} on {r.eval_images:,} {scored} images"

@@ -34,6 +34,7 @@ __all__ = [
     "Deployed",
     "compile_package",
     "export_program",
+    "image_shape",
     "resize_like_pillow",
 ]
 
@@ -41,6 +42,12 @@ MAX_SIDE = 8192  # the largest height or width the shipped files take
 # One compile at a time: trials compile from threads of one process (--concurrency), and
 # warnings.catch_warnings and inductor's global config are not safe across threads.
 _COMPILE_LOCK = threading.Lock()
+
+
+def image_shape(h: int, w: int, c: int) -> tuple[int, ...]:
+    """One image as the shipped files take it, from the data's (H, W, C): (H, W) for grey,
+    (H, W, C) for colour."""
+    return (int(h), int(w)) if c == 1 else (int(h), int(w), int(c))
 
 
 def resize_like_pillow(

@@ -38,6 +38,7 @@ from nas.arch.config import ArchConfig
 from nas.arch.macs import measure_cost
 from nas.arch.space import SearchSpace, sample
 from nas.data.dataset import Dataset
+from nas.deploy.artifact import image_shape
 from nas.deploy.timing import SHIPPED_FLOOR, shipped_latency
 from nas.errors import ConfigError, StopFlag, exception_chain, first_line, interruption
 from nas.study.metrics import DEFAULT_OBJECTIVES, METRICS, Limits
@@ -253,8 +254,7 @@ class Objective:
         eager = costs["latency_cpu"]["value"]
         if budget is None or not budget < eager <= budget / SHIPPED_FLOOR:
             return
-        h, w, c = self.data.train_x.shape[1:]
-        shape = (int(h), int(w)) + ((int(c),) if c > 1 else ())
+        shape = image_shape(*self.data.train_x.shape[1:])
         try:
             costs["latency_cpu_shipped"] = shipped_latency(config, shape, budget).to_dict()
         except RuntimeError as e:  # no C++ compiler, say: the eager figure judges

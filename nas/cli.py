@@ -31,6 +31,7 @@ from nas.study.urls import hide_secrets
 
 __all__ = [
     "NONE",
+    "add_skip_bad_images",
     "at_least",
     "auto_or",
     "int_at_least",
@@ -128,7 +129,22 @@ def positive_or_none(text: str) -> float | str:
     """A positive number, or 'none' (kept as NONE: remove the limit)."""
     if text.strip().lower() == NONE:
         return NONE
-    return positive_float(text)
+    try:
+        return positive_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive number, or {NONE} to remove the limit, got {text!r}"
+        ) from None
+
+
+def add_skip_bad_images(p: argparse.ArgumentParser, default: str) -> None:
+    """--skip-bad-images, as every command that reads a folder of images takes it."""
+    p.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="a folder's images that cannot be read (truncated, not an image) are left out, "
+        f"with one note of how many, instead of stopping the run ({default})",
+    )
 
 
 def auto_or(high: int) -> Callable[[str], int]:

@@ -127,8 +127,9 @@ def study_data(
     their fingerprint is the study's."""
     s = StudyRecord.of(study)
     source = source or s.data_record.get("source")
+    skip = bool(s.data_record.get("skip_bad_images"))  # read as the search read them
     try:
-        data = load_data(source, data_dir, device=device)
+        data = load_data(source, data_dir, device, skip)
     except DataError as e:
         raise UsageError(str(e)) from None
     if s.data != data.fingerprint:

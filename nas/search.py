@@ -19,6 +19,7 @@ from typing import Any
 from nas.arch.space import PRESETS, load_space_file, parse_range
 from nas.cli import (
     NONE,
+    add_skip_bad_images,
     at_least,
     auto_or,
     make_parser,
@@ -259,6 +260,11 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data-dir", help="folder of the Fashion-MNIST IDX .gz files (with --data fashion-mnist)"
     )
+    add_skip_bad_images(
+        p,
+        "stored with the study: a continued study, nas.refine and nas.train "
+        "read its images the same way",
+    )
     p.add_argument(
         "--augment",
         choices=("auto", *AUGMENTS),
@@ -372,6 +378,7 @@ def parse_args(argv: list[str] | None) -> tuple[SearchArgs, SlurmRequest | None]
         objectives=objectives,
         limits=limits,
         data=a.data,
+        skip_bad_images=a.skip_bad_images,
     )
     size_given = bool(a.image_size) or space.image_size != PRESETS[preset].image_size
     return SearchArgs(a.trials, spec, augment_auto, size_given, given), slurm_request(a)
@@ -384,8 +391,8 @@ def _limit_value(options: dict[str, Any], option: str) -> float | None:
 
 def _given(a: argparse.Namespace) -> frozenset[str]:
     """The settings this command line gives (nas.parallel.run.continued takes a continued
-    study's own for the others): space, budget, objectives, latency_device and each cost
-    limit's name."""
+    study's own for the others): space, budget, objectives, latency_device,
+    skip_bad_images and each cost limit's name."""
     options = vars(a)
     out = set()
     if any(options[k] for k in ("preset", "space", "growth_rate", "convs", "compression")):
@@ -398,6 +405,8 @@ def _given(a: argparse.Namespace) -> frozenset[str]:
         out.add("objectives")
     if a.latency_device:
         out.add("latency_device")
+    if a.skip_bad_images:
+        out.add("skip_bad_images")
     for option, limit in limit_options().items():
         if options[option[2:].replace("-", "_")] is not None:
             out.add(limit.name)

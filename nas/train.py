@@ -29,12 +29,12 @@ from torch import nn
 
 from nas.arch.config import ArchConfig, load_config_file
 from nas.arch.model import build_model
-from nas.cli import make_parser, positive_int, run_cli
+from nas.cli import add_skip_bad_images, make_parser, positive_int, run_cli
 from nas.data.dataset import Dataset, default_augment, describe, load_data
 from nas.deploy.artifact import compile_package, export_program, image_shape
 from nas.deploy.timing import describe_shipped, package_latency
 from nas.errors import DataError, UsageError, first_line
-from nas.training.budget import TrainBudget
+from nas.training.budget import MIN_STEPS, TrainBudget
 from nas.training.fit import pick_device, train_and_evaluate
 
 __all__ = ["RECIPES", "main"]
@@ -94,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
         "fashion-mnist)",
     )
     p.add_argument("--data-dir", help="folder of the Fashion-MNIST IDX .gz files")
+    add_skip_bad_images(p, "on by default where the search had it")
     p.add_argument(
         "--augment",
         choices=("auto", "none", "crop-flip"),
@@ -130,9 +131,6 @@ def _budget(a: argparse.Namespace, per_epoch: int, test_images: int, n: int) -> 
 
 # A network learns from steps, not epochs: fewer than this and a run learns little (on a
 # folder of 1,003 photos 9 steps of 256 scored 0.35, 124 steps of 32 0.86).
-MIN_STEPS = 100
-
-
 def few_steps_hint(images: int, batch: int, epochs: float, steps: int) -> str | None:
     """What to change when a run has too few steps to learn: a smaller batch (halved, not
     below 8), then more epochs; None when it has MIN_STEPS or more."""
@@ -174,14 +172,18 @@ def _data(
     a: argparse.Namespace, exported: dict, config: ArchConfig
 ) -> tuple[Dataset, torch.device]:
     """--data, else the export's own data, on the device; refused unless it fits config."""
-    source = a.data or (exported.get("data") or {}).get("source")
+    record = exported.get("data") or {}
+    source = a.data or record.get("source")
+    skip = a.skip_bad_images or bool(record.get("skip_bad_images"))
     try:
         device = pick_device(a.device)
-        data = load_data(source, a.data_dir, device=device).to(device)
+        data = load_data(source, a.data_dir, device, skip).to(device)
     except (ValueError, DataError) as e:
         where = f" (the data {a.config} was searched on; --data names another)"
         raise UsageError(str(e) + (where if source and not a.data else "")) from None
     print(describe(data), flush=True)
+    for line in data.notes:  # resized, left out, read from the cache: as nas.search says
+        print(f"note: {line}", flush=True)
     check_fits_data(config, data)
     if config.input_mean and (config.input_mean, config.input_std) != (data.mean, data.std):
         print(

@@ -363,3 +363,51 @@ def test_a_run_of_too_few_steps_says_what_to_change_and_the_change_helps(
     assert hinted["train_images"] // hinted["budget"]["batch_size"] == int(hint[3]) >= 100
     assert "too few" not in capsys.readouterr().out
     assert hinted["test_accuracy"] > short["test_accuracy"], (hinted, short)
+
+
+def test_skip_bad_images_is_kept_by_the_study_refine_and_train(
+    tmp_path, real_data_dir, monkeypatch, capsys
+) -> None:
+    """A folder of Fashion-MNIST JPEGs with one cut off half way: nas.search refuses it,
+    naming the option; with --skip-bad-images it searches, says how many were left out,
+    and stores that with the study, so a continued study given only --study and --trials,
+    nas.refine's reading of its data and nas.train of its export read the folder the same
+    way (else each would stop at the bad image, or train on other data)."""
+    from PIL import Image
+
+    from nas.data.formats import read_idx
+    from nas.export import main as export
+    from nas.refine import study_data
+    from nas.search import main as search
+
+    monkeypatch.setenv("NAS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    x = read_idx(real_data_dir / "t10k-images-idx3-ubyte.gz", 3)[:300]
+    y = read_idx(real_data_dir / "t10k-labels-idx1-ubyte.gz", 1)[:300]
+    for split, part in (("train", slice(0, 240)), ("test", slice(240, 300))):
+        for i, (image, label) in enumerate(zip(x[part], y[part])):
+            folder = tmp_path / "photos" / split / f"class {label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / f"{i:03d}.jpg", quality=95)
+    good = next((tmp_path / "photos" / "train" / "class 0").iterdir()).read_bytes()
+    (tmp_path / "photos" / "train" / "class 0" / "cut.jpg").write_bytes(good[: len(good) // 2])
+    argv = ["--preset", "tiny", "--budget", "smoke", "--device", "cpu", "--study", "p"]
+    base = ["--study", "p", "--trials", "1"]
+    assert search([*argv, "--trials", "1", "--data", "photos"]) == 2
+    assert "--skip-bad-images leaves unreadable images out" in capsys.readouterr().err
+    assert search([*argv, "--trials", "1", "--data", "photos", "--skip-bad-images"]) == 0
+    out = capsys.readouterr().out
+    assert "note: 1 of 301 images could not be read and are left out" in out, out
+    assert search(base) == 0  # the study's own data, read as it was
+    url = "sqlite:///studies/p.db"
+    study = optuna.load_study(study_name="p", storage=url)
+    assert len(study.trials) == 2 and study.user_attrs["data_record"]["skip_bad_images"]
+    data = study_data(study, None, None, torch.device("cpu"))
+    assert data.fingerprint == study.user_attrs["data"] and len(data.train_x) == 200
+    assert export(["--study", "p", "--out", "best.json"]) == 0
+    capsys.readouterr()
+    train = ["best.json", "--epochs", "1", "--batch-size", "32", "--device", "cpu"]
+    assert main([*train, "--no-cpu-package"]) == 0
+    out = capsys.readouterr().out
+    assert "1 of 301 images could not be read" in out, out
+    assert json.loads((tmp_path / "best.result.json").read_text())["test_images"] == 60

@@ -96,6 +96,7 @@ class Dataset:
     # normalisation (class names are not: they change no accuracy).
     fingerprint: dict[str, object]
     notes: tuple[str, ...] = field(default=())  # said once at start (resized images, ...)
+    skip_bad_images: bool = False  # a folder's unreadable images left out (--skip-bad-images)
 
     @property
     def channels(self) -> int:
@@ -149,6 +150,7 @@ class Dataset:
             "classes": list(self.classes),
             "mean": list(self.mean),
             "std": list(self.std),
+            **({"skip_bad_images": True} if self.skip_bad_images else {}),
         }
 
 
@@ -358,11 +360,13 @@ def load_data(
     source: str | None = None,
     data_dir: str | Path | None = None,
     device: torch.device | None = None,
+    skip_bad_images: bool = False,
 ) -> Dataset:
     """Read SOURCE ("fashion-mnist", the default, or a path) on the CPU.
 
     `device`: where the data will go; data larger than half its memory is refused before
-    it is read (a folder: once decoded).
+    it is read (a folder: once decoded). `skip_bad_images`: a folder's unreadable images
+    are left out (said in a note) instead of stopping the read; other layouts have none.
     """
     source = source or DEFAULT_SOURCE
     if source == DEFAULT_SOURCE:
@@ -391,10 +395,12 @@ def load_data(
     else:
         from nas.data.decode import read_folder
 
-        raw, cached = read_folder(path)
+        raw, cached = read_folder(path, skip_bad=skip_bad_images)
         check_fits(sum(s[0].nbytes for s in raw.splits.values()), device, str(path))
         if cached:
             raw.notes.insert(0, "decoded images read from the cache")
+        built = _build(raw, str(path.resolve()), kind, str(path))
+        return replace(built, skip_bad_images=skip_bad_images)
     return _build(raw, str(path.resolve()), kind, str(path))
 
 

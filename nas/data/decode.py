@@ -11,7 +11,8 @@ header gives its size and mode (no pixels decoded); every image is then decoded 
 (others resized bilinearly, as Pillow does) and to grey if all are grey, else RGB. The
 arrays are cached as .npy files under $NAS_CACHE_DIR (default ~/.cache/nas/data), keyed
 by the files' names, sizes and modification times and CACHE_VERSION: a second run reads
-them at once, and a changed file makes a new key.
+them at once, and a changed file makes a new key. An unreadable image stops the read,
+naming it, unless it is asked to be left out (--skip-bad-images: said in a note).
 """
 
 from __future__ import annotations
@@ -136,8 +137,10 @@ def _decode(job: tuple[list[str], tuple[int, int], bool]) -> list[np.ndarray | s
     return out
 
 
-def _key(root: Path, files: dict[str, list[tuple[Path, str]]]) -> str:
-    h = hashlib.sha256(f"{CACHE_VERSION} {root.resolve()}".encode())
+def _key(root: Path, files: dict[str, list[tuple[Path, str]]], skip_bad: bool) -> str:
+    """The cache entry's name: the version, the folder, whether unreadable images are left
+    out (a run without it must still refuse them), and every file's name, size and time."""
+    h = hashlib.sha256(f"{CACHE_VERSION} {root.resolve()} skip_bad={skip_bad}".encode())
     for split, items in files.items():
         for p, c in items:
             st = p.stat()
@@ -148,17 +151,23 @@ def _key(root: Path, files: dict[str, list[tuple[Path, str]]]) -> str:
 
 
 def _bad(failures: list[tuple[Path, str]]) -> DataError:
-    """One line: the first bad image and why, a few more by name, and how many per class."""
+    """One line: the first bad image and why, a few more by name, how many per class, and
+    the option that leaves them out."""
     p, why = failures[0]
+    hint = " (--skip-bad-images leaves unreadable images out)"
     if len(failures) == 1:
-        return DataError(f"cannot read image {p}: {why}")
+        return DataError(f"cannot read image {p}: {why}{hint}")
     names = ", ".join(q.name for q, _ in failures[1:4]) + (", ..." if len(failures) > 4 else "")
-    per_class = Counter(q.parent.name for q, _ in failures)
-    counts = ", ".join(f"{c} {n}" for c, n in sorted(per_class.items()))
     return DataError(
         f"cannot read image {p}: {why} (and {len(failures) - 1} other images: {names}; "
-        f"per class folder: {counts})"
+        f"per class folder: {_per_class(failures)}){hint}"
     )
+
+
+def _per_class(failures: list[tuple[Path, str]]) -> str:
+    """'coat 3, shirt 1': how many of `failures` lie in each class folder."""
+    per_class = Counter(q.parent.name for q, _ in failures)
+    return ", ".join(f"{c} {n}" for c, n in sorted(per_class.items()))
 
 
 def _pool_map(fn, jobs: list, desc: str, total: int):
@@ -190,57 +199,108 @@ def _headers(paths: list[str]) -> list[tuple[tuple[int, int], str] | str]:
     return [_header(p) for p in paths]
 
 
-def read_folder(root: Path) -> tuple[Raw, bool]:
-    """The folder's splits as arrays, and whether they came from the cache."""
+def read_folder(root: Path, skip_bad: bool = False) -> tuple[Raw, bool]:
+    """The folder's splits as arrays, and whether they came from the cache. An image that
+    cannot be read stops the read (all such named in one line), unless `skip_bad`: then it
+    is left out, said in a note, and the arrays (so the fingerprint) hold only the rest; a
+    class folder left without images is refused all the same."""
     files, hidden = _list(root)
-    key = _key(root, files)
+    key = _key(root, files, skip_bad)
     cached = cache_dir() / key
     if (cached / "meta.json").exists():
         return _load_cache(cached), True
     everything = [p for items in files.values() for p, _ in items]
-    chunks = [
-        [str(p) for p in everything[i : i + CHUNK]] for i in range(0, len(everything), CHUNK)
-    ]
     headers = [
-        h for part in _pool_map(_headers, chunks, "reading headers", len(everything)) for h in part
+        h
+        for part in _pool_map(_headers, _chunks(everything), "reading headers", len(everything))
+        for h in part
     ]
-    failures = [(p, h) for p, h in zip(everything, headers) if isinstance(h, str)]
-    if failures:
-        raise _bad(failures)
-    sizes = Counter(h[0] for h in headers)
+    # every unreadable image is found (headers, then pixels) before any is refused: the one
+    # line names them all at once
+    bad = [(p, h) for p, h in zip(everything, headers) if isinstance(h, str)]
+    readable = [(p, h) for p, h in zip(everything, headers) if not isinstance(h, str)]
+    sizes = Counter(h[0] for _, h in readable)
+    if not sizes:
+        raise _bad(bad)  # nothing readable at all
     target = sizes.most_common(1)[0][0]
     if min(target) < 8:
         raise DataError(
             f"images in {root} are {target[0]}x{target[1]} pixels; nas needs at least 8x8"
         )
-    rgb = any(h[1] not in GREY_MODES for h in headers)
-    decoded = _pool_map(_decode, [(c, target, rgb) for c in chunks], "decoding", len(everything))
-    arrays = [a for part in decoded for a in part]
-    failures = [(p, a) for p, a in zip(everything, arrays) if isinstance(a, str)]
-    if failures:
-        raise _bad(failures)
+    rgb = any(h[1] not in GREY_MODES for _, h in readable)
+    paths = [p for p, _ in readable]
+    jobs = [(c, target, rgb) for c in _chunks(paths)]
+    arrays = [a for part in _pool_map(_decode, jobs, "decoding", len(paths)) for a in part]
+    bad += [(p, a) for p, a in zip(paths, arrays) if isinstance(a, str)]
+    order = {p: i for i, p in enumerate(everything)}
+    bad.sort(key=lambda pw: order[pw[0]])  # in the folder's order, as _list gives it
+    if bad and not skip_bad:
+        raise _bad(bad)
+    image = {p: a for p, a in zip(paths, arrays) if not isinstance(a, str)}
+    files = _without(files, bad)
     classes = sorted({c for items in files.values() for _, c in items})
     index = {c: i for i, c in enumerate(classes)}
-    splits, at = {}, 0
-    for split, items in files.items():
-        x = np.stack(arrays[at : at + len(items)])
-        y = np.array([index[c] for _, c in items], dtype=np.int64)
-        splits[split], at = (x, y), at + len(items)
-    resized = sum(n for s, n in sizes.items() if s != target)
+    splits = {
+        split: (
+            np.stack([image[p] for p, _ in items]),
+            np.array([index[c] for _, c in items], dtype=np.int64),
+        )
+        for split, items in files.items()
+    }
+    used = sum(len(items) for items in files.values())
+    resized = sum(1 for p, h in readable if p in image and h[0] != target)
     notes = []
     if hidden:
         notes.append(
             f"{hidden:,} hidden files and folders left out (names starting with '.', such as "
             ".ipynb_checkpoints/ or macOS's ._ files)"
         )
+    if bad:
+        notes.append(_skipped(bad, len(everything)))
     if resized:
         notes.append(
-            f"{resized:,} of {len(everything):,} images resized to {target[0]}x{target[1]} "
+            f"{resized:,} of {used:,} images resized to {target[0]}x{target[1]} "
             "(the most common size)"
         )
     raw = Raw(splits, classes, notes)
     _save_cache(cached, raw)
     return raw, False
+
+
+def _chunks(paths: list[Path]) -> list[list[str]]:
+    """Files in tasks of CHUNK for the worker processes."""
+    return [[str(p) for p in paths[i : i + CHUNK]] for i in range(0, len(paths), CHUNK)]
+
+
+def _without(
+    files: dict[str, list[tuple[Path, str]]], bad: list[tuple[Path, str]]
+) -> dict[str, list[tuple[Path, str]]]:
+    """`files` less the unreadable ones; a class folder left with none is refused, as an
+    empty one is (_list)."""
+    if not bad:
+        return files
+    why = dict(bad)
+    out = {}
+    for split, items in files.items():
+        kept = [(p, c) for p, c in items if p not in why]
+        for c in sorted({c for _, c in items} - {c for _, c in kept}):
+            mine = [p for p, pc in items if pc == c]
+            raise DataError(
+                f"class folder {mine[0].parent} holds no readable images ({len(mine)} "
+                f"unreadable, the first {mine[0].name}: {why[mine[0]]})"
+            )
+        out[split] = kept
+    return out
+
+
+def _skipped(bad: list[tuple[Path, str]], total: int) -> str:
+    """The note for images left out by --skip-bad-images: how many, per class folder, and
+    the first by name and reason."""
+    p, why = bad[0]
+    return (
+        f"{len(bad):,} of {total:,} images could not be read and are left out "
+        f"(--skip-bad-images; per class folder: {_per_class(bad)}); the first: {p}: {why}"
+    )
 
 
 def _save_cache(folder: Path, raw: Raw) -> None:

@@ -5,6 +5,7 @@ task of a SLURM job array (nas.parallel.slurm) runs the same."""
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -44,7 +45,7 @@ from nas.study.storage import (
     update_limits,
 )
 from nas.study.urls import public_url
-from nas.training.budget import TrainBudget
+from nas.training.budget import MIN_STEPS, TrainBudget
 from nas.training.fit import pick_device, train_and_evaluate
 from nas.training.step import precision
 
@@ -146,9 +147,9 @@ def continued(
 ) -> tuple[WorkerSpec, SearchArgs]:
     """A continued study's own settings for those the command line left out: its search
     space, objectives, train budget and cost limits (a limit changes only where given:
-    `--max-X none` removes it); its data is its own unless --data names other
-    (run_search). Settings given that differ are refused later, all in one line
-    (nas.study.storage.create_or_load)."""
+    `--max-X none` removes it) and whether unreadable images are left out; its data is its
+    own unless --data names other (run_search). Settings given that differ are refused
+    later, all in one line (nas.study.storage.create_or_load)."""
     given = args.given
     if given is None or stored is None or stored.record != record.RECORD_VERSION:
         return spec, args  # new, or of another format: refused as such (_open_study)
@@ -170,6 +171,8 @@ def continued(
                 values[name] = spec.limits.values[name]
     device = spec.limits.latency_device if "latency_device" in given else old.latency_device
     changes["limits"] = Limits.of(device, **values)
+    if "skip_bad_images" not in given:
+        changes["skip_bad_images"] = bool(stored.data_record.get("skip_bad_images"))
     return replace(spec, **changes), args
 
 
@@ -191,7 +194,16 @@ def budget_notes(budget: TrainBudget, data: Dataset) -> list[str]:
     if budget.val_images > len(data.val_x):
         notes.append(
             f"each trial is scored on all {len(data.val_x):,} validation images (budget "
-            f"{budget.name!r} asks for {budget.val_images:,})"
+            f"{budget.name!r} asks for {budget.val_images:,}): one image is "
+            f"{100 / len(data.val_x):.2g} points of accuracy, and which images happen to be "
+            f"in the split moves an accuracy by up to {50 / math.sqrt(len(data.val_x)):.2g} "
+            "points (one standard error, at 50 %)"
+        )
+    if budget.steps < MIN_STEPS:
+        notes.append(
+            f"budget {budget.name!r} trains each network for {budget.steps} steps of "
+            f"{bs} images, too few to learn much: its accuracies rank little (a budget for "
+            "trying nas out); for a search whose ranking means something, --budget short"
         )
     return notes
 
@@ -301,7 +313,8 @@ def run_search(args: SearchArgs) -> optuna.Study:
         source = stored.data_record.get("source") if stored else None
         spec = replace(spec, data=source or DEFAULT_SOURCE)
     try:
-        data = load_data(spec.data, spec.data_dir, device=device)  # loaded by each worker
+        # loaded by each worker
+        data = load_data(spec.data, spec.data_dir, device, spec.skip_bad_images)
     except DataError as e:
         raise UsageError(str(e)) from None
     print(describe(data), flush=True)
@@ -338,7 +351,9 @@ def _open_study(
     sampler = make_sampler(spec.sampler, spec.seed)
     study, created = open_or_create_study(storage, spec.study, sampler, experiment)
     changed = None if created else update_limits(study, spec.limits)
-    if not StudyRecord.of(study).data_record:  # where the data came from: nas.refine reads it
+    stored = StudyRecord.of(study).data_record
+    # where the data came from, and how it was read: nas.refine and nas.train read it
+    if not stored or stored.get("skip_bad_images") != data.record().get("skip_bad_images"):
         record.write_study(study, data_record=data.record())
     states = Counter(t.state for t in study.get_trials(deepcopy=False))
     ref = reference_params(spec.space)

@@ -71,6 +71,7 @@ class WorkerSpec:
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES  # nas.study.metrics, accuracy first
     limits: Limits = field(default_factory=Limits)  # the cost limits (--max-*)
     data: str | None = None  # --data: the source nas.data.dataset.load_data reads (None: default)
+    skip_bad_images: bool = False  # --skip-bad-images: a folder's unreadable images left out
 
 
 def times_gpu_latency(spec: WorkerSpec) -> bool:
@@ -246,7 +247,9 @@ def trial_loop(
         torch.cuda.set_device(device)
     if spec.workers > 1:  # CPU work (fvcore tracing, building) must not oversubscribe cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.workers))
-    data = (data or load_data(spec.data, spec.data_dir)).to(device)
+    data = (data or load_data(spec.data, spec.data_dir, skip_bad_images=spec.skip_bad_images)).to(
+        device
+    )
     storage = open_storage(spec.storage, heartbeat=spec.heartbeat)
     study = optuna.load_study(study_name=spec.study, storage=storage)
     if spec.seed is None:

@@ -278,6 +278,10 @@ def test_a_study_refuses_other_data_and_refine_reads_its_own(tmp_path, monkeypat
     assert search([*argv, "--trials", "3", "--data", str(path)]) == 0
     out = capsys.readouterr().out
     assert "note: each trial is scored on all 150 validation images (budget 'smoke' asks" in out
+    # how finely 150 images tell networks apart: 100/150 points an image, 50/sqrt(150) the
+    # standard error of an accuracy near 50 %
+    assert "one image is 0.67 points of accuracy" in out and "up to 4.1 points" in out, out
+    assert "budget 'smoke' trains each network for 16 steps of 32 images, too few" in out
     other = _digits_npz(tmp_path / "other.npz", shuffle_labels=True)
     assert search([*argv, "--trials", "1", "--data", str(other)]) == 2
     err = capsys.readouterr().err
@@ -392,3 +396,63 @@ def test_a_folder_as_it_comes_leaves_out_hidden_entries_and_names_its_bad_images
         "(and 3 other images: bad1.png, bad2.png, bad3.png; per class folder: coat 3, "
         "shirt 1)" in line
     ), line
+
+
+def _jpeg_folder(root: Path, x: np.ndarray, classes: tuple[str, ...]) -> None:
+    """Real pixels as phone-style JPEGs (an EXIF block with orientation 1, upright), one
+    class folder per name, images dealt round them."""
+    from PIL import Image
+
+    for i, image in enumerate(x):
+        folder = root / classes[i % len(classes)]
+        folder.mkdir(parents=True, exist_ok=True)
+        exif = Image.Exif()
+        exif[0x0112] = 1
+        Image.fromarray(image).save(folder / f"{i:03d}.jpg", exif=exif, quality=95)
+
+
+def test_skip_bad_images_leaves_them_out_and_the_fingerprint_is_of_what_was_used(
+    tmp_path, real_data_dir, monkeypatch
+) -> None:
+    """Fashion-MNIST pixels as JPEGs in three class folders, and the same folder with what
+    goes wrong in real ones: a JPEG cut off half way (its header reads, its pixels do not)
+    and a text file named .jpg (no header). Without --skip-bad-images the read stops,
+    naming both and the option; with it, the two are left out, said in one note with the
+    count per class folder, and the data is exactly the clean folder's, fingerprint
+    included. The cache entry of the skipping read is not taken by a read without it (it
+    refuses again), and a class folder with only bad images is refused all the same."""
+    import shutil
+
+    from nas.errors import DataError
+
+    monkeypatch.setenv("NAS_CACHE_DIR", str(tmp_path / "cache"))
+    x = read_idx(real_data_dir / "t10k-images-idx3-ubyte.gz", 3)[:60]
+    classes = ("coat", "dress", "shirt")
+    clean, messy = tmp_path / "clean", tmp_path / "messy"
+    _jpeg_folder(clean, x, classes)
+    shutil.copytree(clean, messy)
+    jpeg = (messy / "coat" / "000.jpg").read_bytes()
+    (messy / "coat" / "cut.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (messy / "shirt" / "notes.jpg").write_text("not a picture")
+    with pytest.raises(DataError) as e:
+        load_data(str(messy))
+    line = str(e.value)
+    assert "\n" not in line and "cut.jpg" in line and "notes.jpg" in line, line
+    assert "per class folder: coat 1, shirt 1" in line and "--skip-bad-images" in line, line
+    got = load_data(str(messy), skip_bad_images=True)
+    want = load_data(str(clean))
+    assert got.fingerprint == want.fingerprint
+    assert torch.equal(got.train_x, want.train_x) and torch.equal(got.val_y, want.val_y)
+    assert got.record()["skip_bad_images"] is True and "skip_bad_images" not in want.record()
+    (note,) = [n for n in got.notes if "could not be read" in n]
+    assert note.startswith("2 of 62 images could not be read and are left out "), note
+    assert "per class folder: coat 1, shirt 1" in note, note
+    again = load_data(str(messy), skip_bad_images=True)  # from the cache, said the same
+    assert "decoded images read from the cache" in again.notes and note in again.notes
+    assert again.fingerprint == want.fingerprint
+    with pytest.raises(DataError, match="cut.jpg"):
+        load_data(str(messy))  # the skipping read's cache entry is not this read's
+    for p in (messy / "dress").iterdir():
+        p.write_bytes(jpeg[:100])
+    with pytest.raises(DataError, match=r"class folder .*dress holds no readable images \(20 "):
+        load_data(str(messy), skip_bad_images=True)

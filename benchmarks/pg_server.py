@@ -15,12 +15,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "PGBOUNCER_INI",
     "free_port",
     "pg_bin",
     "pgbouncer_bin",
+    "restart_pgbouncer",
+    "start_postgres",
+    "stop_postgres",
     "throwaway_pgbouncer",
     "throwaway_postgres",
 ]
@@ -61,18 +65,34 @@ def throwaway_postgres(max_connections: int | None = None) -> Iterator[tuple[Pat
     opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
     if max_connections is not None:
         opts += f" -c max_connections={max_connections}"
-    run(
-        str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "start"
-    )
+    start = [str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log")]
+    run(*start, "-w", "start")
+    stop = [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]
+    _SERVERS[port] = (lambda: run(*stop), lambda: run(*start, "-w", "start"))
     try:
         yield bindir, port
     finally:
+        _SERVERS.pop(port, None)
         subprocess.run(
             [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
             capture_output=True,
             timeout=60,
         )
         shutil.rmtree(root, ignore_errors=True)
+
+
+_SERVERS: dict[int, tuple] = {}  # port -> (stop, start) of a running throwaway server
+
+
+def stop_postgres(port: int) -> None:
+    """Stop the throwaway server on `port` as an administrator does for maintenance
+    (pg_ctl stop -m fast: sessions terminated, transactions rolled back)."""
+    _SERVERS[port][0]()
+
+
+def start_postgres(port: int) -> None:
+    """Start the stopped throwaway server on `port` again (same data, same port)."""
+    _SERVERS[port][1]()
 
 
 def _not_root(root: Path) -> list[str]:
@@ -128,24 +148,50 @@ def throwaway_pgbouncer(
     for f in root.iterdir() if as_user else ():
         shutil.chown(f, "postgres", "postgres")
     log = root / "pgbouncer.log"
-    proc = subprocess.Popen([binary, *as_user, "-q", str(root / "pgbouncer.ini")])
+    command = [binary, *as_user, "-q", str(root / "pgbouncer.ini")]
+    procs = [_start_pgbouncer(command, port, log)]
+
+    def restart(down_s: float) -> None:
+        _stop(procs[-1])
+        time.sleep(down_s)
+        procs.append(_start_pgbouncer(command, port, log))
+
+    _BOUNCERS[port] = restart
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    said = log.read_text() if log.exists() else "no log"
-                    raise RuntimeError(f"pgbouncer did not start: {said}") from None
-                time.sleep(0.05)
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _BOUNCERS.pop(port, None)
+        _stop(procs[-1])
         shutil.rmtree(root, ignore_errors=True)
+
+
+_BOUNCERS: dict[int, Any] = {}  # port -> restart(down_s) of a running throwaway PgBouncer
+
+
+def restart_pgbouncer(port: int, down_s: float) -> None:
+    """Stop the throwaway PgBouncer on `port` (SIGTERM: it closes every client and server
+    connection), wait `down_s`, start it again on the same port."""
+    _BOUNCERS[port](down_s)
+
+
+def _start_pgbouncer(command: list[str], port: int, log: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(command)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                said = log.read_text() if log.exists() else "no log"
+                raise RuntimeError(f"pgbouncer did not start: {said}") from None
+            time.sleep(0.05)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

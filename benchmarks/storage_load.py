@@ -19,6 +19,8 @@ transaction pooling, default_pool_size 40 unless --pool-size) in front of the se
     python benchmarks/storage_load.py --pgbouncer --kill --trial-seconds 20 --seconds 120 \
         --jitter 0.5 --out results/storage-load-pgbouncer-20s-jitter.json
     python benchmarks/storage_load.py --clients 4 --seconds 15 --kill   # smoke test
+    python benchmarks/storage_load.py --pgbouncer --clients 150 --out \
+        results/storage-burst-pgbouncer.json   # a burst, waited out (--patience)
 
 (run from benchmarks/). The clients start together once all have imported and connected;
 a measured window of --seconds follows; clients then finish their trial and exit.
@@ -42,6 +44,7 @@ from typing import Any
 import optuna
 import psycopg
 
+from nas.study.patience import DEFAULT_PATIENCE_S
 from pg_server import throwaway_pgbouncer, throwaway_postgres
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,11 +54,12 @@ import json, random, sys, time
 import optuna
 from nas.study.storage import open_storage
 
-url, name, trial_seconds, until, heartbeat, jitter = sys.argv[1:7]
+url, name, trial_seconds, until, heartbeat, jitter, patience = sys.argv[1:8]
 trial_seconds, until, heartbeat = float(trial_seconds), float(until), int(heartbeat)
-jitter = float(jitter)
+jitter, patience = float(jitter), float(patience)
 optuna.logging.set_verbosity(optuna.logging.ERROR)
-study = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=heartbeat))
+storage = open_storage(url, heartbeat=heartbeat, patience=patience, say=lambda line: None)
+study = optuna.load_study(study_name=name, storage=storage)
 spans, last = [], [None]
 
 def objective(trial):
@@ -102,7 +106,7 @@ def run(url: str, port: int, n: int, a: argparse.Namespace, clients_url: str) ->
     argv = [sys.executable, "-c", CLIENT, clients_url, name, str(a.trial_seconds), str(until)]
     clients = [
         subprocess.Popen(
-            [*argv, str(a.heartbeat), str(a.jitter)],
+            [*argv, str(a.heartbeat), str(a.jitter), str(a.patience)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -212,6 +216,14 @@ def main(argv: list[str] | None = None) -> int:
         "started together ask together)",
     )
     p.add_argument("--kill", action="store_true", help="kill 10%% of clients mid-trial")
+    p.add_argument(
+        "--patience",
+        type=float,
+        default=DEFAULT_PATIENCE_S,
+        help="seconds each client waits out storage errors (nas.search --storage-patience; "
+        f"default {DEFAULT_PATIENCE_S:g}; 0: the first error ends the client, as nas did "
+        "before)",
+    )
     p.add_argument(
         "--pool",
         choices=("null", "queue"),

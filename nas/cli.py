@@ -36,6 +36,7 @@ __all__ = [
     "auto_or",
     "int_at_least",
     "make_parser",
+    "non_negative_float",
     "non_negative_int",
     "positive_float",
     "positive_int",
@@ -110,6 +111,17 @@ def at_least(low: int) -> Callable[[str], int]:
 
 def non_negative_int(text: str) -> int:
     return int_at_least(text, 0, "an integer >= 0")
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return v
 
 
 def positive_float(text: str) -> float:

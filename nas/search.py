@@ -23,6 +23,7 @@ from nas.cli import (
     at_least,
     auto_or,
     make_parser,
+    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
@@ -52,6 +53,7 @@ from nas.study.metrics import (
     limit_options,
     parse_objectives,
 )
+from nas.study.patience import DEFAULT_PATIENCE_S
 from nas.study.storage import (
     check_study_name,
     default_storage_url,
@@ -245,6 +247,16 @@ def _add_parallel_options(p: argparse.ArgumentParser) -> None:
         help="seconds between a running trial's heartbeats; a trial silent for 3 heartbeats "
         "(its worker killed) is failed and retried once (default 10)",
     )
+    p.add_argument(
+        "--storage-patience",
+        type=non_negative_float,
+        default=DEFAULT_PATIENCE_S,
+        metavar="S",
+        help="seconds a worker waits out a database that went away (a restart, a failover, "
+        "a pooler's queue, a dropped connection), retrying with backoff while its trials "
+        "go on training, before it stops in one line; 0: stop at the first error "
+        f"(default {DEFAULT_PATIENCE_S:g}; docs/many-machines.md)",
+    )
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
@@ -374,6 +386,7 @@ def parse_args(argv: list[str] | None) -> tuple[SearchArgs, SlurmRequest | None]
         data_dir=a.data_dir,
         workers=a.workers,
         heartbeat=a.heartbeat,
+        storage_patience=a.storage_patience,
         concurrency=a.concurrency,
         objectives=objectives,
         limits=limits,

@@ -133,7 +133,7 @@ def existing_study(
     """The record of the study spec names, if it exists, and its storage, if that exists
     (opened once: _open_study takes it)."""
     try:
-        storage = open_storage(spec.storage, heartbeat=spec.heartbeat, must_exist=True)
+        storage = open_storage(spec.storage, True, spec.heartbeat, spec.storage_patience)
     except UsageError:  # no such storage yet (it is made once the data has been read)
         return None, None
     try:
@@ -339,7 +339,9 @@ def _open_study(
     """Open or create the study (refusing another experiment), take the budgets, queue
     the d2l reference where due, and print the header; returns notes for the user.
     `storage`: spec.storage already opened (else opened here)."""
-    storage = storage or open_storage(spec.storage, heartbeat=spec.heartbeat)
+    storage = storage or open_storage(
+        spec.storage, heartbeat=spec.heartbeat, patience=spec.storage_patience
+    )
     experiment = record.experiment(
         spec.space.to_dict(),
         spec.objectives,

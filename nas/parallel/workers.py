@@ -31,10 +31,11 @@ import torch
 from nas.arch.config import ArchConfig
 from nas.arch.space import SearchSpace
 from nas.data.dataset import Dataset, load_data
-from nas.errors import Interrupted, StopFlag, interruption, stop_signals
+from nas.errors import Interrupted, StopFlag, exception_chain, interruption, stop_signals
 from nas.parallel.threads import run_concurrently
 from nas.study.metrics import COSTS, DEFAULT_OBJECTIVES, SHIPPED_KEYS, Limits
 from nas.study.objective import CATCH, Objective
+from nas.study.patience import DEFAULT_PATIENCE_S
 from nas.study.record import TrialRecord
 from nas.study.storage import open_storage
 from nas.training.budget import TrainBudget
@@ -67,6 +68,7 @@ class WorkerSpec:
     data_dir: str | None  # Fashion-MNIST's folder (--data-dir)
     workers: int  # how many workers share this machine
     heartbeat: int  # seconds between heartbeats of a running trial (nas.study.storage)
+    storage_patience: float = DEFAULT_PATIENCE_S  # seconds an outage is waited out
     concurrency: int = 1  # trials at once in each worker, in threads (nas.parallel.threads)
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES  # nas.study.metrics, accuracy first
     limits: Limits = field(default_factory=Limits)  # the cost limits (--max-*)
@@ -250,13 +252,18 @@ def trial_loop(
     data = (data or load_data(spec.data, spec.data_dir, skip_bad_images=spec.skip_bad_images)).to(
         device
     )
-    storage = open_storage(spec.storage, heartbeat=spec.heartbeat)
+    label = f"[w{index}] " if spec.workers > 1 else ""
+    storage = open_storage(
+        spec.storage,
+        heartbeat=spec.heartbeat,
+        patience=spec.storage_patience,
+        say=lambda line: print(f"{label}{line}", file=sys.stderr, flush=True),
+    )
     study = optuna.load_study(study_name=spec.study, storage=storage)
     if spec.seed is None:
         study.sampler = make_sampler(spec.sampler, worker_seed(index, len(study.trials)))
     else:  # reproducible, and distinct across workers and hosts: by trial number
         study.sampler = make_sampler(spec.sampler, spec.seed, per_trial=True)
-    label = f"[w{index}] " if spec.workers > 1 else ""
     stop = StopFlag()
     # GPU latency and throughput are timed where the search asks for them (an objective
     # or a budget), which needs the GPU to one trial at a time (nas.search refuses more):
@@ -279,14 +286,17 @@ def trial_loop(
         while not stop.is_set() and claim():
             try:
                 study.optimize(objective, n_trials=1, catch=CATCH, callbacks=[on_trial])
-            except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as e:
+            except Exception as e:
                 # Another worker finished this trial meanwhile (it judged the heartbeat
                 # stale): that is its business, not a reason for this worker to die.
-                if isinstance(e, ValueError) and not str(e).startswith("Cannot tell a"):
+                # (Optuna 5's _run_trial raises AssertionError from its `finally` when the
+                # tell was refused so: the refusal is in the chain.)
+                finished = finished_elsewhere(e)
+                if finished is None:
                     raise
                 print(
-                    f"a trial this worker ran was finished by another one ({e}); its result "
-                    "is dropped",
+                    f"{label}a trial this worker ran was finished by another one ({finished}); "
+                    "its result is dropped",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -299,6 +309,17 @@ def trial_loop(
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
     run_concurrently(spec.concurrency, device, one_slot, stop)
+
+
+def finished_elsewhere(e: BaseException) -> BaseException | None:
+    """The refusal in `e`'s chain of a tell for a trial another worker already finished
+    (failed as stale while this one was unreachable or paused), or None."""
+    for link in exception_chain(e):
+        if isinstance(link, optuna.exceptions.UpdateFinishedTrialError):
+            return link
+        if isinstance(link, ValueError) and str(link).startswith("Cannot tell a"):
+            return link
+    return None
 
 
 @dataclass

@@ -14,6 +14,7 @@ import os
 import re
 import time
 import warnings
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from sqlalchemy.engine import make_url
 
 from nas.errors import UsageError, exception_chain, first_line
 from nas.study.metrics import DEFAULT_OBJECTIVES, Limits, directions, metric_names
+from nas.study.patience import PatientStorage, StorageOutage
 from nas.study.record import (
     EXPERIMENT_KEYS,
     RECORD_VERSION,
@@ -85,13 +87,20 @@ def default_storage_url(study: str) -> str:
 
 
 def open_storage(
-    url: str, must_exist: bool = False, heartbeat: int | None = None
+    url: str,
+    must_exist: bool = False,
+    heartbeat: int | None = None,
+    patience: float = 0.0,
+    say: Callable[[str], None] | None = None,
 ) -> optuna.storages.BaseStorage:
     """An Optuna RDB storage for `url`; one-line UsageError if it is malformed or unreachable.
 
     heartbeat: seconds between a running trial's heartbeats. A trial whose worker died
     (no heartbeat for 3 intervals) is failed by the next worker that starts a trial, and
     its parameters are queued again, once.
+    patience: seconds a database outage is waited out, at opening and at every call after
+    (nas.study.patience); 0: the first error is final. say: where the outage's two lines
+    go (default stderr).
     """
     shown = public_url(url)  # every line below names the URL without its password
     try:
@@ -110,17 +119,7 @@ def open_storage(
             f"cannot open storage {shown}: its database driver "
             f"{parsed.get_driver_name()!r} is not installed ({hint})"
         ) from None
-    engine: dict[str, Any] = {}
-    if parsed.get_backend_name() != "sqlite" and os.environ.get(POOL_ENV) == "null":
-        # A connection per operation, closed after it, instead of SQLAlchemy's pool: fewer
-        # held, but slower, and measured no better (benchmarks/README.md, "Many workers").
-        engine["poolclass"] = sqlalchemy.pool.NullPool
-    if parsed.get_driver_name() == "psycopg":
-        # No server-side prepared statements (psycopg 3 prepares a query on its 6th run on a
-        # connection): a pooler in transaction mode (PgBouncer before 1.21) hands each
-        # transaction another server connection, where the statement does not exist.
-        # psycopg2 never prepared; Optuna's queries are small.
-        engine["connect_args"] = {"prepare_threshold": None}
+    engine = _server_engine_kwargs(parsed)
     kwargs: dict[str, Any] = {"engine_kwargs": engine} if engine else {}
     if parsed.get_backend_name() == "sqlite":
         db = parsed.database
@@ -146,7 +145,9 @@ def open_storage(
                 )
             for attempt in range(5):
                 try:
-                    storage = optuna.storages.RDBStorage(url, **kwargs)
+                    storage = PatientStorage(
+                        url, patience=patience, shown=shown, say=say, **kwargs
+                    )
                     if parsed.get_backend_name() == "sqlite":
                         _immediate_transactions(storage.engine)
                     return storage
@@ -194,6 +195,27 @@ def connection_note(
         f"(max_connections {limit}): other hosts' workers count too; raise max_connections "
         "or put PgBouncer in front (docs/many-machines.md)"
     )
+
+
+def _server_engine_kwargs(parsed: sqlalchemy.engine.URL) -> dict[str, Any]:
+    """SQLAlchemy engine settings for a database server (none for SQLite)."""
+    engine: dict[str, Any] = {}
+    if parsed.get_backend_name() != "sqlite" and os.environ.get(POOL_ENV) == "null":
+        # A connection per operation, closed after it, instead of SQLAlchemy's pool: fewer
+        # held, but slower, and measured no better (benchmarks/README.md, "Many workers").
+        engine["poolclass"] = sqlalchemy.pool.NullPool
+    if parsed.get_backend_name() != "sqlite":
+        # A pooled connection the server dropped while it sat idle (a restart, an idle
+        # timeout, optuna#5600) is found by a ping at checkout and replaced, not handed out
+        engine["pool_pre_ping"] = True
+    if parsed.get_driver_name() == "psycopg":
+        # No server-side prepared statements (psycopg 3 prepares a query on its 6th run on a
+        # connection): a pooler in transaction mode (PgBouncer before 1.21) hands each
+        # transaction another server connection, where the statement does not exist.
+        # psycopg2 never prepared; Optuna's queries are small. A connection attempt to a
+        # host that does not answer gives up after 10 s (and is tried again: patience).
+        engine["connect_args"] = {"prepare_threshold": None, "connect_timeout": 10}
+    return engine
 
 
 def _immediate_transactions(engine: sqlalchemy.engine.Engine) -> None:
@@ -364,6 +386,9 @@ def difference(stored: Any, ours: Any) -> str:
 def storage_failure(e: BaseException) -> str | None:
     """One line for a database that cannot be written or read (read-only file, lock held
     too long, full disk, lost server), from the driver's own message; None otherwise."""
+    for link in exception_chain(e):
+        if isinstance(link, StorageOutage):  # waited out for as long as asked, in vain
+            return first_line(link, limit=10_000)
     for link in exception_chain(e):
         if isinstance(link, sqlalchemy.exc.OperationalError) and link.orig is not None:
             return first_line(link.orig, limit=10_000)

@@ -99,7 +99,9 @@ def test_other_budget_refused_on_postgres(postgres_url: str, real_data_dir, caps
     ],
 )
 def test_unreachable_storage_is_one_line(url: str, message: str, capsys) -> None:
-    assert main([*TINY, "--trials", "1", "--storage", url]) == 2
+    """Refused at once: no waiting for a server that is not there (tests/study/
+    test_patience.py has the waiting)."""
+    assert main([*TINY, "--trials", "1", "--storage", url, "--storage-patience", "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("nas.search: error: ") and message in err and err.count("\n") == 1
 

@@ -10,7 +10,9 @@ Optuna keeps a finished trial's constraints as they were when it ran, so after a
 budgets change the dashboard would mark trials by the old ones, while nas.report and
 nas.export judge by today's. nas.dashboard then writes the study's note (shown on its
 page) saying so, with today's budgets and the trials the two disagree on; a note a user
-wrote is left alone and the same is printed instead.
+wrote is left alone and the same is printed instead. The same note says, of a halving
+search (nas.study.rungs), that the dashboard's front takes every rung's runs where
+nas.report's takes the top rung's.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ from nas.results.artifacts import default_artifact_dir
 from nas.results.front import over_limits
 from nas.study.metrics import Limits
 from nas.study.record import StudyRecord
+from nas.study.rungs import Halving, rung_counts
 from nas.study.storage import default_storage_url, load_study, open_storage
+from nas.training.budget import TrainBudget
 
-__all__ = ["budgets_note", "main"]
+__all__ = ["budgets_note", "main", "rungs_note", "study_note"]
 
 NOTE_MARK = "_Written by nas.dashboard, and again at each start; a note of your own replaces it._"
 
@@ -55,7 +59,29 @@ def budgets_note(study: optuna.Study) -> str | None:
         lines.append(f"- over today's budgets, shown feasible here: {_numbers(now_over)}")
     if not (now_ok or now_over):
         lines.append("- for every complete trial the two agree.")
-    return "\n\n".join([*lines, NOTE_MARK])
+    return "\n\n".join(lines)
+
+
+def rungs_note(study: optuna.Study) -> str | None:
+    """The study note on a halving search's rungs (Markdown), or None for a search without."""
+    s = StudyRecord.of(study)
+    halving = Halving.of(s)
+    if halving is None:
+        return None
+    counts = ", ".join(f"rung {i}: {n}" for i, (n, _) in enumerate(rung_counts(study, halving)))
+    return (
+        f"**This search halves** ({halving.describe(TrainBudget.from_dict(s.budget))}). "
+        "This dashboard's Pareto front takes every run, whatever its rung: the accuracy of "
+        "a lower rung's shorter run beside the whole budget's. `nas.report` and `nas.export` "
+        f"take the top rung's alone (rung {halving.top}). A run's rung is its `rung` user "
+        f"attribute. Networks trained per rung: {counts}."
+    )
+
+
+def study_note(study: optuna.Study) -> str | None:
+    """What the dashboard shows otherwise than nas.report (Markdown), or None."""
+    parts = [p for p in (budgets_note(study), rungs_note(study)) if p]
+    return "\n\n".join([*parts, NOTE_MARK]) if parts else None
 
 
 def _numbers(ns: list[int]) -> str:
@@ -63,11 +89,11 @@ def _numbers(ns: list[int]) -> str:
 
 
 def _say_budgets(study: optuna.Study) -> None:
-    """Write budgets_note as the study's note (unless a user's own note is there) and
-    print its gist."""
+    """Write study_note as the study's note (unless a user's own note is there) and print
+    its gist."""
     from optuna_dashboard import get_note, save_note
 
-    body = budgets_note(study)
+    body = study_note(study)
     if body is None:
         return
     mine = get_note(study)
@@ -76,12 +102,21 @@ def _say_budgets(study: optuna.Study) -> None:
         where = "the study's note on the dashboard says which"
     else:
         where = "the study's note is your own, left as it is"
-    today = Limits.from_dict(StudyRecord.of(study).limits).describe()
-    print(
-        "note: the budgets changed since some trials ran: the dashboard marks trials by the "
-        f"budgets they ran under, nas.report and nas.export by today's ({today}); {where}",
-        flush=True,
-    )
+    s = StudyRecord.of(study)
+    if budgets_note(study) is not None:
+        print(
+            "note: the budgets changed since some trials ran: the dashboard marks trials by "
+            "the budgets they ran under, nas.report and nas.export by today's "
+            f"({Limits.from_dict(s.limits).describe()}); {where}",
+            flush=True,
+        )
+    if s.halving:
+        print(
+            "note: this search halves: the dashboard's Pareto front takes the runs of every "
+            "rung, nas.report and nas.export the top rung's alone (a run's rung: its `rung` "
+            f"user attribute); {where.replace('which', 'so')}",
+            flush=True,
+        )
 
 
 def _run(argv: list[str] | None) -> int:

@@ -94,6 +94,13 @@ def export_record(
         "trial": trial.number,
         "study": study.study_name,
         "pick": pick,
+        # a halving search's: the rung the network reached (the top: the whole budget),
+        # its accuracy at every rung, and the search's rungs (nas.study.rungs)
+        **(
+            {"rung": a.rung, "rung_accuracies": list(a.rung_accuracies), "halving": s.halving}
+            if s.halving
+            else {}
+        ),
         "working": chosen.working,
         "provenance": {
             "versions": _versions(),

@@ -31,7 +31,6 @@ from nas.cli import (
     run_cli,
     slurm_minutes,
 )
-from nas.data.dataset import AUGMENTS
 from nas.errors import UsageError
 from nas.parallel.run import (
     CANDIDATE_CONCURRENCY,
@@ -54,11 +53,12 @@ from nas.study.metrics import (
     parse_objectives,
 )
 from nas.study.patience import DEFAULT_PATIENCE_S
+from nas.study.rungs import DEFAULT_RUNGS, Halving
 from nas.study.storage import (
     check_study_name,
     default_storage_url,
 )
-from nas.training.budget import BUDGETS, get_budget
+from nas.training.budget import AUGMENTS, BUDGETS, get_budget
 
 __all__ = [
     "build_parser",
@@ -203,6 +203,22 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="where trials train (default auto: CUDA if PyTorch sees a GPU, else the CPU; "
         "CUDA trains in bf16, the CPU in fp32, and a study keeps to one)",
+    )
+    p.add_argument(
+        "--halving",
+        type=at_least(2),
+        metavar="ETA",
+        help="successive halving, asynchronous as ASHA: each new network trains on the "
+        "budget's images / ETA^(R-1), and the best 1/ETA of each rung (non-dominated on "
+        "accuracy at that rung and the costs, then the most spread out) train again on ETA "
+        "times as many, up to the whole budget; --trials counts every run, and the front is "
+        "the top rung's. Off by default (a continued study keeps its own)",
+    )
+    p.add_argument(
+        "--rungs",
+        type=at_least(2),
+        metavar="R",
+        help=f"rungs of --halving, the top one the whole budget (default {DEFAULT_RUNGS})",
     )
     p.add_argument(
         "--lr",
@@ -370,6 +386,9 @@ def parse_args(argv: list[str] | None) -> tuple[SearchArgs, SlurmRequest | None]
         objectives = parse_objectives(a.objectives or ",".join(DEFAULT_OBJECTIVES))
     except ValueError as e:
         raise UsageError(f"--objectives: {e}") from None
+    if a.rungs is not None and a.halving is None:
+        raise UsageError("--rungs goes with --halving ETA (successive halving)")
+    halving = None if a.halving is None else Halving(a.halving, a.rungs or DEFAULT_RUNGS)
     options = vars(a)
     limits = Limits.of(
         a.latency_device or "cpu",
@@ -392,6 +411,7 @@ def parse_args(argv: list[str] | None) -> tuple[SearchArgs, SlurmRequest | None]
         limits=limits,
         data=a.data,
         skip_bad_images=a.skip_bad_images,
+        halving=halving,
     )
     size_given = bool(a.image_size) or space.image_size != PRESETS[preset].image_size
     return SearchArgs(a.trials, spec, augment_auto, size_given, given), slurm_request(a)
@@ -405,7 +425,7 @@ def _limit_value(options: dict[str, Any], option: str) -> float | None:
 def _given(a: argparse.Namespace) -> frozenset[str]:
     """The settings this command line gives (nas.parallel.run.continued takes a continued
     study's own for the others): space, budget, objectives, latency_device,
-    skip_bad_images and each cost limit's name."""
+    skip_bad_images, halving and each cost limit's name."""
     options = vars(a)
     out = set()
     if any(options[k] for k in ("preset", "space", "growth_rate", "convs", "compression")):
@@ -420,6 +440,8 @@ def _given(a: argparse.Namespace) -> frozenset[str]:
         out.add("latency_device")
     if a.skip_bad_images:
         out.add("skip_bad_images")
+    if a.halving is not None:
+        out.add("halving")
     for option, limit in limit_options().items():
         if options[option[2:].replace("-", "_")] is not None:
             out.add(limit.name)

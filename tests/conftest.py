@@ -46,20 +46,20 @@ def small_config(image_size: int = 28):
     return small_densenet(image_size)
 
 
-def slowed_rounds(monkeypatch, every: int = 2, extra_s: float = 0.005) -> list[int]:
+def slowed_rounds(monkeypatch, every: int = 2, extra_s: float = 0.005) -> list[list[float]]:
     """Make every `every`-th timing round (the 1st, 3rd, ... by default) noisy on purpose:
     two of each three of its runs 5 ms slower, as if another process took the core.
-    Returns the list of rounds timed so far (its length)."""
+    Returns the rounds timed so far: each round's times in seconds, as measure saw them."""
     from nas.training import measure
 
     real = measure.time_runs
-    seen: list[int] = []
+    seen: list[list[float]] = []
 
     def noisy(run):  # noqa: ANN001, ANN202 - the callable time_runs takes
         times = real(run)
-        seen.append(len(times))
-        if len(seen) % every == 1:
+        if len(seen) % every == 0:
             times = [t + (extra_s if i % 3 else 0.0) for i, t in enumerate(times)]
+        seen.append(times)
         return times
 
     monkeypatch.setattr(measure, "time_runs", noisy)

@@ -38,7 +38,6 @@ from nas.data.formats import (
 from nas.errors import DataError
 
 __all__ = [
-    "AUGMENTS",
     "DEFAULT_DATA_DIR",
     "Dataset",
     "crop_flip",
@@ -62,7 +61,6 @@ FILES = {
 VAL_SIZE = 10_000  # images held out of the training set for validation, at most
 SPLIT_SEED = 0  # the train/val split never changes with the training seed
 MIN_SIDE = 8  # pixels: smaller images are refused
-AUGMENTS = ("none", "crop-flip")  # a train budget's augment: none, or crop_flip below
 CROP_PAD = 4  # crop-flip: random crop of the image padded by 4 px (with zeros), then flip
 DEVICE_SHARE = 0.5  # the data may take at most this share of the device's memory
 FASHION_CLASSES = (

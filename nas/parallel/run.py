@@ -37,6 +37,7 @@ from nas.results.front import pareto_front, why_no_front
 from nas.study import record
 from nas.study.metrics import LIMIT_NAMES, Limits, metric_names
 from nas.study.record import StudyRecord, TrialRecord
+from nas.study.rungs import Halving, rung_counts
 from nas.study.storage import (
     connection_note,
     default_storage_url,
@@ -146,8 +147,8 @@ def continued(
     spec: WorkerSpec, args: SearchArgs, stored: StudyRecord | None
 ) -> tuple[WorkerSpec, SearchArgs]:
     """A continued study's own settings for those the command line left out: its search
-    space, objectives, train budget and cost limits (a limit changes only where given:
-    `--max-X none` removes it) and whether unreadable images are left out; its data is its
+    space, objectives, train budget, halving and cost limits (a limit changes only where
+    given: `--max-X none` removes it) and whether unreadable images are left out; its data is its
     own unless --data names other (run_search). Settings given that differ are refused
     later, all in one line (nas.study.storage.create_or_load)."""
     given = args.given
@@ -173,6 +174,8 @@ def continued(
     changes["limits"] = Limits.of(device, **values)
     if "skip_bad_images" not in given:
         changes["skip_bad_images"] = bool(stored.data_record.get("skip_bad_images"))
+    if "halving" not in given:
+        changes["halving"] = Halving.of(stored)
     return replace(spec, **changes), args
 
 
@@ -265,7 +268,9 @@ def preflight(spec: WorkerSpec, trials: int, device: torch.device, data: Dataset
             f"budget {b.name!r} is meant for a GPU. On this CPU one training step of "
             f"{config.describe()} took {r.train_seconds / 2:.2g} s: one {b.name} trial of it "
             f"trains for about {_duration(per_trial)}, {trials} such "
-            f"trial{'s' if trials != 1 else ''} for about {_duration(total)} (networks here span "
+            f"trial{'s' if trials != 1 else ''} for about {_duration(total)}"
+            + (" at most (halving: most runs are shorter)" if spec.halving else "")
+            + f" (networks here span "
             f"{small:,.1f} to {large:,.0f} MMACs). For a look on a CPU: --budget smoke "
             "--preset tiny"
         )
@@ -309,6 +314,11 @@ def run_search(args: SearchArgs) -> optuna.Study:
     k = spec.concurrency or (1 if times_gpu_latency(spec) else default_concurrency(device))
     spec = replace(spec, device=device.type, workers=workers, concurrency=k)
     check_gpu_costs(spec, device)
+    if spec.halving is not None:
+        try:
+            spec.halving.check(spec.budget)
+        except ConfigError as e:
+            raise UsageError(str(e)) from None
     if spec.data is None:  # a continued study's own data, else Fashion-MNIST
         source = stored.data_record.get("source") if stored else None
         spec = replace(spec, data=source or DEFAULT_SOURCE)
@@ -353,6 +363,7 @@ def _open_study(
     sampler = make_sampler(spec.sampler, spec.seed)
     study, created = open_or_create_study(storage, spec.study, sampler, experiment)
     changed = None if created else update_limits(study, spec.limits)
+    _take_halving(study, spec.halving)
     stored = StudyRecord.of(study).data_record
     # where the data came from, and how it was read: nas.refine and nas.train read it
     if not stored or stored.get("skip_bad_images") != data.record().get("skip_bad_images"):
@@ -369,12 +380,28 @@ def _open_study(
         f"images, {b.val_images:,} val), {precision(device)}, sampler {spec.sampler}, "
         f"device {device}, workers {spec.workers} x {spec.concurrency} trials at once\n"
         f"objectives {', '.join(metric_names(spec.objectives))}; budgets: "
-        + spec.limits.describe(),
+        + spec.limits.describe()
+        + ("" if spec.halving is None else f"\n{spec.halving.describe(b)}"),
         flush=True,
     )
     notes = [changed] if changed else []
     crowded = connection_note(storage, spec.workers, spec.concurrency)
     return study, notes + ([crowded] if crowded else [])
+
+
+def _take_halving(study: optuna.Study, halving: Halving | None) -> None:
+    """Store the search's halving with the study; one that halved already keeps its own
+    (rung budgets of another ETA would not rank with its runs)."""
+    stored = Halving.of(StudyRecord.of(study))
+    if halving is None or stored == halving:
+        return
+    if stored is not None:
+        raise UsageError(
+            f"study {study.study_name!r} halves with --halving {stored.eta} --rungs "
+            f"{stored.rungs}, not --halving {halving.eta} --rungs {halving.rungs}: leave them "
+            "out to continue it, or use another --study"
+        )
+    record.write_study(study, halving=halving.to_dict())
 
 
 def _run_trials(
@@ -425,6 +452,22 @@ def _run_trials(
     return counts, gpu
 
 
+def _halving_words(study: optuna.Study, halving: Halving) -> str:
+    """What the study's rungs trained, and what the same networks would have cost each
+    trained on the whole budget (a uniform search of the same networks)."""
+    counts = rung_counts(study, halving)
+    spent = sum(n * images for n, images in counts)
+    uniform = counts[0][0] * counts[-1][1]
+    rungs = ", ".join(f"rung {i} {n} ({images:,} images each)" for i, (n, images) in
+                      enumerate(counts))  # fmt: skip
+    share = f" ({spent / uniform:.0%})" if uniform else ""
+    return (
+        f"halving {halving.eta}: networks trained per rung in the study: {rungs}; "
+        f"{spent:,} training images, against {uniform:,} for its {counts[0][0]} networks "
+        f"each trained on the whole budget{share}"
+    )
+
+
 def _summary(
     spec: WorkerSpec, study: optuna.Study, counts: Tally, gpu: GpuMonitor, elapsed: float
 ) -> str:
@@ -432,19 +475,22 @@ def _summary(
     front = pareto_front(study)
     numbers = ", ".join(str(t.number) for t in front)
     first_cost = "fewest MACs" if spec.objectives[1] == "macs" else f"lowest {spec.objectives[1]}"
-    b, workers = spec.budget, spec.workers
-    use = f"{counts.trained * b.steps * b.batch_size / elapsed:,.0f} train images/s over the run, "
+    workers = spec.workers
+    use = f"{counts.images / elapsed:,.0f} train images/s over the run, "
     use += "all trials together"
     if gpu.mean() is not None:
         use += f"; GPU busy {gpu.mean():.0f}% of the time (NVML, {len(gpu.samples)} samples)"
     return (
         f"{counts.done} trial{'s' if counts.done != 1 else ''} in {elapsed:.1f} s "
-        f"({counts.failed} failed, {counts.duplicates} repeating a trained network, "
+        f"({counts.failed} failed, {counts.duplicates} repeating a trained network"
+        + (" or a promotion" if spec.halving is not None else "")
+        + ", "
         + (f"{counts.eager} trained eagerly with CUDA graphs off, " if counts.eager else "")
         + f"{workers} worker{'s' if workers > 1 else ''} x {spec.concurrency} at once); "
         f"{use}\nPareto front: {len(front)} trial"
         f"{'s' if len(front) != 1 else ''} (trial numbers, {first_cost} first: {numbers or '-'})\n"
         + ("" if front else f"{why_no_front(study)}\n")
+        + ("" if spec.halving is None else f"{_halving_words(study, spec.halving)}\n")
         + f"next: python -m nas.report --study {spec.study}"
         + (
             f" --storage {public_url(spec.storage)}"

@@ -32,11 +32,13 @@ from nas.arch.config import ArchConfig
 from nas.arch.space import SearchSpace
 from nas.data.dataset import Dataset, load_data
 from nas.errors import Interrupted, StopFlag, exception_chain, interruption, stop_signals
+from nas.parallel.promotion import promote
 from nas.parallel.threads import run_concurrently
 from nas.study.metrics import COSTS, DEFAULT_OBJECTIVES, SHIPPED_KEYS, Limits
 from nas.study.objective import CATCH, Objective
 from nas.study.patience import DEFAULT_PATIENCE_S
 from nas.study.record import TrialRecord
+from nas.study.rungs import Halving
 from nas.study.storage import open_storage
 from nas.training.budget import TrainBudget
 
@@ -74,6 +76,7 @@ class WorkerSpec:
     limits: Limits = field(default_factory=Limits)  # the cost limits (--max-*)
     data: str | None = None  # --data: the source nas.data.dataset.load_data reads (None: default)
     skip_bad_images: bool = False  # --skip-bad-images: a folder's unreadable images left out
+    halving: Halving | None = None  # --halving: successive halving's rungs (nas.study.rungs)
 
 
 def times_gpu_latency(spec: WorkerSpec) -> bool:
@@ -154,7 +157,10 @@ def trial_line(t: optuna.trial.FrozenTrial) -> str:
     r = TrialRecord.of(t)
     desc = ArchConfig.from_dict(r.config).describe() if r.config else "?"
     ref = " (d2l chapter)" if r.reference else ""
-    head = f"trial {t.number:>4}  {desc}{ref}"
+    rung = "" if r.rung is None else f" rung {r.rung}"
+    head = f"trial {t.number:>4}{rung}  {desc}{ref}"
+    if t.state == optuna.trial.TrialState.PRUNED and r.duplicate_of is not None:
+        return f"{head}  trial {r.duplicate_of} takes this network up a rung: not trained"
     if t.state != optuna.trial.TrialState.COMPLETE:
         return f"{head}  {t.state.name.lower()}: {r.fail_reason or 'see log'}"
     acc = t.values[0]
@@ -280,10 +286,13 @@ def trial_loop(
         limits=spec.limits,
         gpu_timing=alone,
         beside=spec.workers * spec.concurrency,
+        halving=spec.halving,
     )
 
     def one_slot(_slot: int) -> None:
         while not stop.is_set() and claim():
+            if spec.halving is not None:  # the trial it asks for next: this promotion
+                promote(study, spec.halving)
             try:
                 study.optimize(objective, n_trials=1, catch=CATCH, callbacks=[on_trial])
             except Exception as e:
@@ -328,21 +337,25 @@ class Tally:
 
     done: int = 0
     failed: int = 0
-    duplicates: int = 0  # repeating a trained network: its values, not trained again
+    duplicates: int = 0  # repeating a trained network (its values) or a promotion: not trained
     trained: int = 0
     eager: int = 0  # trained eagerly on a GPU, because CUDA graphs were off (nas.training.gpu)
+    images: int = 0  # training images drawn by the trained trials
 
     def count(self, t: optuna.trial.FrozenTrial) -> str | None:
         """Count a finished trial. Returns a warning line for the run's first trial trained
         eagerly because CUDA graphs were off, else None."""
         self.done += 1
         r = TrialRecord.of(t)
-        if t.state != optuna.trial.TrialState.COMPLETE:
+        if t.state == optuna.trial.TrialState.PRUNED and r.duplicate_of is not None:
+            self.duplicates += 1  # a promotion another trial makes (nas.parallel.promotion)
+        elif t.state != optuna.trial.TrialState.COMPLETE:
             self.failed += 1
         elif r.duplicate_of is not None:
             self.duplicates += 1
         elif r.trained:
             self.trained += 1
+            self.images += r.train_images or 0
             mode = r.step_mode
             if mode.startswith("eager: capture") or mode.startswith("eager: cannot"):
                 self.eager += 1

@@ -22,6 +22,7 @@ from nas.results.front import (
 )
 from nas.results.table import (
     DUPLICATE,
+    LOWER_RUNG_ACCURACY,
     MACS,
     OBJECTIVE_COLUMNS,
     OVER_BUDGET_ACCURACY,
@@ -164,6 +165,14 @@ def pareto_figure(
         vertical_spacing=0.04,
     )
     trained = df[df["val_accuracy"].notna() & df[x].notna()]
+    lower = df[df[LOWER_RUNG_ACCURACY].notna() & df[x].notna()]
+    if not lower.empty:  # a halving search's shorter runs, behind the top rung's
+        faint = {"symbol": "circle-open", "color": "#c5ccd3", "size": 7}
+        fig.add_trace(
+            _points(lower, lower[LOWER_RUNG_ACCURACY], "lower rungs (shorter runs)", faint, x=x),
+            row=1,
+            col=1,
+        )
     _trained_traces(fig, trained, x, seed_stdev, three)
     if len(over):
         _over_budget_strip(fig, over, x)

@@ -34,6 +34,7 @@ from nas.arch.macs import closed_form_mmacs
 from nas.arch.space import SearchSpace
 from nas.study.metrics import COSTS, Limits, judged_value
 from nas.study.record import StudyRecord, TrialRecord
+from nas.study.rungs import Halving, rung_counts, rung_of
 
 __all__ = [
     "REF_ACCURACY",
@@ -85,6 +86,14 @@ def why_no_front(study: optuna.Study) -> str:
     if not done:
         return "no complete trial yet"
     records = [TrialRecord.of(t) for t in done]
+    halving = Halving.of(s)
+    per_rung = [] if halving is None else [n for n, _ in rung_counts(study, halving)]
+    if halving is not None and not per_rung[-1]:
+        return (
+            f"no network has reached the top rung (rung {halving.top}, the whole train "
+            f"budget) yet; networks trained per rung: {', '.join(map(str, per_rung))}: "
+            "run more --trials"
+        )
     words = []
     for _, key, limit, scale in Limits.from_dict(s.limits).checks():
         values = [judged_value(r.costs, key) * scale for r in records if key in r.costs]
@@ -104,12 +113,17 @@ def why_no_front(study: optuna.Study) -> str:
 
 
 def usable_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Complete, trained trials within the study's current budgets."""
+    """Complete, trained trials within the study's current budgets; in a halving search,
+    those of the top rung (the whole train budget: lower rungs' accuracies are of shorter
+    runs, not to be ranked with them)."""
     attrs = StudyRecord.of(study)  # one read of the study, not one per trial
+    halving = Halving.of(attrs)
     return [
         t
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if TrialRecord.of(t).trained and not over_limits(study, t, attrs)
+        if TrialRecord.of(t).trained
+        and (halving is None or rung_of(TrialRecord.of(t), halving) == halving.top)
+        and not over_limits(study, t, attrs)
     ]
 
 

@@ -26,6 +26,7 @@ from nas.results.front import (
 from nas.results.refinements import linked_refinements
 from nas.results.table import (
     DUPLICATE,
+    LOWER_RUNG,
     OBJECTIVE_COLUMNS,
     OVER_BUDGET_ACCURACY,
     OVER_EARLIER,
@@ -191,6 +192,12 @@ def _summary_html(
             f"{counts[OVER_EARLIER]} not trained under an earlier budget but within today's "
             "(trained when sampled again), "
             if counts.get(OVER_EARLIER)
+            else ""
+        )
+        + (
+            f"{counts[LOWER_RUNG]} at a lower rung of the halving (shorter runs: their "
+            "accuracies are not ranked with the top rung's), "
+            if counts.get(LOWER_RUNG)
             else ""
         )
         + f"{counts.get(DUPLICATE, 0)} repeating a trained network (its "

@@ -18,11 +18,14 @@ from nas.results.front import (
 )
 from nas.study.metrics import COSTS, METRICS
 from nas.study.record import StudyRecord, TrialRecord
+from nas.study.rungs import Halving, rung_of
 
 __all__ = [
     "COST_COLUMNS",
     "OVER_BUDGET_ACCURACY",
     "DUPLICATE",
+    "LOWER_RUNG",
+    "LOWER_RUNG_ACCURACY",
     "MACS",
     "OBJECTIVE_COLUMNS",
     "OVER_MACS",
@@ -52,6 +55,8 @@ DUPLICATE = "duplicate (not trained again)"
 OVER_MACS = "not trained (over MAC budget)"
 OVER_OTHER = "not trained (over a budget)"
 OVER_EARLIER = "not trained (over an earlier budget)"
+LOWER_RUNG = "lower rung (a shorter run)"  # a halving search's run below the top rung
+LOWER_RUNG_ACCURACY = "val_accuracy (lower rung)"
 OVER_TRAINED = "trained, over a budget"  # its memory, known only after training, or a
 # budget tightened since: infeasible, and kept off the front
 
@@ -69,7 +74,15 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         a = TrialRecord.of(t)
         rows.append({"trial": t.number, "status": _status(study, t, a, attrs, usable, front)})
         rows[-1].update(_columns(t, a, t.number in usable))
+        if rows[-1]["status"] == LOWER_RUNG:  # its accuracy is of a shorter run: apart
+            rows[-1][OVER_BUDGET_ACCURACY] = None
+        rows[-1][LOWER_RUNG_ACCURACY] = t.values[0] if rows[-1]["status"] == LOWER_RUNG else None
     return pd.DataFrame(rows)
+
+
+def _lower_rung(a: TrialRecord, attrs: StudyRecord) -> bool:
+    halving = Halving.of(attrs)
+    return halving is not None and rung_of(a, halving) < halving.top
 
 
 def _status(
@@ -88,6 +101,8 @@ def _status(
     if a.duplicate_of is not None:
         return DUPLICATE
     over = over_limits(study, t, attrs)  # by the limits of today
+    if a.trained and not over and _lower_rung(a, attrs):
+        return LOWER_RUNG
     if not over:
         return OVER_EARLIER  # within the budgets now: trained when sampled again
     if a.trained:
@@ -104,6 +119,7 @@ def _columns(t: optuna.trial.FrozenTrial, a: TrialRecord, usable: bool) -> dict[
         OVER_BUDGET_ACCURACY: t.values[0]
         if t.values and a.trained and not usable and a.duplicate_of is None
         else None,
+        "rung": a.rung,  # a halving search's (nas.study.rungs); None: the whole budget
         MACS: a.mmacs if a.macs_fvcore is not None else None,
         "growth_rate": cfg.get("growth_rate"),
         "convs_per_block": "-".join(map(str, convs)) or None,

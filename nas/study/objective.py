@@ -43,6 +43,7 @@ from nas.deploy.timing import SHIPPED_FLOOR, shipped_latency
 from nas.errors import ConfigError, StopFlag, exception_chain, first_line, interruption
 from nas.study.metrics import DEFAULT_OBJECTIVES, METRICS, Limits
 from nas.study.record import TrialRecord, write_trial
+from nas.study.rungs import Halving, earlier_promotion
 from nas.training.budget import TrainBudget
 from nas.training.fit import Diverged, TrainResult, train_and_evaluate
 from nas.training.gpu import out_of_memory, release_if_large, release_memory
@@ -130,6 +131,7 @@ class Objective:
     # trials that may run at once on this host (workers x concurrency): above 1, a timed
     # cost may include the others' load; stored on each trial, so the report can say so
     beside: int = 1
+    halving: Halving | None = None  # a halving search: each run trains for its rung's budget
     # One trial samples at a time: the sampler's state is shared, and a --seed reseeds it
     # per trial (nas.parallel.workers), so draws of trials running side by side must not
     # interleave.
@@ -158,10 +160,11 @@ class Objective:
     def _run(self, trial: optuna.Trial) -> tuple[float, ...]:
         """Sample, look for a trained twin, measure costs, check budgets, train, record."""
         t0 = time.perf_counter()
+        rung = self._rung(trial)
         with self._sampling:
             config = sample(trial, self.space)
         seed = TrialRecord.of(trial).seed  # nas.refine's trials name their seed
-        twin = trained_twin(trial, config.to_dict(), seed)
+        twin = trained_twin(trial, config.to_dict(), seed, rung)
         if twin is not None:  # TPE proposes what it has seen: never train it twice
             return self._reuse(trial, twin)
         t1 = time.perf_counter()
@@ -172,6 +175,8 @@ class Objective:
             write_trial(trial, trained=False, over_budget=over)
             return self.values(0.0, costs)
         b = self.budget if seed is None else self.budget.with_seed(seed)
+        if self.halving is not None and rung is not None:
+            b = self.halving.budget(b, rung)
         r, timer = self._train(trial, config, b, costs)
         t3 = time.perf_counter()
         if timer is not None:  # the CPU latency, timed beside training
@@ -187,8 +192,28 @@ class Objective:
             if over:  # trained, but over a budget known only now
                 write_trial(trial, over_budget=over)
         write_trial(trial, costs=costs)
+        if rung is not None:
+            write_trial(
+                trial,  # the rungs below, as queued (a retry may carry its own too)
+                rung_accuracies=(*TrialRecord.of(trial).rung_accuracies[:rung], r.accuracy),
+            )
         self._record(trial, r, (t0, t1, t2, t3))
         return self.values(r.accuracy, costs)
+
+    def _rung(self, trial: optuna.Trial) -> int | None:
+        """The run's rung in a halving search (a new network's: 0), else None. A promotion
+        another worker queued first is pruned here, untrained."""
+        if self.halving is None:
+            return None
+        rung = TrialRecord.of(trial).rung
+        if rung is None:
+            write_trial(trial, rung=0)
+            return 0
+        earlier = earlier_promotion(trial)
+        if earlier is not None:
+            write_trial(trial, duplicate_of=earlier)
+            raise optuna.TrialPruned(f"trial {earlier} takes the same network up a rung")
+        return rung
 
     def _reuse(self, trial: optuna.Trial, twin: optuna.trial.FrozenTrial) -> tuple[float, ...]:
         """The values of the twin the study already trained (same network and seed)."""
@@ -295,6 +320,7 @@ class Objective:
             trial,
             trained=True,
             train_seconds=round(r.train_seconds, 3),
+            train_images=r.train_images,
             images_per_second=round(r.images_per_second, 1),
             final_loss=round(r.final_loss, 5),
             device=r.device,
@@ -369,12 +395,12 @@ class CpuLatencyTimer:
 
 
 def trained_twin(
-    trial: optuna.Trial, config: dict, seed: int | None = None
+    trial: optuna.Trial, config: dict, seed: int | None = None, rung: int | None = None
 ) -> optuna.trial.FrozenTrial | None:
-    """The study's first complete, trained trial of exactly this architecture and seed, if
-    any (a study holds one budget, so its accuracy is this trial's too)."""
+    """The study's first complete, trained trial of exactly this architecture, seed and
+    rung, if any (a study holds one budget per rung, so its accuracy is this trial's too)."""
     for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         a = TrialRecord.of(t)
-        if a.trained and a.config == config and a.seed == seed:
+        if a.trained and a.config == config and a.seed == seed and a.rung == rung:
             return t
     return None

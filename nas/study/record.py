@@ -35,8 +35,9 @@ RECORD_VERSION = 2  # the `record` a study carries: the keys below (1: before th
 class TrialRecord:
     """A stored trial's user attributes, typed; a key the trial lacks reads as its default.
 
-    Written by nas.study.objective as the trial runs, but for the three a trial is
-    queued with (`reference`, `seed`, `source_trial`)."""
+    Written by nas.study.objective as the trial runs, but for those a trial is queued
+    with (`reference`, `seed`, `source_trial`; a promotion's `rung`, `promoted_from` and
+    `rung_accuracies`, nas.parallel.promotion)."""
 
     # the network, before training
     config: dict[str, Any] | None = None  # nas.arch.config.ArchConfig.to_dict()
@@ -54,6 +55,7 @@ class TrialRecord:
     fail_reason: str | None = None  # a failed trial: why, in one line
     # its training (trained trials)
     train_seconds: float | None = None  # s of training steps, warm-up included
+    train_images: int | None = None  # images drawn in training (steps x batch)
     images_per_second: float | None = None  # training images per second
     final_loss: float | None = None  # the last step's training loss
     device: str | None = None  # the GPU's name, or "cpu (N threads)"
@@ -63,6 +65,11 @@ class TrialRecord:
     reference: str | None = None  # nas.parallel.run: "d2l chapter", the chapter's network
     seed: int | None = None  # nas.refine: the training seed of a refined run
     source_trial: int | None = None  # nas.refine: the source study's trial it trains again
+    # a halving search (nas.study.rungs): the run's rung (0: the lowest; None: not
+    # halving, the whole budget)
+    rung: int | None = None
+    promoted_from: int | None = None  # the run whose network it takes a rung up (queued)
+    rung_accuracies: tuple[float, ...] = ()  # the network's accuracy at each rung to this
 
     @classmethod
     def of(cls, t: optuna.trial.FrozenTrial | optuna.Trial) -> TrialRecord:
@@ -121,7 +128,7 @@ EXPERIMENT_KEYS = {
 @dataclass(frozen=True)
 class StudyRecord:
     """A study's user attributes, typed. Written by nas.study.storage on creation (the
-    experiment), nas.parallel.run (`data_record`), nas.refine (`source_study`,
+    experiment), nas.parallel.run (`data_record`, `halving`), nas.refine (`source_study`,
     `seed_stdev`) and storage.update_limits (the cost limits and their history)."""
 
     record: int | None = None  # RECORD_VERSION when written (None: before this format)
@@ -137,6 +144,8 @@ class StudyRecord:
     source_study: str | None = None  # a refined study: the study it refines
     # a refined study: the pooled seed noise {"stdev", "seeds", "of", "dof"} (nas.refine)
     seed_stdev: dict[str, Any] | None = None
+    # a halving search: nas.study.rungs.Halving.to_dict (written by nas.parallel.run)
+    halving: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, study: optuna.Study) -> StudyRecord:

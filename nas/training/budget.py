@@ -16,16 +16,16 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from nas.data.dataset import AUGMENTS
 from nas.errors import ConfigError
 
-__all__ = ["BUDGETS", "MIN_STEPS", "SCHEDULES", "TrainBudget", "get_budget"]
+__all__ = ["AUGMENTS", "BUDGETS", "MIN_STEPS", "SCHEDULES", "TrainBudget", "get_budget"]
 
 # Fewer optimiser steps than this learn too little for accuracies to mean much: nas.train
 # says what to change, nas.search that its budget ranks nothing.
 MIN_STEPS = 100
 
 SCHEDULES = ("linear", "constant")
+AUGMENTS = ("none", "crop-flip")  # none, or nas.data.dataset.crop_flip
 
 
 @dataclass(frozen=True)

@@ -238,3 +238,13 @@ def test_connection_use_is_estimated_against_the_server(postgres_url: str, monke
     assert "max_connections 200" in note and "PgBouncer" in note
     monkeypatch.setenv("NAS_DB_POOL", "null")
     assert isinstance(open_storage(postgres_url).engine.pool, sqlalchemy.pool.NullPool)
+
+
+def test_the_storage_opens_without_torch() -> None:
+    """A process that only talks to the study (a dashboard, benchmarks/storage_load.py's
+    clients, 150 of them at once) imports nas.study.storage without torch: ~55 MB resident
+    instead of ~235 MB. (nas.training.budget reading AUGMENTS from nas.data.dataset pulled
+    torch in.)"""
+    code = "import sys, nas.study.storage; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import threading
 
 import pytest
@@ -79,8 +80,11 @@ def test_training_memory_lies_between_what_it_must_hold_and_what_was_reserved(
 def test_a_disturbed_round_is_timed_again_and_the_quiet_one_kept(monkeypatch) -> None:
     """The first round slowed by 5 ms in two runs of three: its median is 5 ms too high
     and its quartiles far apart, so it is timed again and the quiet round is kept (a
-    single round, as before, would report over 5 ms for a network of well under 1)."""
+    single round, as before, would report the slowed median). Judged against the rounds
+    of this run, not a fixed figure: a slow or busy host moves every round alike."""
     seen = slowed_rounds(monkeypatch)
     m = cpu_latency(small_config())
     assert len(seen) >= 2 and m.rounds == len(seen)
-    assert m.value < 2.5, m  # the quiet round's figure, not the slowed one's (> 5 ms)
+    medians = [1000 * statistics.median(times) for times in seen]
+    assert m.value in medians[1:], (m, medians)  # a quiet round's own figure
+    assert m.value < medians[0] - 2.5, (m, medians)  # not the slowed one's (5 ms above)

@@ -19,8 +19,8 @@ transaction pooling, default_pool_size 40 unless --pool-size) in front of the se
     python benchmarks/storage_load.py --pgbouncer --kill --trial-seconds 20 --seconds 120 \
         --jitter 0.5 --out results/storage-load-pgbouncer-20s-jitter.json
     python benchmarks/storage_load.py --clients 4 --seconds 15 --kill   # smoke test
-    python benchmarks/storage_load.py --pgbouncer --clients 150 --out \
-        results/storage-burst-pgbouncer.json   # a burst, waited out (--patience)
+    python benchmarks/storage_load.py --pgbouncer --clients 150 --heartbeat 10 \
+        --seconds 120 --out results/storage-burst-pgbouncer.json   # a burst
 
 (run from benchmarks/). The clients start together once all have imported and connected;
 a measured window of --seconds follows; clients then finish their trial and exit.
@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CLIENT = r"""
 import json, random, sys, time
 import optuna
-from nas.study.storage import open_storage
+from nas.study.storage import finished_elsewhere, open_storage
 
 url, name, trial_seconds, until, heartbeat, jitter, patience = sys.argv[1:8]
 trial_seconds, until, heartbeat = float(trial_seconds), float(until), int(heartbeat)
@@ -79,7 +79,11 @@ def objective(trial):
 
 
 while time.time() < until:
-    study.optimize(objective, n_trials=1)
+    try:
+        study.optimize(objective, n_trials=1)
+    except Exception as e:  # as a nas worker: another client failed it as stale meanwhile
+        if finished_elsewhere(e) is None:
+            raise
 print(json.dumps({"spans": spans}), flush=True)
 """
 

@@ -31,7 +31,7 @@ import torch
 from nas.arch.config import ArchConfig
 from nas.arch.space import SearchSpace
 from nas.data.dataset import Dataset, load_data
-from nas.errors import Interrupted, StopFlag, exception_chain, interruption, stop_signals
+from nas.errors import Interrupted, StopFlag, interruption, stop_signals
 from nas.parallel.promotion import promote
 from nas.parallel.threads import run_concurrently
 from nas.study.metrics import COSTS, DEFAULT_OBJECTIVES, SHIPPED_KEYS, Limits
@@ -39,7 +39,7 @@ from nas.study.objective import CATCH, Objective
 from nas.study.patience import DEFAULT_PATIENCE_S
 from nas.study.record import TrialRecord
 from nas.study.rungs import Halving
-from nas.study.storage import open_storage
+from nas.study.storage import finished_elsewhere, open_storage
 from nas.training.budget import TrainBudget
 
 __all__ = [
@@ -318,17 +318,6 @@ def trial_loop(
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
     run_concurrently(spec.concurrency, device, one_slot, stop)
-
-
-def finished_elsewhere(e: BaseException) -> BaseException | None:
-    """The refusal in `e`'s chain of a tell for a trial another worker already finished
-    (failed as stale while this one was unreachable or paused), or None."""
-    for link in exception_chain(e):
-        if isinstance(link, optuna.exceptions.UpdateFinishedTrialError):
-            return link
-        if isinstance(link, ValueError) and str(link).startswith("Cannot tell a"):
-            return link
-    return None
 
 
 @dataclass

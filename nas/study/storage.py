@@ -43,6 +43,7 @@ __all__ = [
     "connection_note",
     "default_storage_url",
     "difference",
+    "finished_elsewhere",
     "load_study",
     "open_or_create_study",
     "open_storage",
@@ -394,4 +395,15 @@ def storage_failure(e: BaseException) -> str | None:
             return first_line(link.orig, limit=10_000)
     if isinstance(e, (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError)):
         return first_line(e, limit=10_000)
+    return None
+
+
+def finished_elsewhere(e: BaseException) -> BaseException | None:
+    """The refusal in `e`'s chain of a tell for a trial another worker already finished
+    (failed as stale while this one was unreachable or paused), or None."""
+    for link in exception_chain(e):
+        if isinstance(link, optuna.exceptions.UpdateFinishedTrialError):
+            return link
+        if isinstance(link, ValueError) and str(link).startswith("Cannot tell a"):
+            return link
     return None

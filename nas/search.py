@@ -212,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
         "budget's images / ETA^(R-1), and the best 1/ETA of each rung (non-dominated on "
         "accuracy at that rung and the costs, then the most spread out) train again on ETA "
         "times as many, up to the whole budget; --trials counts every run, and the front is "
-        "the top rung's. Off by default (a continued study keeps its own)",
+        "the top rung's. Off by default, until measured against a uniform search of the "
+        "same training (a continued study keeps its own; docs/search.md)",
     )
     p.add_argument(
         "--rungs",

@@ -214,3 +214,38 @@ def test_shipped_latency_tiny(tmp_path: Path) -> None:
     ms = a["ms"]
     assert math.isclose(a["package_over_eager"]["median"], ms["package"] / ms["eager"])
     assert "b_stand_in" not in r and "c_end_to_end" not in r
+
+
+def test_halving_tiny_matches_the_compute_judges_and_resumes(
+    tmp_path: Path, real_data_dir, capsys
+) -> None:
+    """halving.py at its tiny CPU setting: the halving search draws at least the uniform
+    one's training images, every front network is trained at `final` once, each method is
+    judged on its final accuracies, and a second run trains nothing (nothing ranked)."""
+    import optuna
+
+    from nas.study.record import TrialRecord
+
+    halving = load("halving")
+    out, work = tmp_path / "h.json", tmp_path / "work"
+    assert halving.main(["--tiny", "--work", str(work), "--out", str(out)]) == 0
+    url = f"sqlite:///{work / 'studies.db'}"
+    uniform, halved = (
+        optuna.load_study(study_name=n, storage=url) for n in ("uniform-0", "halving-0")
+    )
+    assert len(uniform.trials) == 3 and {TrialRecord.of(t).rung for t in uniform.trials} == {None}
+    assert halving.spent(halved) >= halving.spent(uniform) > 0
+    finals = [json.loads(x) for x in (work / "final.jsonl").read_text().splitlines()]
+    assert len({json.dumps(r["config"], sort_keys=True) for r in finals}) == len(finals)
+    assert all(r["train_images"] == 512 for r in finals)
+    a = json.loads(out.read_text())
+    for metric in ("hypervolume", "knee_final_accuracy", "train_images"):
+        assert {"uniform", "halving"} <= set(a["summary"][metric]), metric
+    assert a["summary"]["train_images"]["halving"]["mean"] == halving.spent(halved)
+    assert {"MACs", "accuracy, whole budget", "accuracy, rung 0"} <= set(a["fidelity"])
+    capsys.readouterr()
+    assert halving.main(["--tiny", "--work", str(work)]) == 0
+    assert (
+        f"final: {len(finals)} of {len(finals)} networks trained before" in capsys.readouterr().out
+    )
+    assert len((work / "final.jsonl").read_text().splitlines()) == len(finals)

@@ -11,7 +11,8 @@ of the next. Only trained runs within the study's cost limits count: a network o
 budget is never promoted. A network is promoted once: when two workers queue the same
 promotion at the same moment, the earlier trial trains it and the later one ends pruned
 at its start (nas.study.rungs.earlier_promotion); a promotion whose worker was killed is
-retried once, as every trial is (nas.study.storage), and not queued again.
+retried once, as every trial is (nas.study.storage), and not queued again; one
+interrupted (Ctrl-C, SIGTERM), which the heartbeat does not retry, is queued again.
 
 Optuna's samplers see every run: a promoted network's higher-rung runs are queued with
 its parameters, never sampled. The front (nas.results.front) is the top rung's alone.
@@ -19,6 +20,7 @@ its parameters, never sampled. The front (nas.results.front) is the top rung's a
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import optuna
@@ -47,10 +49,25 @@ def to_promote(
 def promote(study: optuna.Study, halving: Halving) -> int | None:
     """Queue the study's next promotion, if any and if no trial is queued already (so that
     a run never ends with one left waiting); returns the number of the run promoted."""
+    # A killed worker's trials fail, each with its retry queued, before this looks for a
+    # queued trial (Optuna does it only as the trial starts: the retry would queue behind
+    # a promotion queued here and could be left waiting at the end of the run).
+    with warnings.catch_warnings():  # "experimental" since Optuna 2.9: noise to a user
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
     trials = study.get_trials(deepcopy=False)
     if any(t.state == optuna.trial.TrialState.WAITING for t in trials):
         return None  # the next trial is queued already (a promotion, a retry, a reference)
-    promoted = {TrialRecord.of(t).promoted_from for t in trials} - {None}
+    # promoted: whatever became of the promotion, but for one interrupted (Ctrl-C, SIGTERM,
+    # a SLURM time limit), which the heartbeat does not retry: that one is queued again
+    promoted = {
+        r.promoted_from
+        for t, r in ((t, TrialRecord.of(t)) for t in trials)
+        if not (
+            t.state == optuna.trial.TrialState.FAIL
+            and (r.fail_reason or "").startswith("interrupted")
+        )
+    } - {None}
     attrs = StudyRecord.of(study)  # one read of the study, not one per trial
     runs = [
         t
@@ -71,6 +88,7 @@ def promote(study: optuna.Study, halving: Halving) -> int | None:
             promoted_from=t.number,
             rung_accuracies=r.rung_accuracies,  # the network's, up to t's rung
             seed=r.seed,
+            reference=r.reference,  # the d2l chapter's network, up a rung
         ),
     )
     return t.number

@@ -200,6 +200,11 @@ def _summary_html(
             if counts.get(LOWER_RUNG)
             else ""
         )
+        + (
+            f"{counts['pruned']} pruned at their start (a promotion another trial made), "
+            if counts.get("pruned")
+            else ""
+        )
         + f"{counts.get(DUPLICATE, 0)} repeating a trained network (its "
         f"values reused), {counts.get('fail', 0)} failed, {counts.get('running', 0)} "
         "running.<br>"

@@ -43,7 +43,7 @@ from nas.deploy.timing import SHIPPED_FLOOR, shipped_latency
 from nas.errors import ConfigError, StopFlag, exception_chain, first_line, interruption
 from nas.study.metrics import DEFAULT_OBJECTIVES, METRICS, Limits
 from nas.study.record import TrialRecord, write_trial
-from nas.study.rungs import Halving, earlier_promotion
+from nas.study.rungs import Halving, earlier_promotion, rung_of
 from nas.training.budget import TrainBudget
 from nas.training.fit import Diverged, TrainResult, train_and_evaluate
 from nas.training.gpu import out_of_memory, release_if_large, release_memory
@@ -160,11 +160,13 @@ class Objective:
     def _run(self, trial: optuna.Trial) -> tuple[float, ...]:
         """Sample, look for a trained twin, measure costs, check budgets, train, record."""
         t0 = time.perf_counter()
-        rung = self._rung(trial)
         with self._sampling:
             config = sample(trial, self.space)
+        # after sampling: a pruned trial with no parameters would empty multivariate TPE's
+        # search space (the intersection of every trial's, pruned ones included) for good
+        rung = self._rung(trial)
         seed = TrialRecord.of(trial).seed  # nas.refine's trials name their seed
-        twin = trained_twin(trial, config.to_dict(), seed, rung)
+        twin = trained_twin(trial, config.to_dict(), seed, rung, self.halving)
         if twin is not None:  # TPE proposes what it has seen: never train it twice
             return self._reuse(trial, twin)
         t1 = time.perf_counter()
@@ -395,12 +397,18 @@ class CpuLatencyTimer:
 
 
 def trained_twin(
-    trial: optuna.Trial, config: dict, seed: int | None = None, rung: int | None = None
+    trial: optuna.Trial,
+    config: dict,
+    seed: int | None = None,
+    rung: int | None = None,
+    halving: Halving | None = None,
 ) -> optuna.trial.FrozenTrial | None:
     """The study's first complete, trained trial of exactly this architecture, seed and
-    rung, if any (a study holds one budget per rung, so its accuracy is this trial's too)."""
+    rung, if any (a study holds one budget per rung, so its accuracy is this trial's too;
+    in a halving search a trial from before it halved is of the top rung)."""
     for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         a = TrialRecord.of(t)
-        if a.trained and a.config == config and a.seed == seed and a.rung == rung:
+        at = a.rung if halving is None else rung_of(a, halving)
+        if a.trained and a.config == config and a.seed == seed and at == rung:
             return t
     return None

@@ -15,7 +15,7 @@ from test_faults import SLOW, start, wait_until_stale
 from conftest import TINY
 from nas.dashboard import study_note
 from nas.export import main as export
-from nas.parallel.promotion import to_promote
+from nas.parallel.promotion import promote, to_promote
 from nas.results.front import dominates, pareto_front
 from nas.results.table import LOWER_RUNG, trials_frame
 from nas.search import main
@@ -138,6 +138,28 @@ def test_a_promotion_queued_by_two_workers_at_once_is_trained_once(
     assert first.state == STATE.COMPLETE and TrialRecord.of(first).trained
     assert second.state == STATE.PRUNED and TrialRecord.of(second).duplicate_of == first.number
     assert not TrialRecord.of(second).trained
+    # sampled before it was pruned: a trial without parameters would empty multivariate
+    # TPE's search space (the intersection of all trials', pruned ones included) for good
+    assert second.params == first.params
+
+
+def test_an_interrupted_promotion_is_queued_again() -> None:
+    """Ctrl-C or a SLURM time limit fails a promotion as interrupted, and the heartbeat
+    does not retry such a trial: the next promote() queues it again. One that failed for a
+    reason of its own (out of memory) is not."""
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    h = Halving(2, 2)
+    for t in (run(0, 0.8, 10, 0), run(1, 0.7, 20, 0)):
+        study.add_trial(t)
+    assert promote(study, h) == 0
+    for reason in ("interrupted (SIGTERM)", "out of memory: CUDA"):
+        queued = study.ask()  # the promotion, as a worker takes it
+        assert queued.user_attrs["promoted_from"] == 0 and queued.user_attrs["rung"] == 1
+        study._storage.set_trial_user_attr(queued._trial_id, "fail_reason", reason)
+        study.tell(queued, state=STATE.FAIL)
+        if reason.startswith("interrupted"):
+            assert promote(study, h) == 0  # queued again
+    assert promote(study, h) is None  # tried, and failed for a reason of its own
 
 
 def test_a_continued_study_keeps_its_halving(tmp_path: Path, real_data_dir, capsys) -> None:

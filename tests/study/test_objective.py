@@ -109,8 +109,10 @@ def test_a_network_over_the_budget_eager_but_within_it_as_shipped_is_trained(
     monkeypatch, tmp_path
 ) -> None:
     """The budget is the shipped package's: a network whose eager stand-in reads over a
-    CPU latency budget (its eager figure, timed here first; the search's stand-in slowed by
-    2 ms on purpose, so that it reads over whatever the machine does) is timed as shipped
+    CPU latency budget (its eager figure, timed here first, warm; the search's stand-in
+    read as twice its figure plus 1 ms on purpose, so that it reads over the budget
+    unless the two timings differ by more than 2x, and within the 1 / SHIPPED_FLOOR = 5x
+    of it that is worth timing as shipped, whatever the machine does) is timed as shipped
     (its AOTInductor package in a fresh process, untouched: 0.24 to 1.03 x eager,
     benchmarks/shipped_latency.py) and trained, as that figure is within; the constraint
     stored is the shipped figure's. Before, the stand-in ruled it out."""
@@ -125,11 +127,13 @@ def test_a_network_over_the_budget_eager_but_within_it_as_shipped_is_trained(
 
     def slowed(config, budget_ms=None):  # noqa: ANN001, ANN202 - cpu_latency's own
         m = cpu_latency(config, budget_ms=budget_ms)
-        return replace(m, value=m.value + 2.0, fastest=m.fastest + 2.0)
+        return replace(m, value=2 * m.value + 1.0, fastest=2 * m.fastest + 1.0)
 
     space = ["--preset", "tiny", "--growth-rate", "16:16", "--convs", "2:2"]
     space += ["--compression", "1:1:0.25", "--budget", "smoke", "--device", "cpu"]
-    budget = round(cpu_latency(PRESETS["tiny"].config(16, (2, 2, 2), 1.0)).value, 3)
+    network = PRESETS["tiny"].config(16, (2, 2, 2), 1.0)
+    cpu_latency(network)  # a first timing warms the kernels up (it read 1.5x high in CI)
+    budget = round(cpu_latency(network).value, 3)
     monkeypatch.setattr(objective, "cpu_latency", slowed)
     url = f"sqlite:///{tmp_path}/shipped.db"
     argv = [*space, "--trials", "1", "--study", "s", "--storage", url]
